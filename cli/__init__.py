@@ -1,0 +1,1 @@
+"""The ``wmhkeras`` command line (installed as the package ``wmhkeras.cli``)."""

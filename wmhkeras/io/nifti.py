@@ -1,0 +1,161 @@
+"""NIfTI reading and writing that keeps the input's own space.
+
+Volumes are read with nibabel, checked before any work starts, and reoriented to the closest
+canonical (RAS+) orientation, in which all processing happens. Outputs are written back on the
+input's exact grid: the same shape, voxel order, affine and qform/sform codes. nibabel's
+``img.affine`` is the sform when its code is set, else the qform, so qform-only files are honoured.
+
+Every problem raises :class:`~wmhkeras.errors.InputError` with a one-line message that names the
+file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from wmhkeras.errors import InputError
+from wmhkeras.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Label values allowed in ground truth (2 = other pathology, as in the MICCAI 2017 WMH data).
+LABEL_VALUES = (0, 1, 2)
+#: Largest difference between two affines (mm) still treated as the same grid.
+AFFINE_TOLERANCE = 1e-3
+_RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
+
+
+@dataclass
+class Volume:
+    """One NIfTI volume in canonical RAS orientation, with what is needed to write on its grid.
+
+    ``data``: float32 ``[X, Y, Z]`` in RAS+ voxel order; ``affine``: its voxel-to-world matrix.
+    ``header``: the input's header (for writing outputs back); ``to_canonical``: the orientation
+    transform applied on reading.
+    """
+
+    path: Path
+    data: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header
+    to_canonical: np.ndarray
+
+    @property
+    def native_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.header.get_data_shape()[:3])
+
+    @property
+    def native_affine(self) -> np.ndarray:
+        return self.header.get_best_affine()
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along the canonical axes."""
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    def to_native(self, array: np.ndarray) -> np.ndarray:
+        """Reorder a canonical ``[X, Y, Z]`` array back into the input file's voxel order."""
+        back = nib.orientations.ornt_transform(_RAS, nib.orientations.io_orientation(self.native_affine))
+        return nib.orientations.apply_orientation(array, back)
+
+
+def load_volume(path: str | Path, kind: str = "image") -> Volume:
+    """Read and check one volume; ``kind`` is ``image`` (FLAIR, T1) or ``label`` (0/1/2 mask).
+
+    Checks, in order: the file exists and parses (a truncated ``.nii.gz`` included); 3D, or 4D with
+    a single volume; a usable affine; finite values; for labels, values in {0, 1, 2}; for images,
+    some non-zero signal.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for foreign or broken files
+        raise InputError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        pass
+    elif len(shape) != 3:
+        raise InputError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
+    try:
+        data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(shape[:3])
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read the voxel data, the file may be truncated ({exc.__class__.__name__}: {exc})") from None
+    affine = img.affine
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: the affine (qform/sform) is not usable: {affine.tolist()}")
+    if not np.all(np.isfinite(data)):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"{path}: {bad} voxels are not finite (NaN or inf)")
+    if kind == "label":
+        values = np.unique(data)
+        extra = [v for v in values if not np.any(np.isclose(v, LABEL_VALUES))]
+        if extra:
+            shown = ", ".join(f"{v:g}" for v in extra[:5])
+            raise InputError(f"{path}: label values must be 0, 1 or 2 (2 = other pathology); found {shown}")
+        data = np.rint(data).astype(np.float32)
+    elif not np.any(data):
+        raise InputError(f"{path}: the image is empty (all voxels are 0)")
+
+    to_canonical = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)
+    canonical = np.ascontiguousarray(nib.orientations.apply_orientation(data, to_canonical), dtype=np.float32)
+    canonical_affine = affine @ nib.orientations.inv_ornt_aff(to_canonical, shape[:3])
+    header = img.header.copy()
+    return Volume(path=path, data=canonical, affine=canonical_affine, header=header, to_canonical=to_canonical)
+
+
+def same_grid(a: Volume, b: Volume, tolerance: float = AFFINE_TOLERANCE) -> bool:
+    """True when two volumes share shape and affine (within ``tolerance`` mm)."""
+    return a.native_shape == b.native_shape and np.allclose(a.native_affine, b.native_affine, atol=tolerance)
+
+
+def check_same_grid(reference: Volume, other: Volume, tolerance: float = AFFINE_TOLERANCE) -> None:
+    """Raise :class:`InputError` unless ``other`` lies on ``reference``'s grid."""
+    if reference.native_shape != other.native_shape:
+        raise InputError(
+            f"{other.path}: shape {other.native_shape} differs from {reference.path.name} {reference.native_shape}"
+        )
+    diff = float(np.abs(reference.native_affine - other.native_affine).max())
+    if diff > tolerance:
+        raise InputError(
+            f"{other.path}: affine differs from {reference.path.name} by up to {diff:.4g} mm (tolerance {tolerance:g})"
+        )
+
+
+def save_like(array: np.ndarray, reference: Volume, path: str | Path, dtype=np.float32) -> Path:
+    """Write a canonical ``[X, Y, Z]`` array on ``reference``'s native grid, atomically.
+
+    The output has the reference's shape, voxel order, affine, and qform/sform matrices and codes;
+    only the data type and scaling change.
+    """
+    array = np.asarray(array)
+    if array.shape != reference.data.shape:
+        raise ValueError(f"array shape {array.shape} does not match the reference {reference.data.shape}")
+    native = np.ascontiguousarray(reference.to_native(array)).astype(dtype)
+    header = reference.header.copy()
+    if len(header.get_data_shape()) != 3:
+        header.set_data_shape(native.shape)
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(None, None)
+    qform, qcode = reference.header.get_qform(coded=False), int(reference.header["qform_code"])
+    sform, scode = reference.header.get_sform(coded=False), int(reference.header["sform_code"])
+    img = nib.Nifti1Image(native, None, header)
+    img.header.set_qform(qform, code=qcode)
+    img.header.set_sform(sform, code=scode)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    log.debug("wrote %s", path)
+    return path
