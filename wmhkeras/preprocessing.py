@@ -81,7 +81,7 @@ def resize_matrix(n_in, n_out):
         _mirror(lower + 1, n_in), n_in, dtype=tf.float64
     )
 
-    sigma = tf.maximum(0.0, (f - 1.0) / 2.0)
+    sigma = tf.maximum((f - 1.0) / 2.0, 0.0)
     radius = tf.cast(tf.floor(4.0 * sigma + 0.5), tf.int32)
     offsets = tf.range(-radius, radius + 1)
     dist = tf.cast(offsets, tf.float64)

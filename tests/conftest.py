@@ -1,0 +1,28 @@
+"""Shared test fixtures: no network, no downloads, the real data path configurable."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Real test data (two MS patients, CC-BY): WMH_SHARED_DATA points at the folder holding open_ms_data/.
+SHARED_DATA = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data"))
+OPEN_MS = SHARED_DATA / "open_ms_data"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keras_home(tmp_path_factory, monkeypatch):
+    """Every test sees an empty Keras cache, so nothing can quietly use or fetch weights."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+
+
+@pytest.fixture
+def open_ms():
+    """Path to ../shared/data/open_ms_data (skips when the real data is absent)."""
+    if not (OPEN_MS / "patient07" / "FLAIR.nii.gz").is_file():
+        pytest.skip(f"real data not found at {OPEN_MS} (set WMH_SHARED_DATA)")
+    return OPEN_MS
