@@ -47,19 +47,15 @@ def main(verbose: int) -> None:
 @click.option("--subjects", default=12, show_default=True, type=click.IntRange(1), help="Number of subjects.")
 @click.option("--sites", default=3, show_default=True, type=click.IntRange(1), help="Number of scanner sites.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same voxels).")
+@click.option("--lesion-fraction", nargs=2, type=float, default=(0.0001, 0.01), show_default=True,
+              metavar="LOW HIGH", help="Range of lesion load, as a fraction of the volume.")
 @handle_errors
-def synth(out: str, subjects: int, sites: int, seed: int) -> None:
+def synth(out: str, subjects: int, sites: int, seed: int, lesion_fraction: tuple[float, float]) -> None:
     """Write a synthetic multi-site FLAIR/T1 cohort with lesion labels and OUT/manifest.csv."""
     from wmhkeras.synth import make_cohort
 
-    summary = make_cohort(out, subjects=subjects, sites=sites, seed=seed)
-    click.echo(f"wrote {len(summary.subjects)} subjects from {sites} sites to {out}")
-    click.echo(f"{'subject':<12} {'site':<7} {'shape':<16} {'voxel mm':<18} lesion %")
-    for rec in summary.subjects:
-        shape = "x".join(str(s) for s in rec.shape)
-        vox = "x".join(f"{v:.2g}" for v in rec.voxel_size)
-        click.echo(f"{rec.subject:<12} {rec.site:<7} {shape:<16} {vox:<18} {100 * rec.lesion_fraction:.3f}")
-    click.echo(f"manifest: {summary.manifest}")
+    summary = make_cohort(out, subjects=subjects, sites=sites, seed=seed, lesion_fraction=tuple(lesion_fraction))
+    click.echo(summary.to_text().rstrip())
 
 
 @main.command("config")

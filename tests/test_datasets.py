@@ -80,3 +80,16 @@ def test_check_command_reports_and_exits_2_on_a_bad_subject(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     missing = CliRunner().invoke(main, ["check", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "dataset not found" in missing.output
+
+
+def test_synth_command_writes_a_cohort_that_passes_check(tmp_path):
+    out = tmp_path / "cohort"
+    result = CliRunner().invoke(main, ["synth", str(out), "--subjects", "2", "--sites", "2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "sub-001" in result.output and "manifest.csv" in result.output
+    subjects = load_dataset(out)
+    assert [s.site for s in subjects] == ["site1", "site2"]
+    checked = CliRunner().invoke(main, ["check", str(out), "--t1", "--labels"])
+    assert checked.exit_code == 0 and "2 of 2 subjects ok" in checked.output
+    bad = CliRunner().invoke(main, ["synth", str(tmp_path / "x"), "--lesion-fraction", "0.1", "0.2"])
+    assert bad.exit_code == 2 and "lesion_fraction" in bad.output and not (tmp_path / "x").exists()
