@@ -100,5 +100,16 @@ def check(data: str, t1: bool, labels: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+# Commands defined in their own modules (each imports handle_errors from here, so register last).
+from wmhkeras.cli.evaluate import evaluate_command  # noqa: E402
+from wmhkeras.cli.experiment import experiment  # noqa: E402
+from wmhkeras.cli.export import export_command  # noqa: E402
+from wmhkeras.cli.segment import segment_command  # noqa: E402
+from wmhkeras.cli.train import train_command  # noqa: E402
+
+for _command in (train_command, segment_command, evaluate_command, export_command, experiment):
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -69,7 +69,8 @@ class Volume:
 
 
 def load_volume(path: str | Path, kind: str = "image") -> Volume:
-    """Read and check one volume; ``kind`` is ``image`` (FLAIR, T1) or ``label`` (0/1/2 mask).
+    """Read and check one volume; ``kind`` is ``image`` (FLAIR, T1), ``label`` (0/1/2 mask) or
+    ``mask`` (a segmentation result: any finite values, may be empty).
 
     Checks, in order: the file exists and parses (a truncated ``.nii.gz`` included); 3D, or 4D with
     a single volume; a usable affine; finite values; for labels, values in {0, 1, 2}; for images,
@@ -106,7 +107,7 @@ def load_volume(path: str | Path, kind: str = "image") -> Volume:
             shown = ", ".join(f"{v:g}" for v in extra[:5])
             raise InputError(f"{path}: label values must be 0, 1 or 2 (2 = other pathology); found {shown}")
         data = np.rint(data).astype(np.float32)
-    elif not np.any(data):
+    elif kind == "image" and not np.any(data):
         raise InputError(f"{path}: the image is empty (all voxels are 0)")
 
     to_canonical = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)

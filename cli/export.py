@@ -1,0 +1,49 @@
+"""``wmhkeras export``: a trained model as a verified SavedModel and TFLite files (see :mod:`wmhkeras.export`).
+
+Exit codes: 0 every artifact verified within its tolerance; 1 an artifact is outside its tolerance (all
+files and ``export_report.json`` are written, for inspection); 2 bad model, output folder or options,
+found before any work (nothing is written).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from wmhkeras.cli.main import handle_errors
+
+EXIT_OUTSIDE_TOLERANCE = 1
+
+
+@click.command("export")
+@click.argument("model_or_run_dir", type=click.Path(path_type=Path))
+@click.option("--out", "-o", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Export folder [default: saved_models/<run name>].")
+@click.option("--tflite", default=None, metavar="LIST",
+              help="TFLite variants, comma-separated, from fp32,fp16,dynamic,int8, or none "
+                   "[default: all; int8 only when calibration data exists].")
+@click.option("--calibration", default=None, type=click.Path(path_type=Path), metavar="DATA",
+              help="int8 calibration data: a dataset (manifest CSV or folder) or a .npy of preprocessed slices "
+                   "[default: the run's training subjects].")
+@click.option("--force", is_flag=True, help="Replace an existing, non-empty export folder.")
+@handle_errors
+def export_command(model_or_run_dir: Path, out_dir: Path | None, tflite: str | None, calibration: Path | None,
+                   force: bool) -> None:
+    """Export MODEL_OR_RUN_DIR (a run folder or a .keras file) for deployment.
+
+    Writes OUT/saved_model (signatures serving_default and segment_volume; loads with plain TensorFlow),
+    OUT/tflite/model_<variant>.tflite, OUT/model_card.json and OUT/export_report.json, after checking
+    every artifact against the Keras model on held-back slices.
+    """
+    from wmhkeras.export import default_out_dir, export, format_table, parse_variants
+
+    variants = parse_variants(tflite)
+    out_dir = out_dir or default_out_dir(model_or_run_dir)
+    report = export(model_or_run_dir, out_dir, tflite=variants, force=force, calibration_data=calibration)
+    click.echo(format_table(report))
+    click.echo(f"exported to {out_dir} (model_card.json, export_report.json)")
+    if not report.passed:
+        click.echo(f"error: outside tolerance: {', '.join(report.failures)} (see {out_dir / 'export_report.json'})",
+                   err=True)
+        sys.exit(EXIT_OUTSIDE_TOLERANCE)

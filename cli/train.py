@@ -1,0 +1,68 @@
+"""``wmhkeras train``: train a generator into a run folder, or resume one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from wmhkeras.cli.main import handle_errors
+
+
+def default_run_dir(configs: tuple[str, ...]) -> Path:
+    """``runs/<name of the last config>-<UTC date-time>``."""
+    name = Path(configs[-1]).stem if configs else "run"
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+@click.command("train")
+@click.argument("configs", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. train.epochs=5 (repeatable).")
+@click.option("--data", "data_path", type=click.Path(), default=None,
+              help="Dataset: manifest CSV, folder with manifest.csv, or MICCAI 2017 layout (default: data.path).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="New run folder (default: runs/<config name>-<date-time>).")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the run in this folder from its last completed epoch (config and split read from it).")
+@click.option("--quiet", is_flag=True, default=False, help="One line per epoch instead of the progress bar.")
+@handle_errors
+def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_path: str | None, out_dir: str | None,
+                  resume_dir: str | None, quiet: bool) -> None:
+    """Train a segmentation model; CONFIGS are YAML files deep-merged in order (e.g. configs/demo.yaml).
+
+    Writes the run folder: config.yaml, split.json, versions.json, summary.json, log.csv,
+    checkpoints/{best,last}.keras and tensorboard/ (view with `tensorboard --logdir RUN_DIR/tensorboard`).
+    With --resume RUN_DIR, --set overrides apply on top of RUN_DIR/config.yaml (e.g. train.epochs=200).
+    """
+    from wmhkeras.config import load_config
+    from wmhkeras.errors import ConfigError
+    from wmhkeras.training.run import RunFolder
+
+    if resume_dir is not None:
+        if configs or out_dir:
+            raise ConfigError("--resume RUN_DIR reads the config from RUN_DIR: give no CONFIG file and no --out")
+        run = RunFolder(resume_dir)
+        run.check_resumable()
+        cfg = load_config(run.config, overrides)
+        target = Path(resume_dir)
+        click.echo(f"resuming run folder: {target.resolve()}")
+    else:
+        if not configs:
+            raise ConfigError("give at least one CONFIG file (e.g. configs/demo.yaml), or --resume RUN_DIR")
+        cfg = load_config(configs, overrides)
+        target = Path(out_dir) if out_dir else default_run_dir(configs)
+        click.echo(f"training into {target.resolve()} (once every input is checked)")
+
+    from wmhkeras.training.train import train  # TensorFlow: only once the arguments are valid
+
+    result = train(cfg, target, data_path=data_path, resume=resume_dir is not None, verbose=2 if quiet else 1)
+    s = result.summary
+    best = f"{s['best_val_dice']:.4f}" if s.get("best_val_dice") is not None else f"n/a ({s.get('monitor')})"
+    click.echo(f"run folder: {result.run_dir}")
+    click.echo(f"loss {s['loss']}, {s['subjects']['train']} train / {s['subjects']['validation']} validation / "
+               f"{s['subjects']['holdout']} hold-out subjects")
+    click.echo(f"epochs {s['epochs']} of {s['epochs_planned']}{' (stopped early)' if s.get('stopped_early') else ''}, "
+               f"best validation Dice {best} at epoch {s.get('best_epoch')}, {s['wall_time_s']:.0f} s")
+    click.echo(f"model: {result.run_dir / 'checkpoints' / 'best.keras'}")
+    click.echo(f"tensorboard --logdir {result.run_dir / 'tensorboard'}")

@@ -1,0 +1,102 @@
+"""Augmentation: the same geometry for image and mask, binary masks, seeded, image-only intensity changes."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from wmhkeras.config import AugmentConfig
+from wmhkeras.errors import ConfigError
+from wmhkeras.training.augment import Augmenter, rotation_transforms
+
+
+def blobs(batch=6, size=32, seed=0):
+    """Binary images of random rectangles, ``(batch, size, size, 1)`` float32."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((batch, size, size, 1), np.float32)
+    for b in range(batch):
+        for _ in range(3):
+            r, c = rng.integers(size // 8, size // 2, 2)
+            h, w = rng.integers(2, size // 4 + 1, 2)
+            out[b, r:r + h, c:c + w] = 1
+    return out
+
+
+def test_rotation_by_90_degrees_is_rot90():
+    image = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
+    out = keras.ops.image.affine_transform(image, rotation_transforms([math.pi / 2], 5.0, 5.0)).numpy()
+    np.testing.assert_allclose(out[0, :, :, 0], np.rot90(image[0, :, :, 0]), atol=1e-4)
+
+
+def test_mask_stays_binary_and_aligned_with_the_image():
+    # Image = its own mask: after rotation (bilinear) and flips, the mask must equal the image
+    # thresholded at 0.5, voxel for voxel, and stay in {0, 1}.
+    mask = blobs()
+    aug = Augmenter(AugmentConfig(rotation_degrees=30, flip=True), seed=5)
+    x, m = (a.numpy() for a in aug(mask.copy(), mask, 7))
+    assert set(np.unique(m)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(m, (x >= 0.5).astype(np.float32))
+    assert not np.array_equal(x, mask)  # something happened
+    # the lesion area is preserved to within the boundary voxels
+    assert abs(m.sum() - mask.sum()) < 0.15 * mask.sum()
+
+
+def test_graded_image_and_mask_move_together():
+    rng = np.random.default_rng(1)
+    mask = blobs(seed=2)
+    image = np.clip(0.2 + 0.6 * mask + 0.05 * rng.standard_normal(mask.shape), 0, 1).astype(np.float32)
+    x, m = (a.numpy() for a in Augmenter(AugmentConfig(rotation_degrees=30, flip=True), seed=0)(image, mask, 3))
+    inside, outside = x[m == 1].mean(), x[m == 0].mean()
+    assert inside > 0.7 and outside < 0.3  # bright voxels stayed under the mask
+
+
+def test_a_rotation_never_erases_the_only_lesion_voxel():
+    mask = np.zeros((16, 9, 9, 1), np.float32)
+    mask[:, 4, 5] = 1  # one voxel, off the rotation centre
+    _, m = Augmenter(AugmentConfig(rotation_degrees=45), seed=0)(mask.copy(), mask, 0)
+    assert (m.numpy().reshape(16, -1).max(axis=1) == 1).all()
+
+
+def test_flip_is_left_right_only():
+    image = np.random.default_rng(0).random((16, 8, 6, 1)).astype(np.float32)
+    x, _ = Augmenter(AugmentConfig(rotation_degrees=0, flip=True), seed=0)(image, np.zeros_like(image), 0)
+    x = x.numpy()
+    same = [np.array_equal(x[i], image[i]) for i in range(16)]
+    mirrored = [np.array_equal(x[i], image[i, ::-1]) for i in range(16)]
+    assert all(s or f for s, f in zip(same, mirrored, strict=True)) and any(same) and any(mirrored)
+
+
+def test_intensity_scale_and_gamma_touch_the_image_only():
+    image = np.full((4, 8, 8, 2), 0.25, np.float32)
+    mask = blobs(4, 8)
+    aug = Augmenter(AugmentConfig(rotation_degrees=0, intensity_scale=0.2), seed=0)
+    x, m = (a.numpy() for a in aug(image, mask, 0))
+    np.testing.assert_array_equal(m, mask)
+    factors = x[:, 0, 0, :] / 0.25  # one factor per sample and channel, constant over the slice
+    np.testing.assert_allclose(x, np.broadcast_to(factors[:, None, None, :] * 0.25, x.shape), rtol=1e-6)
+    assert ((factors >= 0.8) & (factors <= 1.2)).all() and factors.std() > 0
+    x, _ = Augmenter(AugmentConfig(rotation_degrees=0, gamma=0.5), seed=0)(image, mask, 0)
+    gammas = np.log(x.numpy()[:, 0, 0, :]) / np.log(0.25)
+    assert ((gammas >= 0.5) & (gammas <= 1.5)).all()
+    x, _ = Augmenter(AugmentConfig(rotation_degrees=0, intensity_scale=0.5), seed=0)(np.ones_like(image), mask, 0)
+    assert x.numpy().max() <= 1.0  # max-normalised images stay in [0, 1]
+
+
+def test_seeded_by_seed_and_batch_index():
+    mask = blobs()
+    cfg = AugmentConfig(rotation_degrees=30, flip=True, intensity_scale=0.1, gamma=0.1)
+    first = Augmenter(cfg, seed=0)(mask, mask, 4)[0].numpy()
+    np.testing.assert_array_equal(Augmenter(cfg, seed=0)(mask, mask, 4)[0].numpy(), first)
+    assert not np.array_equal(Augmenter(cfg, seed=1)(mask, mask, 4)[0].numpy(), first)
+    assert not np.array_equal(Augmenter(cfg, seed=0)(mask, mask, 5)[0].numpy(), first)
+
+
+def test_off_is_identity_and_gamma_needs_max_normalisation():
+    image = np.random.default_rng(0).random((2, 8, 8, 1)).astype(np.float32)
+    aug = Augmenter(AugmentConfig(rotation_degrees=0), seed=0)
+    assert not aug.active
+    x, _ = aug(image, image > 0.5, 0)
+    np.testing.assert_array_equal(np.asarray(x), image)
+    with pytest.raises(ConfigError, match="augment.gamma: 0.2 needs data.normalisation 'max'"):
+        Augmenter(AugmentConfig(gamma=0.2), normalisation="zscore")

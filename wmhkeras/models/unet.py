@@ -1,0 +1,199 @@
+"""Segmentation generators: the paper's dense U-Net and a plain, lighter U-Net.
+
+Both builders return plain Keras functional models made only of built-in layers, so a saved ``.keras``
+file loads without ``custom_objects``. Tensors are ``(batch, height, width, channels)``; the output is
+``(batch, height, width, 1)`` sigmoid probabilities, always float32 (also under a ``mixed_float16``
+policy, so losses and metrics see full precision).
+
+Architecture: Mac, Moody & Khademi, "Siamese Content Loss Networks for Highly Imbalanced Medical Image
+Segmentation", MIDL 2020, section 2.1 and figure 2 (see ``docs/models.md`` for our reading, the
+parameter counts and the FLOPs).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import keras
+
+from wmhkeras.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: LeakyReLU slope of every conv unit (paper section 2.1).
+LEAKY_SLOPE = 0.1
+
+
+def _check_shape(input_shape: Sequence[int], depth: int, base_filters: int) -> tuple[int, int, int]:
+    """Validate ``(height, width, channels)`` against the ``depth`` pooling steps; return it as a tuple."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"input_shape must be (height, width, channels); got {tuple(input_shape)!r}")
+    if not isinstance(depth, int) or depth < 1:
+        raise ConfigError(f"depth must be an integer >= 1; got {depth!r}")
+    if not isinstance(base_filters, int) or base_filters < 1:
+        raise ConfigError(f"base_filters must be an integer >= 1; got {base_filters!r}")
+    height, width, channels = (int(v) for v in input_shape)
+    divisor = 2**depth
+    if height % divisor or width % divisor:
+        raise ConfigError(
+            f"input size {height}x{width} is not divisible by 2^depth = {divisor} (depth={depth}); "
+            f"use a size that is a multiple of {divisor}, e.g. {divisor * max(1, round(height / divisor))}"
+        )
+    if channels < 1:
+        raise ConfigError(f"input_shape channels must be >= 1; got {channels}")
+    return height, width, channels
+
+
+def _conv_unit(x, filters: int, name: str):
+    """3x3 Conv2D (same padding) -> BatchNorm -> LeakyReLU(0.1). Bias omitted: BN's beta replaces it."""
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_act")(x)
+
+
+def _dense_block(x, filters: int, name: str, units: int = 3):
+    """DenseNet-style block: one initial 3x3 conv, then ``units`` conv units.
+
+    Each unit's input is the concatenation of the block's earlier outputs (the initial conv's output and
+    every earlier unit's), as in DenseNet (Huang et al. 2017). The block returns the last unit's output
+    (``filters`` channels), which keeps the decoder's widths equal to the encoder's.
+    """
+    outputs = [keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_init")(x)]
+    for i in range(units):
+        unit_in = outputs[0] if i == 0 else keras.layers.Concatenate(name=f"{name}_cat{i}")(outputs)
+        outputs.append(_conv_unit(unit_in, filters, f"{name}_u{i}"))
+    return outputs[-1]
+
+
+def _plain_block(x, filters: int, name: str):
+    """Two conv units: the classic U-Net level (Ronneberger et al. 2015), with BN and LeakyReLU."""
+    return _conv_unit(_conv_unit(x, filters, f"{name}_u0"), filters, f"{name}_u1")
+
+
+def _up_block(x, skip, filters: int, name: str):
+    """2x2 stride-2 transposed conv, concatenation with the encoder skip, LeakyReLU, BN (paper fig. 2)."""
+    x = keras.layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_tconv")(x)
+    x = keras.layers.Concatenate(name=f"{name}_cat")([x, skip])
+    x = keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_act")(x)
+    return keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+
+
+def _build(
+    block: Callable, input_shape, depth: int, base_filters: int, bottleneck_filters: int | None, name: str
+) -> keras.Model:
+    """Encoder-bottleneck-decoder skeleton shared by both generators; ``block`` builds one level."""
+    shape = _check_shape(input_shape, depth, base_filters)
+    if bottleneck_filters is None:
+        bottleneck_filters = base_filters * 2 ** (depth - 1)
+    elif not isinstance(bottleneck_filters, int) or bottleneck_filters < 1:
+        raise ConfigError(f"bottleneck_filters must be an integer >= 1 or None; got {bottleneck_filters!r}")
+    inputs = keras.Input(shape=shape, name="image")
+    x, skips = inputs, []
+    # === Encoder: base * 2^i filters, a 2x2 max-pool after each level ===
+    for level in range(depth):
+        x = block(x, base_filters * 2**level, f"enc{level}")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    # === Bottleneck: the paper lists no width beyond the deepest encoder's, so we keep that width ===
+    x = block(x, bottleneck_filters, "bottleneck")
+    # === Decoder: widths mirror the encoder ===
+    for level in reversed(range(depth)):
+        x = _up_block(x, skips[level], base_filters * 2**level, f"dec{level}")
+        x = block(x, base_filters * 2**level, f"dec{level}")
+    # === Head: 1x1 conv, sigmoid kept in float32 under mixed precision ===
+    x = keras.layers.Conv2D(1, 1, name="head_conv")(x)
+    outputs = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build_dense_unet(
+    input_shape: Sequence[int] = (224, 224, 1),
+    depth: int = 5,
+    base_filters: int = 32,
+    name: str = "dense_unet",
+    *,
+    bottleneck_filters: int | None = None,
+) -> keras.Model:
+    """The paper's generator: a U-Net whose levels are dense blocks.
+
+    Args:
+        input_shape: ``(height, width, channels)``; height and width must divide by ``2**depth``.
+        depth: number of encoder levels (= max-pools = upsample blocks). The paper uses 5.
+        base_filters: filters of the first level; level ``i`` has ``base_filters * 2**i`` (32..512 in the
+            paper).
+        name: model name.
+        bottleneck_filters: width of the bottleneck dense block; ``None`` (default) keeps the deepest
+            encoder width ``base_filters * 2**(depth - 1)`` (512 in the paper's setting: the paper names
+            no wider layer). Pass ``base_filters * 2**depth`` for the classic U-Net doubling.
+
+    Returns:
+        A functional model mapping ``(batch, H, W, C)`` float32 images to ``(batch, H, W, 1)`` float32
+        probabilities.
+
+    Raises:
+        ConfigError: the input size does not divide by ``2**depth``, or a bad depth/filter count.
+    """
+    return _build(_dense_block, input_shape, depth, base_filters, bottleneck_filters, name)
+
+
+def build_unet(
+    input_shape: Sequence[int] = (224, 224, 1),
+    depth: int = 5,
+    base_filters: int = 32,
+    name: str = "unet",
+    *,
+    bottleneck_filters: int | None = None,
+) -> keras.Model:
+    """A plain U-Net (two conv units per level), same skeleton and signature as :func:`build_dense_unet`.
+
+    Lighter and faster than the dense U-Net; meant for quick experiments and tests.
+    """
+    return _build(_plain_block, input_shape, depth, base_filters, bottleneck_filters, name)
+
+
+#: Generator builders by the name used in configs (``model.arch``).
+GENERATORS: dict[str, Callable[..., keras.Model]] = {
+    "dense_unet": build_dense_unet,
+    "unet": build_unet,
+}
+
+
+def build_generator(arch: str, **kwargs) -> keras.Model:
+    """Build a generator by name (``'dense_unet'`` or ``'unet'``); ``kwargs`` go to the builder.
+
+    Raises:
+        ConfigError: unknown ``arch`` (the message lists the known names).
+    """
+    if arch not in GENERATORS:
+        raise ConfigError(f"unknown generator arch {arch!r}; known: {', '.join(sorted(GENERATORS))}")
+    return GENERATORS[arch](**kwargs)
+
+
+def count_flops(model: keras.Model) -> int:
+    """Forward FLOPs of one sample, counted analytically as 2 x multiply-accumulates of the convolutions.
+
+    Conv2D: ``2 * H_out * W_out * C_out * k_h * k_w * C_in / groups``; Conv2DTranspose:
+    ``2 * H_in * W_in * C_in * k_h * k_w * C_out`` (every input pixel scatters a full kernel). Batch norm,
+    activations, pooling and bias additions are ignored (they are O(activations), not O(weights)).
+    Nested models are counted recursively. The model must have a fixed input size.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += count_flops(layer)
+            continue
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            continue
+        in_shape, out_shape = layer.input.shape, layer.output.shape
+        if any(v is None for v in (*in_shape[1:], *out_shape[1:])):
+            raise ConfigError(f"count_flops needs a fixed input size; layer {layer.name} has {in_shape}")
+        kh, kw, *_ = layer.kernel.shape
+        if isinstance(layer, keras.layers.Conv2DTranspose):
+            _, h, w, c_in = in_shape
+            macs = h * w * c_in * kh * kw * out_shape[-1]
+        else:
+            _, h, w, c_out = out_shape
+            macs = h * w * c_out * kh * kw * in_shape[-1] // layer.groups
+        total += 2 * int(macs)
+    return total

@@ -1,0 +1,223 @@
+"""Training callbacks: atomic checkpoints with an epoch counter, learning-rate logging, image summaries.
+
+Keras' own ``ModelCheckpoint`` writes straight onto the final file name, so a process killed while
+saving leaves a truncated ``.keras`` file that looks valid by name. :class:`RunCheckpoint` saves to a
+temporary file beside it and renames (``wmhkeras.utils.atomic_path``), then records the epoch in
+``checkpoints/state.json``, the counter that ``wmhkeras train --resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from wmhkeras.training.run import RunFolder
+from wmhkeras.utils import atomic_path, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def inference_model(generator: keras.Model) -> keras.Model:
+    """An uncompiled functional view of ``generator`` sharing its layers and weights.
+
+    Saved as ``best.keras``: it carries no optimizer and no loss, so it loads with
+    ``keras.saving.load_model(path)`` without the content loss's backbone weights.
+    """
+    return keras.Model(generator.inputs, generator.outputs, name=generator.name)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Save ``last.keras`` every epoch and ``best.keras`` on improvement, atomically; keep ``state.json``.
+
+    ``state.json`` (written after the checkpoint it describes)::
+
+        {"epochs": 3,               # epochs completed and saved in last.keras (1-based count)
+         "iterations": 300,         # optimizer steps in last.keras (checked on resume)
+         "running_epoch": 4,        # the epoch in progress (null once training has ended)
+         "best": 0.61, "best_epoch": 2, "monitor": "val_dice", "wall_time_s": 123.4, "updated": ...}
+
+    Each epoch also rewrites ``summary.json`` from ``summary_base`` plus these counters, so a killed
+    run still has a readable summary of what it completed.
+
+    Args:
+        run: the run folder.
+        generator: the segmentation model saved as ``best.keras`` (an uncompiled view of it).
+        monitor: log key to maximise (``'val_dice'``) or minimise (a key ending in ``'loss'``).
+        state: the state read back on resume (``{}`` for a new run).
+        summary_base: fields copied into every ``summary.json``.
+    """
+
+    def __init__(self, run: RunFolder, generator: keras.Model, monitor: str = "val_dice",
+                 state: dict | None = None, summary_base: dict | None = None):
+        super().__init__()
+        self.run = run
+        self.generator = generator
+        self.monitor = monitor
+        self.mode = "min" if monitor.endswith("loss") else "max"
+        state = dict(state or {})
+        self.epochs = int(state.get("epochs", 0))
+        self.best = state.get("best")
+        self.best_epoch = state.get("best_epoch")
+        self.previous_wall = float(state.get("wall_time_s", 0.0))
+        self.summary_base = dict(summary_base or {})
+        self.started = time.monotonic()
+        self.last_logs: dict = {}
+
+    # === Counters ===
+
+    def wall_time_s(self) -> float:
+        return round(self.previous_wall + time.monotonic() - self.started, 2)
+
+    def state(self, running_epoch: int | None) -> dict:
+        return {
+            "epochs": self.epochs,
+            "iterations": int(self.model.optimizer.iterations.numpy()) if self.model else None,
+            "running_epoch": running_epoch,
+            "monitor": self.monitor,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wall_time_s": self.wall_time_s(),
+            "started": self.summary_base.get("started"),
+            "updated": utc_now(),
+        }
+
+    def summary(self, finished: bool, **extra) -> dict:
+        """The summary of the run so far (``summary_base`` + counters + the last epoch's logs)."""
+        return {
+            **self.summary_base,
+            "epochs": self.epochs,
+            # null when best.keras is chosen by another quantity (no validation set, adversarial model)
+            "best_val_dice": self.best if self.monitor == "val_dice" else None,
+            "best_epoch": self.best_epoch,
+            "monitor": self.monitor,
+            "best": self.best,
+            "wall_time_s": self.wall_time_s(),
+            "last_epoch_logs": {k: _float(v) for k, v in self.last_logs.items()},
+            "finished": finished,
+            "updated": utc_now(),
+            **extra,
+        }
+
+    def _improved(self, value) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    # === Keras hooks ===
+
+    def on_train_begin(self, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.run.write_state(self.state(running_epoch=epoch + 1))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        self.last_logs = logs
+        self.epochs = epoch + 1
+        value = _float(logs.get(self.monitor))
+        if value is None:
+            log.warning("checkpoint: %r is not in the epoch logs (%s); best.keras is not updated",
+                        self.monitor, ", ".join(sorted(logs)))
+        improved = self._improved(value)
+        if improved:
+            self.best, self.best_epoch = value, self.epochs
+        with atomic_path(self.run.last) as tmp:
+            self.model.save(tmp)
+        if improved:
+            with atomic_path(self.run.best) as tmp:
+                inference_model(self.generator).save(tmp)
+            log.info("epoch %d: %s improved to %.4f, saved %s", self.epochs, self.monitor, value, self.run.best)
+        # After the checkpoint: a kill in between leaves state.json one epoch behind, never ahead.
+        self.run.write_state(self.state(running_epoch=None))
+        self.run.write_summary(self.summary(finished=False))
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Put the optimizer's current learning rate into the epoch logs (for ``log.csv``).
+
+    Placed before ``CSVLogger`` in the callback list; TensorBoard logs it on its own as well.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def overlay(images, truth, prediction, threshold: float = 0.5, alpha: float = 0.6) -> np.ndarray:
+    """Grey FLAIR slices with the ground truth in green and the prediction in red (overlap: yellow).
+
+    Args:
+        images: ``(batch, H, W, C)`` in ``[0, 1]``; channel 0 (FLAIR) is shown.
+        truth: ``(batch, H, W, 1 or 2)`` packed target; channel 0 thresholded at ``threshold``.
+        prediction: ``(batch, H, W, 1)`` probabilities, thresholded at ``threshold``.
+        alpha: opacity of the colour over the image.
+
+    Returns:
+        ``(batch, H, W, 3)`` float32 RGB in ``[0, 1]``, the input of ``tf.summary.image``.
+    """
+    grey = np.clip(np.asarray(images, np.float32)[..., :1], 0.0, 1.0)
+    rgb = np.repeat(grey, 3, axis=-1)
+    t = (np.asarray(truth)[..., :1] >= threshold).astype(np.float32)
+    p = (np.asarray(prediction)[..., :1] >= threshold).astype(np.float32)
+    colour = np.concatenate([p, t, np.zeros_like(t)], axis=-1)  # R = prediction, G = truth
+    shown = np.maximum(t, p)
+    return (rgb * (1.0 - alpha * shown) + alpha * colour * shown).astype(np.float32)
+
+
+class ImageSummary(keras.callbacks.Callback):
+    """Every ``every`` epochs (and after the last), write preview slices with truth and prediction.
+
+    Images go to ``log_dir`` (``RUN_DIR/tensorboard/images``) under the tag ``preview`` at step
+    ``epoch + 1``: the FLAIR slice in grey, the ground truth green, the prediction red, both yellow.
+
+    Args:
+        generator: the segmentation model.
+        preview: a fixed ``(x, y)`` batch, ``x`` ``(batch, H, W, C)``, ``y`` ``(batch, H, W, 2)``.
+        log_dir: folder of the event file.
+        every: period in epochs; 0 turns the summaries off.
+        epochs: the last epoch of the run (always summarised).
+    """
+
+    def __init__(self, generator: keras.Model, preview, log_dir, every: int, epochs: int):
+        super().__init__()
+        self.generator = generator
+        self.x, self.y = (np.asarray(v) for v in preview)
+        self.log_dir = str(log_dir)
+        self.every = int(every)
+        self.epochs = int(epochs)
+        self.writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        if self.every <= 0 or (done % self.every and done != self.epochs):
+            return
+        if self.writer is None:
+            self.writer = tf.summary.create_file_writer(self.log_dir)
+        prediction = self.generator(self.x, training=False)
+        images = overlay(self.x, self.y, keras.ops.convert_to_numpy(prediction))
+        with self.writer.as_default():
+            tf.summary.image("preview", images, step=done, max_outputs=len(images),
+                             description="FLAIR; ground truth green, prediction red, overlap yellow")
+        self.writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _float(value):
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
