@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import click
-from wmhkeras.cli.main import handle_errors
+
+from wmhkeras.cli.common import handle_errors
 
 EXIT_SOME_FAILED = 1
 

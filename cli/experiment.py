@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import click
-from wmhkeras.cli.main import handle_errors
+
+from wmhkeras.cli.common import handle_errors
 
 
 @click.command("experiment")

@@ -6,30 +6,18 @@ Every :class:`~wmhkeras.errors.WmhError` becomes a one-line message on stderr an
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
 
 import click
 
-EXIT_BAD_INPUT = 2
-
-
-def handle_errors(func):
-    """Turn user-fixable errors into ``error: ...`` and exit code 2 (no traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from wmhkeras.errors import WmhError
-
-        try:
-            return func(*args, **kwargs)
-        except WmhError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-
-    return wrapper
+from wmhkeras.cli.common import EXIT_BAD_INPUT, handle_errors
+from wmhkeras.cli.evaluate import evaluate_command
+from wmhkeras.cli.experiment import experiment
+from wmhkeras.cli.export import export_command
+from wmhkeras.cli.segment import segment_command
+from wmhkeras.cli.train import train_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,13 +88,7 @@ def check(data: str, t1: bool, labels: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
-# Commands defined in their own modules (each imports handle_errors from here, so register last).
-from wmhkeras.cli.evaluate import evaluate_command  # noqa: E402
-from wmhkeras.cli.experiment import experiment  # noqa: E402
-from wmhkeras.cli.export import export_command  # noqa: E402
-from wmhkeras.cli.segment import segment_command  # noqa: E402
-from wmhkeras.cli.train import train_command  # noqa: E402
-
+# Commands defined in their own modules.
 for _command in (train_command, segment_command, evaluate_command, export_command, experiment):
     main.add_command(_command)
 

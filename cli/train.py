@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import click
-from wmhkeras.cli.main import handle_errors
+
+from wmhkeras.cli.common import handle_errors
 
 
 def default_run_dir(configs: tuple[str, ...]) -> Path:

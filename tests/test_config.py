@@ -1,7 +1,15 @@
 import pytest
 import yaml
 
-from wmhkeras.config import CONFIG_VERSION, Config, config_from_dict, deep_merge, load_config, parse_override, save_config
+from wmhkeras.config import (
+    CONFIG_VERSION,
+    Config,
+    config_from_dict,
+    deep_merge,
+    load_config,
+    parse_override,
+    save_config,
+)
 from wmhkeras.errors import ConfigError
 
 from .conftest import REPO

@@ -8,10 +8,10 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules import it back)
 from click.testing import CliRunner
-from wmhkeras.cli.evaluate import evaluate_command
 
+import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules import it back)
+from wmhkeras.cli.evaluate import evaluate_command
 from wmhkeras.errors import InputError
 from wmhkeras.evaluate import evaluate, match, resolve_predictions, resolve_truth
 

@@ -276,6 +276,7 @@ def test_tiny_experiment_writes_reports(tiny_experiment):
 def test_rerun_skips_finished_arms(tiny_experiment, caplog):
     """Running the same experiment again (here through the CLI) retrains nothing and rewrites the reports."""
     from click.testing import CliRunner
+
     from wmhkeras.cli.experiment import experiment
 
     root, config, _ = tiny_experiment

@@ -22,9 +22,9 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from click.testing import CliRunner  # noqa: E402
-from wmhkeras.cli.export import export_command  # noqa: E402
 
 from wmhkeras import export as ex  # noqa: E402
+from wmhkeras.cli.export import export_command  # noqa: E402
 from wmhkeras.config import config_from_dict, save_config  # noqa: E402
 from wmhkeras.datasets import check_subject, load_dataset  # noqa: E402
 from wmhkeras.errors import ConfigError, InputError, WmhError  # noqa: E402

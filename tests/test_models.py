@@ -165,3 +165,19 @@ def test_adversarial_config_round_trip_and_validation():
     assert clone.backbone_learning_rate == 1e-5 and clone.content_loss.trainable_backbone
     with pytest.raises(ConfigError, match="trainable_backbone=True"):
         AdversarialContentModel(build_dense_unet(**TINY), SiameseContentLoss(weights="random"))
+
+
+def test_output_prior_and_bn_momentum_options():
+    import numpy as np
+
+    from wmhkeras.models.unet import build_generator
+
+    model = build_generator("unet", input_shape=(16, 16, 1), depth=2, base_filters=2, bn_momentum=0.9, output_prior=0.01)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.momentum == 0.9 for layer in bns)
+    # head bias log(0.01 / 0.99) and zero-mean inputs: the output starts at the prior
+    assert np.isclose(model.get_layer("head_conv").get_weights()[1][0], np.log(0.01 / 0.99))
+    zeros = model(np.zeros((1, 16, 16, 1), np.float32), training=False).numpy()
+    np.testing.assert_allclose(zeros, 0.01, rtol=1e-4)
+    with pytest.raises(ConfigError, match="output_prior must be in"):
+        build_generator("unet", input_shape=(16, 16, 1), depth=2, output_prior=1.5)

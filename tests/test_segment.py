@@ -7,10 +7,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules import it back)
 from click.testing import CliRunner
-from wmhkeras.cli.segment import segment_command
 
+import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules import it back)
+from wmhkeras.cli.segment import segment_command
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.segment import (
     Segmenter,

@@ -49,6 +49,9 @@ class DataConfig:
     #: ``auto`` picks ``memory`` below ``memory_limit_gb`` of preprocessed data.
     cache: Literal["auto", "memory", "shards"] = "auto"
     memory_limit_gb: float = 4.0
+    #: Folder for on-disk shards (kept and reused by later runs on the same data and settings);
+    #: ``null`` uses a temporary folder removed when training ends.
+    cache_dir: Optional[str] = None
 
 
 @dataclass
@@ -59,6 +62,10 @@ class ModelConfig:
     input_size: list[int] = field(default_factory=lambda: [224, 224])
     depth: int = 5
     base_filters: int = 32
+    #: BatchNorm moving-average momentum; 0.9 suits short trainings (the paper does not say).
+    bn_momentum: float = 0.99
+    #: Initial output probability (head bias log(p/(1-p))); null starts at 0.5.
+    output_prior: Optional[float] = None
 
 
 @dataclass
@@ -228,6 +235,8 @@ def _check(cfg: Config) -> None:
     need(d.memory_limit_gb > 0, "data.memory_limit_gb", d.memory_limit_gb, "use a positive number")
     need(1 <= m.depth <= 7, "model.depth", m.depth, "use 1 to 7")
     need(m.base_filters >= 1, "model.base_filters", m.base_filters, "use a positive integer")
+    need(0 <= m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum, "use a value in [0, 1)")
+    need(m.output_prior is None or 0 < m.output_prior < 1, "model.output_prior", m.output_prior, "use a value in (0, 1), or null")
     need(len(m.input_size) == 2 and all(s > 0 for s in m.input_size), "model.input_size", m.input_size, "use [height, width]")
     divisor = 2**m.depth
     need(all(s % divisor == 0 for s in m.input_size), "model.input_size", m.input_size,

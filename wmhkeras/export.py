@@ -480,7 +480,8 @@ def _tree_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def _tflite_runner(path: Path):
+def tflite_predict_fn(path: Path):
+    """Slices ``(batch, H, W, C)`` float32 -> probabilities with an exported TFLite file (ai-edge-litert)."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
@@ -661,7 +662,7 @@ def _build(src, staging, out_dir, variants, limits, slices, volume, verification
         log.info("converting TFLite %s", v)
         path = staging / "tflite" / f"model_{v}.tflite"
         path.write_bytes(_convert_tflite(loaded, v, calibration))
-        out, ms = _timed(_tflite_runner(path), slices)
+        out, ms = _timed(tflite_predict_fn(path), slices)
         checks.append(_check(v, f"tflite/{path.name}", path.stat().st_size, ms, out, ref, limits[v]))
     return ExportReport(out_dir, src.description, utc_now(), checks, {}, verification, {})
 

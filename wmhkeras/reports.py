@@ -14,8 +14,6 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 
 from wmhkeras.errors import InputError
 from wmhkeras.metrics import CHALLENGE_KEYS, HIGHER_IS_BETTER, METRIC_KEYS
+from wmhkeras.utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +44,11 @@ SD_DDOF = 1
 
 
 def _write_atomic(path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it over ``path``.
-
-    The destination is either the old file or the complete new one, never a partial file, even if the
-    process dies mid-write. Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it over ``path``
+    (:func:`wmhkeras.utils.atomic_path`): never a partial file under the final name."""
+    with atomic_path(path) as tmp:
+        write(str(tmp))
+    return Path(path)
 
 
 def write_text(text: str, path) -> Path:

@@ -195,6 +195,8 @@ def inspect_model(path: str | Path) -> ModelSpec:
       ``checkpoints/last.keras``; modalities, normalisation and input size from ``config.yaml``.
     - SavedModel folder (holds ``saved_model.pb``), or an export folder holding ``saved_model/``:
       settings from ``model_card.json`` inside or beside the SavedModel.
+    - ``*.tflite`` file of an export (``tflite/model_<variant>.tflite``): settings from the export's
+      ``model_card.json``; run with ai-edge-litert.
 
     Raises:
         InputError: the path is missing or is none of these; ConfigError: a bad ``config.yaml``.
@@ -204,6 +206,9 @@ def inspect_model(path: str | Path) -> ModelSpec:
         raise InputError(f"{path}: model not found; expected a .keras file, a run folder or a SavedModel folder")
     if path.is_dir() and (path / "saved_model" / "saved_model.pb").is_file():
         path = path / "saved_model"  # the folder `wmhkeras export` writes: saved_model/ + model_card.json
+    if path.is_file() and path.suffix == ".tflite":
+        modalities, normalisation, size = _read_model_card(path.parent)
+        return ModelSpec(path, "tflite", path, modalities, normalisation, size)
     if path.is_file():
         if path.suffix != ".keras":
             raise InputError(f"{path}: not a model; expected a .keras file, a run folder or a SavedModel folder")
@@ -308,6 +313,19 @@ def _load_keras(spec: ModelSpec) -> Segmenter:
                      tuple(in_shape[1:3]), str(spec.source), model)
 
 
+def _load_tflite(spec: ModelSpec) -> Segmenter:
+    from wmhkeras.export import tflite_predict_fn
+
+    try:
+        predict = tflite_predict_fn(spec.path)
+    except ImportError:
+        raise InputError(f"{spec.path}: TFLite models need ai-edge-litert: pip install 'wmhkeras[litert]'") from None
+    except Exception as exc:
+        raise InputError(f"{spec.path}: cannot load the TFLite model ({exc.__class__.__name__}: {exc})") from None
+    return Segmenter(lambda x: predict(np.asarray(x, np.float32)), spec.modalities, spec.normalisation,
+                     tuple(spec.input_size), str(spec.source))
+
+
 def _load_saved_model(spec: ModelSpec) -> Segmenter:
     import tensorflow as tf
 
@@ -340,7 +358,8 @@ def load_segmenter(path: str | Path | ModelSpec) -> Segmenter:
     registered) and ``compile=False`` (the content loss's backbone weights are not needed).
     """
     spec = path if isinstance(path, ModelSpec) else inspect_model(path)
-    segmenter = _load_saved_model(spec) if spec.format == "saved_model" else _load_keras(spec)
+    loaders = {"saved_model": _load_saved_model, "tflite": _load_tflite}
+    segmenter = loaders.get(spec.format, _load_keras)(spec)
     log.info("loaded %s model %s: modalities %s, normalisation %s, input %s", spec.format, spec.path,
              ",".join(segmenter.modalities), segmenter.normalisation, "x".join(map(str, segmenter.input_size)))
     return segmenter

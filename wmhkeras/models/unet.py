@@ -13,6 +13,7 @@ parameter counts and the FLOPs).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 
 import keras
@@ -45,14 +46,19 @@ def _check_shape(input_shape: Sequence[int], depth: int, base_filters: int) -> t
     return height, width, channels
 
 
-def _conv_unit(x, filters: int, name: str):
+#: BatchNorm moving-average momentum (Keras' default). Short trainings (a few hundred steps) track
+#: the batch statistics better with a lower value such as 0.9: see ``model.bn_momentum``.
+BN_MOMENTUM = 0.99
+
+
+def _conv_unit(x, filters: int, name: str, momentum: float = BN_MOMENTUM):
     """3x3 Conv2D (same padding) -> BatchNorm -> LeakyReLU(0.1). Bias omitted: BN's beta replaces it."""
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
     return keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_act")(x)
 
 
-def _dense_block(x, filters: int, name: str, units: int = 3):
+def _dense_block(x, filters: int, name: str, momentum: float = BN_MOMENTUM, units: int = 3):
     """DenseNet-style block: one initial 3x3 conv, then ``units`` conv units.
 
     Each unit's input is the concatenation of the block's earlier outputs (the initial conv's output and
@@ -62,28 +68,39 @@ def _dense_block(x, filters: int, name: str, units: int = 3):
     outputs = [keras.layers.Conv2D(filters, 3, padding="same", name=f"{name}_init")(x)]
     for i in range(units):
         unit_in = outputs[0] if i == 0 else keras.layers.Concatenate(name=f"{name}_cat{i}")(outputs)
-        outputs.append(_conv_unit(unit_in, filters, f"{name}_u{i}"))
+        outputs.append(_conv_unit(unit_in, filters, f"{name}_u{i}", momentum))
     return outputs[-1]
 
 
-def _plain_block(x, filters: int, name: str):
+def _plain_block(x, filters: int, name: str, momentum: float = BN_MOMENTUM):
     """Two conv units: the classic U-Net level (Ronneberger et al. 2015), with BN and LeakyReLU."""
-    return _conv_unit(_conv_unit(x, filters, f"{name}_u0"), filters, f"{name}_u1")
+    return _conv_unit(_conv_unit(x, filters, f"{name}_u0", momentum), filters, f"{name}_u1", momentum)
 
 
-def _up_block(x, skip, filters: int, name: str):
+def _up_block(x, skip, filters: int, name: str, momentum: float = BN_MOMENTUM):
     """2x2 stride-2 transposed conv, concatenation with the encoder skip, LeakyReLU, BN (paper fig. 2)."""
     x = keras.layers.Conv2DTranspose(filters, 2, strides=2, name=f"{name}_tconv")(x)
     x = keras.layers.Concatenate(name=f"{name}_cat")([x, skip])
     x = keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=f"{name}_act")(x)
-    return keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.BatchNormalization(momentum=momentum, name=f"{name}_bn")(x)
 
 
 def _build(
-    block: Callable, input_shape, depth: int, base_filters: int, bottleneck_filters: int | None, name: str
+    block: Callable,
+    input_shape,
+    depth: int,
+    base_filters: int,
+    bottleneck_filters: int | None,
+    name: str,
+    bn_momentum: float = BN_MOMENTUM,
+    output_prior: float | None = None,
 ) -> keras.Model:
     """Encoder-bottleneck-decoder skeleton shared by both generators; ``block`` builds one level."""
     shape = _check_shape(input_shape, depth, base_filters)
+    if not 0.0 <= bn_momentum < 1.0:
+        raise ConfigError(f"bn_momentum must be in [0, 1); got {bn_momentum!r}")
+    if output_prior is not None and not 0.0 < output_prior < 1.0:
+        raise ConfigError(f"output_prior must be in (0, 1) or None; got {output_prior!r}")
     if bottleneck_filters is None:
         bottleneck_filters = base_filters * 2 ** (depth - 1)
     elif not isinstance(bottleneck_filters, int) or bottleneck_filters < 1:
@@ -92,17 +109,20 @@ def _build(
     x, skips = inputs, []
     # === Encoder: base * 2^i filters, a 2x2 max-pool after each level ===
     for level in range(depth):
-        x = block(x, base_filters * 2**level, f"enc{level}")
+        x = block(x, base_filters * 2**level, f"enc{level}", bn_momentum)
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
     # === Bottleneck: the paper lists no width beyond the deepest encoder's, so we keep that width ===
-    x = block(x, bottleneck_filters, "bottleneck")
+    x = block(x, bottleneck_filters, "bottleneck", bn_momentum)
     # === Decoder: widths mirror the encoder ===
     for level in reversed(range(depth)):
-        x = _up_block(x, skips[level], base_filters * 2**level, f"dec{level}")
-        x = block(x, base_filters * 2**level, f"dec{level}")
+        x = _up_block(x, skips[level], base_filters * 2**level, f"dec{level}", bn_momentum)
+        x = block(x, base_filters * 2**level, f"dec{level}", bn_momentum)
     # === Head: 1x1 conv, sigmoid kept in float32 under mixed precision ===
-    x = keras.layers.Conv2D(1, 1, name="head_conv")(x)
+    # With a prior p the output starts at p everywhere (bias log(p / (1 - p)), Lin et al. 2017, focal
+    # loss): under heavy class imbalance the first steps then need not unlearn a 0.5 background.
+    bias = "zeros" if output_prior is None else keras.initializers.Constant(math.log(output_prior / (1 - output_prior)))
+    x = keras.layers.Conv2D(1, 1, bias_initializer=bias, name="head_conv")(x)
     outputs = keras.layers.Activation("sigmoid", dtype="float32", name="probability")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -114,6 +134,8 @@ def build_dense_unet(
     name: str = "dense_unet",
     *,
     bottleneck_filters: int | None = None,
+    bn_momentum: float = BN_MOMENTUM,
+    output_prior: float | None = None,
 ) -> keras.Model:
     """The paper's generator: a U-Net whose levels are dense blocks.
 
@@ -126,6 +148,10 @@ def build_dense_unet(
         bottleneck_filters: width of the bottleneck dense block; ``None`` (default) keeps the deepest
             encoder width ``base_filters * 2**(depth - 1)`` (512 in the paper's setting: the paper names
             no wider layer). Pass ``base_filters * 2**depth`` for the classic U-Net doubling.
+        bn_momentum: momentum of every BatchNorm's moving averages (the paper does not say; Keras'
+            0.99 by default, 0.9 suits trainings of a few hundred steps).
+        output_prior: initial output probability everywhere (head bias ``log(p/(1-p))``); ``None``
+            starts at 0.5 (zero bias). The paper does not say; 0.01 helps short trainings.
 
     Returns:
         A functional model mapping ``(batch, H, W, C)`` float32 images to ``(batch, H, W, 1)`` float32
@@ -134,7 +160,7 @@ def build_dense_unet(
     Raises:
         ConfigError: the input size does not divide by ``2**depth``, or a bad depth/filter count.
     """
-    return _build(_dense_block, input_shape, depth, base_filters, bottleneck_filters, name)
+    return _build(_dense_block, input_shape, depth, base_filters, bottleneck_filters, name, bn_momentum, output_prior)
 
 
 def build_unet(
@@ -144,12 +170,14 @@ def build_unet(
     name: str = "unet",
     *,
     bottleneck_filters: int | None = None,
+    bn_momentum: float = BN_MOMENTUM,
+    output_prior: float | None = None,
 ) -> keras.Model:
     """A plain U-Net (two conv units per level), same skeleton and signature as :func:`build_dense_unet`.
 
     Lighter and faster than the dense U-Net; meant for quick experiments and tests.
     """
-    return _build(_plain_block, input_shape, depth, base_filters, bottleneck_filters, name)
+    return _build(_plain_block, input_shape, depth, base_filters, bottleneck_filters, name, bn_momentum, output_prior)
 
 
 #: Generator builders by the name used in configs (``model.arch``).

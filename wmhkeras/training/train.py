@@ -198,7 +198,8 @@ def build_model(cfg: Config) -> tuple[keras.Model, keras.Model]:
     finally:
         keras.mixed_precision.set_global_policy(policy)
     generator = build_generator(cfg.model.arch, input_shape=shape, depth=cfg.model.depth,
-                                base_filters=cfg.model.base_filters)
+                                base_filters=cfg.model.base_filters, bn_momentum=cfg.model.bn_momentum,
+                                output_prior=cfg.model.output_prior)
     optimizer = keras.optimizers.Adam(make_learning_rate(cfg), beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2)
     if cfg.loss.finetune_backbone:
         from wmhkeras.training.adversarial import AdversarialContentModel
@@ -359,7 +360,7 @@ def _run(cfg: Config, strategy, subjects, split, *, read: RunFolder, write: RunF
     if t.batch_size % replicas:
         log.warning("train.batch_size %d does not divide by %d replicas; replicas get unequal batches",
                     t.batch_size, replicas)
-    data = build_datasets(cfg, subjects, split)
+    data = build_datasets(cfg, subjects, split, cache_dir=cfg.data.cache_dir)
     validation = data.validation
     if validation is not None and replicas > 1:
         validation = _no_empty_replica(validation, data.stats["validation_samples"], t.batch_size, replicas)
