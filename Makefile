@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo_output
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint clean experiment-demo
 
 $(STAMP): setup.py pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,12 +28,19 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+# Each benchmark writes its figures as JSON; docs/performance.md records them with their commands.
 bench: $(STAMP)
 	mkdir -p bench/results
 	$(BIN)/python bench/train_step.py --out bench/results/train_step.json
+	$(BIN)/python bench/pipeline.py --out bench/results/pipeline.json
+	$(BIN)/python bench/segment.py --out bench/results/segment.json
+
+experiment-demo: $(STAMP)
+	$(BIN)/wmhkeras synth demo_experiment/cohort --subjects 24 --sites 3 --seed 0
+	$(BIN)/wmhkeras experiment configs/experiment_demo.yaml --data demo_experiment/cohort --out demo_experiment/run
 
 lint: $(STAMP)
 	$(BIN)/ruff check wmhkeras cli tests bench
 
 clean:
-	rm -rf $(DEMO) build *.egg-info
+	rm -rf $(DEMO) demo_experiment build *.egg-info

@@ -26,10 +26,12 @@ def default_run_dir(configs: tuple[str, ...]) -> Path:
               help="New run folder (default: runs/<config name>-<date-time>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue the run in this folder from its last completed epoch (config and split read from it).")
+@click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
+              help="Reuse a split.json (e.g. another run's) instead of making a new split.")
 @click.option("--quiet", is_flag=True, default=False, help="One line per epoch instead of the progress bar.")
 @handle_errors
 def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_path: str | None, out_dir: str | None,
-                  resume_dir: str | None, quiet: bool) -> None:
+                  resume_dir: str | None, split_file: str | None, quiet: bool) -> None:
     """Train a segmentation model; CONFIGS are YAML files deep-merged in order (e.g. configs/demo.yaml).
 
     Writes the run folder: config.yaml, split.json, versions.json, summary.json, log.csv,
@@ -41,8 +43,9 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
     from wmhkeras.training.run import RunFolder
 
     if resume_dir is not None:
-        if configs or out_dir:
-            raise ConfigError("--resume RUN_DIR reads the config from RUN_DIR: give no CONFIG file and no --out")
+        if configs or out_dir or split_file:
+            raise ConfigError("--resume RUN_DIR reads the config and split from RUN_DIR: give no CONFIG file, "
+                              "--out or --split")
         run = RunFolder(resume_dir)
         run.check_resumable()
         cfg = load_config(run.config, overrides)
@@ -57,7 +60,8 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
 
     from wmhkeras.training.train import train  # TensorFlow: only once the arguments are valid
 
-    result = train(cfg, target, data_path=data_path, resume=resume_dir is not None, verbose=2 if quiet else 1)
+    result = train(cfg, target, data_path=data_path, resume=resume_dir is not None, split=split_file,
+                   verbose=2 if quiet else 1)
     s = result.summary
     best = f"{s['best_val_dice']:.4f}" if s.get("best_val_dice") is not None else f"n/a ({s.get('monitor')})"
     click.echo(f"run folder: {result.run_dir}")

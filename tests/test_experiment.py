@@ -191,7 +191,16 @@ def test_train_arm_routing(tmp_path, monkeypatch):
     calls = []
     # A stand-in trainer module: no TensorFlow import, no training.
     trainer = types.ModuleType("wmhkeras.training.train")
-    trainer.train = lambda cfg, out, **kw: calls.append((Path(out), kw))
+    def fake_train(cfg, out, **kw):
+        calls.append((Path(out), kw))
+        if "split" in kw:  # a new run writes its folder as the real trainer does
+            from wmhkeras.config import save_config
+            from wmhkeras.training.split import save_split
+
+            save_split(kw["split"], RunFolder(out).split)
+            save_config(cfg, RunFolder(out).config)
+
+    trainer.train = fake_train
     monkeypatch.setitem(sys.modules, "wmhkeras.training.train", trainer)
     cfg, _ = load_experiment_config([write_config(tmp_path, TINY)])
     split = {"train": ["a"], "validation": ["b"], "holdout": ["c"]}
@@ -199,11 +208,12 @@ def test_train_arm_routing(tmp_path, monkeypatch):
     run = RunFolder(arm.path)
 
     assert _train_arm(arm, cfg, split, verbose=0) == "trained"
+    assert calls[-1][1]["split"] == split and not calls[-1][1].get("resume")  # trained on the given split
     assert json.loads(run.split.read_text()) == split and run.config.is_file()
-    assert calls[-1][1]["resume"] is True  # the trainer reads split.json on resume
 
     run.write_summary({"epochs": 1, "finished": False})
     assert _train_arm(arm, cfg, split, verbose=0) == "resumed"
+    assert calls[-1][1]["resume"] is True and "split" not in calls[-1][1]  # reads its own split.json
     run.write_summary({"epochs": 2, "finished": True})
     assert _train_arm(arm, cfg, split, verbose=0) == "done"
     run.write_summary({"epochs": 1, "finished": True, "stopped_early": True})

@@ -301,3 +301,18 @@ def test_cli_resume_rejects_config_files(tmp_path, write_config):
     assert result.exit_code == 2 and "--resume" in result.output
     result = run_cli()
     assert result.exit_code == 2 and "CONFIG" in result.output
+
+
+def test_a_given_split_is_used_and_bad_ones_are_refused(cohort, tmp_path):
+    from wmhkeras.datasets import read_manifest as read
+
+    ids = [s.subject for s in read(cohort)]
+    given = {"train": ids[2:], "validation": ids[:1], "holdout": ids[1:2]}
+    cfg = tiny_config(cohort, train={"epochs": 1, "steps_per_epoch": 1, "image_summary_every": 0})
+    result = train(cfg, tmp_path / "run", split=given, verbose=0)
+    assert json.loads(RunFolder(result.run_dir).split.read_text()) == given
+    again = train(cfg, tmp_path / "again", split=RunFolder(result.run_dir).split, verbose=0)  # a split.json
+    assert json.loads(RunFolder(again.run_dir).split.read_text()) == given
+    with pytest.raises(InputError, match="not in the dataset"):
+        train(cfg, tmp_path / "bad", split={"train": ["nobody"], "validation": [], "holdout": []}, verbose=0)
+    assert not (tmp_path / "bad").exists()

@@ -589,26 +589,22 @@ def _finished_training(run, cfg: Config) -> bool:
 def _train_arm(arm: Arm, cfg: Config, split: dict, verbose: int) -> str:
     """Train one arm unless it is done: ``trained`` (new), ``resumed`` or ``done``.
 
-    The trainer reads the split from the run folder's ``split.json`` when it resumes. A new arm's folder is
-    therefore seeded with ``config.yaml`` and the experiment's ``split.json`` and trained through that same
-    path (it starts at epoch 1: there is no checkpoint yet), so every arm trains and validates on exactly
-    the experiment's subjects, and a killed arm resumes from its last completed epoch.
+    A new arm trains on the experiment's split (passed to the trainer); a killed arm resumes from its
+    last completed epoch on the split its run folder recorded.
     """
-    from wmhkeras.config import save_config
     from wmhkeras.training.run import RunFolder
-    from wmhkeras.training.split import save_split
 
     run = RunFolder(arm.path)
     if _finished_training(run, cfg):
         return "done"
     from wmhkeras.training.train import train  # TensorFlow: only when there is training to do
     status = "resumed" if run.config.is_file() and run.split.is_file() else "trained"
-    if status == "trained":
-        save_split(split, run.split)
-        save_config(cfg, run.config)  # last: a folder with config.yaml is a resumable run
     log.info("%s arm %s: %s loss, seed %d, %d train / %d validation subjects", "resuming" if status == "resumed"
              else "training", arm.name, arm.loss, arm.seed, len(split["train"]), len(split["validation"]))
-    train(cfg, run.path, data_path=cfg.data.path, resume=True, verbose=verbose)
+    if status == "resumed":
+        train(cfg, run.path, data_path=cfg.data.path, resume=True, verbose=verbose)
+    else:
+        train(cfg, run.path, data_path=cfg.data.path, split=split, verbose=verbose)
     return status
 
 

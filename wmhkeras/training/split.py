@@ -146,6 +146,16 @@ def load_split(path: str | Path, subjects: list[Subject]) -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    return check_split(data, subjects, path)
+
+
+def check_split(data, subjects: list[Subject], source="split") -> dict:
+    """Check a split mapping (``train``, ``validation``, ``holdout`` id lists) against the cohort.
+
+    Raises:
+        InputError: malformed, an id not in ``subjects`` or in two sets, or an empty training set.
+    """
+    path = source
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in SPLIT_KEYS):
         raise InputError(f"{path}: expected a JSON object with lists {', '.join(SPLIT_KEYS)}")
     known = {s.subject for s in subjects}

@@ -34,7 +34,7 @@ from wmhkeras.models.unet import build_generator
 from wmhkeras.training.callbacks import ImageSummary, LearningRateLogger, RunCheckpoint
 from wmhkeras.training.data import build_datasets
 from wmhkeras.training.run import RunFolder, staged_run_folder, trim_log
-from wmhkeras.training.split import load_split, make_split, save_split
+from wmhkeras.training.split import check_split, load_split, make_split, save_split
 from wmhkeras.utils import atomic_write_json, package_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def _prepare_multi_worker_fit(model: keras.Model, example_batch) -> None:
 
 
 def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None = None, resume: bool = False,
-          *, verbose: int = 1) -> TrainResult:
+          *, split: dict | str | Path | None = None, verbose: int = 1) -> TrainResult:
     """Train a generator and write the run folder ``out_dir``.
 
     Args:
@@ -298,6 +298,8 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
             ``cfg.data.path``. Recorded, resolved, in ``config.yaml``.
         resume: continue from ``checkpoints/last.keras`` with its optimizer state and epoch counter,
             on the split in ``split.json``.
+        split: for a new run, a given split instead of a new one: a mapping of ``train``,
+            ``validation``, ``holdout`` subject ids, or a ``split.json`` (e.g. another run's).
         verbose: Keras ``fit`` verbosity (1: progress bar, 2: one line per epoch, 0: silent).
 
     Returns:
@@ -310,6 +312,8 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
     out_dir = Path(out_dir).resolve()
     run = RunFolder(out_dir)
     if resume:
+        if split is not None:
+            raise ConfigError("train: a resumed run keeps its own split.json; do not pass a split")
         run.check_resumable()
         if cfg is None:
             cfg = load_config(run.config)
@@ -327,7 +331,14 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
     try:
         keras.utils.set_random_seed(cfg.train.seed)
         subjects = load_dataset(cfg.data.path)
-        split = load_split(run.split, subjects) if resume else make_split(subjects, cfg.data.split, cfg.train.seed)
+        if resume:
+            split = load_split(run.split, subjects)
+        elif split is None:
+            split = make_split(subjects, cfg.data.split, cfg.train.seed)
+        elif isinstance(split, dict):
+            split = check_split(split, subjects)
+        else:
+            split = load_split(split, subjects)
         if not chief:
             # Other workers take part in every step and write the same files, to a scratch folder:
             # Keras creates a variable each time it saves a model (a collective op under
