@@ -177,8 +177,13 @@ def test_saved_model_runs_in_plain_tensorflow(exported, tiny_run, tmp_path):
     np.testing.assert_allclose(prob, eager, atol=1e-4)
     assert (eager >= 0.5).any()  # the comparison covers lesion and background
     # ... and `wmhkeras segment`'s probability map, from the checkpoint and from the exported SavedModel.
-    for source in (run.path, out / "saved_model"):
+    for source in (run.path, out / "saved_model", out / "tflite" / "model_fp32.tflite"):
         np.testing.assert_allclose(predict_volume(load_segmenter(source), [flair]), prob, atol=1e-4)
+    # the fp16 file through `wmhkeras segment` gives the same mask almost everywhere
+    fp16 = predict_volume(load_segmenter(out / "tflite" / "model_fp16.tflite"), [flair])
+    assert ex.mask_dice(fp16, prob) >= 0.99
+    with pytest.raises(InputError, match="exported model"):
+        ex.export(out / "tflite" / "model_fp32.tflite", tmp_path / "again")
 
 
 # === Bare .keras files ===

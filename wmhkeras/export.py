@@ -262,9 +262,9 @@ def _resolve_source(model_or_run_dir) -> _Source:
     from wmhkeras.training.run import RunFolder
 
     spec = inspect_model(model_or_run_dir)
-    if spec.format == "saved_model":
-        raise InputError(f"{spec.path}: this is an exported SavedModel; export needs the .keras checkpoint "
-                         "or its run folder")
+    if spec.format in ("saved_model", "tflite"):
+        raise InputError(f"{spec.path}: this is an exported model ({spec.format}); export needs the .keras "
+                         "checkpoint or its run folder")
     segmenter = load_segmenter(spec)
     run_dir = None
     if spec.format == "run":
