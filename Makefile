@@ -20,7 +20,7 @@ $(STAMP): setup.py pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: $(STAMP)
-	bash scripts/demo.sh $(DEMO)
+	WMH=$(BIN)/wmhkeras PY=$(BIN)/python bash scripts/demo.sh $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -43,4 +43,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check wmhkeras cli tests bench
 
 clean:
-	rm -rf $(DEMO) demo_experiment build *.egg-info
+	rm -rf $(DEMO) demo_experiment saved_models/demo build *.egg-info

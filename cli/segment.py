@@ -38,7 +38,7 @@ def segment_command(model: Path, inputs: tuple[Path, ...], out_dir: Path, t1: tu
                     min_lesion_mm3: float, tta: bool, batch_size: int, brain_mask: tuple[Path, ...]) -> None:
     """Segment WMH in FLAIR images.
 
-    MODEL is a .keras file, a training run folder or an exported SavedModel folder. INPUT is a FLAIR
+    MODEL is a .keras file, a training run folder, an exported SavedModel folder or an export's .tflite file. INPUT is a FLAIR
     file (.nii/.nii.gz), a folder of them, or a manifest CSV. Writes <subject>_wmh_prob.nii.gz,
     <subject>_wmh_mask.nii.gz and <subject>_lesions.csv per subject, on the input's own grid, and
     summary.csv. Exit code 1 when some subjects failed, 2 when nothing could start.

@@ -8,6 +8,7 @@ set -euo pipefail
 OUT=${1:-demo_output}
 EXPORT=${EXPORT:-saved_models/demo}
 WMH=${WMH:-.venv/bin/wmhkeras}
+PY=${PY:-.venv/bin/python}
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 step() { printf '\n== %s\n' "$*"; }
 start=$(date +%s)
@@ -33,6 +34,6 @@ first=$(sed -n 2p "$OUT/cohort/manifest.csv" | cut -d, -f3)
 step "6/6 segment $first through the exported SavedModel and the fp16 TFLite model"
 $WMH segment "$EXPORT/saved_model" "$OUT/cohort/$first" --out "$OUT/segment_savedmodel"
 $WMH segment "$EXPORT/tflite/model_fp16.tflite" "$OUT/cohort/$first" --out "$OUT/segment_tflite"
-.venv/bin/python scripts/compare_masks.py "$OUT/segment" "$OUT/segment_savedmodel" "$OUT/segment_tflite"
+$PY scripts/compare_masks.py "$OUT/segment" "$OUT/segment_savedmodel" "$OUT/segment_tflite"
 
 printf '\nDemo finished in %ss. Outputs under %s/ and %s/\n' "$(( $(date +%s) - start ))" "$OUT" "$EXPORT"

@@ -60,6 +60,7 @@ def test_relative_data_path_is_taken_from_the_config_folder(tmp_path):
         ("data.label_smoothing=[0.6,0.9]", "data.label_smoothing: [0.6, 0.9] is not allowed"),
         ("train.jit_compile=1", "train.jit_compile: expected bool, got 1"),
         ("version=99", "version: 99 is newer than this wmhkeras understands"),
+
         ("train.epochs", "--set 'train.epochs': expected section.key=value"),
     ],
 )
@@ -67,6 +68,13 @@ def test_validation_messages_name_key_value_and_allowed(override, message):
     with pytest.raises(ConfigError) as err:
         load_config([], [override])
     assert message in str(err.value)
+
+
+def test_cross_field_check_gamma_needs_max_normalisation():
+    assert load_config([], ["augment.gamma=0.2"]).augment.gamma == 0.2
+    assert load_config([], ["data.normalisation=zscore"]).data.normalisation == "zscore"
+    with pytest.raises(ConfigError, match="augment.gamma: 0.2 is not allowed; gamma needs intensities in"):
+        load_config([], ["augment.gamma=0.2", "data.normalisation=zscore"])
 
 
 def test_ints_are_accepted_where_floats_are_expected():

@@ -203,7 +203,7 @@ def inspect_model(path: str | Path) -> ModelSpec:
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: model not found; expected a .keras file, a run folder or a SavedModel folder")
+        raise InputError(f"{path}: model not found; expected a .keras file, a run folder, a SavedModel folder or a .tflite file")
     if path.is_dir() and (path / "saved_model" / "saved_model.pb").is_file():
         path = path / "saved_model"  # the folder `wmhkeras export` writes: saved_model/ + model_card.json
     if path.is_file() and path.suffix == ".tflite":
@@ -211,7 +211,7 @@ def inspect_model(path: str | Path) -> ModelSpec:
         return ModelSpec(path, "tflite", path, modalities, normalisation, size)
     if path.is_file():
         if path.suffix != ".keras":
-            raise InputError(f"{path}: not a model; expected a .keras file, a run folder or a SavedModel folder")
+            raise InputError(f"{path}: not a model; expected a .keras file, a run folder, a SavedModel folder or a .tflite file")
         shape = _keras_input_shape(path)
         run_config = path.parent.parent / "config.yaml"
         if path.parent.name == "checkpoints" and run_config.is_file():
