@@ -87,9 +87,9 @@ def memory_child(manifest: str, cache: str, batches: int) -> None:
     """Print ``{"baseline_mb", "peak_mb", "growth_mb"}`` for one pipeline build + ``batches`` batches."""
     import tensorflow as tf
 
-    from wmhkeras.datasets import load_dataset
-    from wmhkeras.training.data import build_datasets
-    from wmhkeras.training.split import make_split
+    from wmhkeras.data.datasets import load_dataset
+    from wmhkeras.data.splits import make_split
+    from wmhkeras.training.pipeline import build_datasets
 
     tf.reduce_sum(tf.ones((8, 8)))  # start the runtime before the baseline
     subjects = load_dataset(manifest)
@@ -121,8 +121,8 @@ def run_child(manifest: Path, cache: str, batches: int) -> dict:
 
 def synthetic_cohorts(work: Path, quick: bool) -> dict[str, Path]:
     """A cohort at the synthetic presets' size, and 200 (20) small subjects for the memory test."""
-    from wmhkeras.datasets import read_manifest, write_manifest
-    from wmhkeras.synth import SITE_PRESETS, make_cohort
+    from wmhkeras.data.datasets import read_manifest, write_manifest
+    from wmhkeras.data.synth import SITE_PRESETS, make_cohort
 
     n_syn, n_big = (6, 60) if quick else (12, 200)
     # Small volumes (64 x 72 x 20 at 1.8 x 1.8 x 5 mm): quick to make, same pipeline work per slice.
@@ -142,7 +142,7 @@ def synthetic_cohorts(work: Path, quick: bool) -> dict[str, Path]:
 
 
 def real_subjects():
-    from wmhkeras.datasets import Subject
+    from wmhkeras.data.datasets import Subject
 
     if not (SHARED / "patient07" / "FLAIR.nii.gz").is_file():
         return None
@@ -257,9 +257,9 @@ def main(argv=None) -> dict:
     import keras
     import tensorflow as tf
 
-    from wmhkeras.datasets import load_dataset
-    from wmhkeras.training.data import build_datasets
-    from wmhkeras.training.split import make_split
+    from wmhkeras.data.datasets import load_dataset
+    from wmhkeras.data.splits import make_split
+    from wmhkeras.training.pipeline import build_datasets
 
     batches = 40 if args.quick else 150
     result = {

@@ -5,7 +5,7 @@
 
 What it measures, on the real 182 x 218 x 182 FLAIR of ``$WMH_SHARED_DATA/open_ms_data/patient07``:
 
-1. ``whole_volume``: ``wmhkeras.segment.segment`` end to end (read, preprocess, model, restore, write)
+1. ``whole_volume``: ``wmhkeras.inference.segment.segment`` end to end (read, preprocess, model, restore, write)
    with the paper's generator (dense U-Net, depth 5, 32 base filters, 224 x 224, random weights), in a
    fresh process so that its peak RSS is the command's own. The model's share of the time is taken by
    wrapping the segmenter's ``predict_fn``; achieved FLOP/s = FLOPs per slice
@@ -16,7 +16,7 @@ What it measures, on the real 182 x 218 x 182 FLAIR of ``$WMH_SHARED_DATA/open_m
    (``fraction_of_matmul_peak_cpu``).
 3. ``levers``: model throughput on the same slices for batch sizes, eager calls vs ``tf.function``
    with a fixed input signature, XLA (``jit_compile``), and intra-op thread counts (fresh processes).
-4. ``evaluate``: ``wmhkeras.evaluate.evaluate`` per 1 mm subject (two subjects, with and without QC
+4. ``evaluate``: ``wmhkeras.evaluation.evaluate.evaluate`` per 1 mm subject (two subjects, with and without QC
    montages; a realistic prediction: the truth dilated by one voxel) and the start-up time of
    ``wmhkeras evaluate --help``.
 
@@ -66,7 +66,7 @@ def _child(args) -> dict:
     if args.intra:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
         tf.config.threading.set_inter_op_parallelism_threads(args.inter or 1)
-    from wmhkeras.segment import load_segmenter, segment
+    from wmhkeras.inference.segment import load_segmenter, segment
 
     seg = load_segmenter(args.model)
     if args.child == "throughput":
@@ -140,7 +140,7 @@ def _run_child(extra: list[str]) -> dict:
 def _levers(model_path: Path, slices: int) -> list[dict]:
     import tensorflow as tf
 
-    from wmhkeras.segment import load_segmenter
+    from wmhkeras.inference.segment import load_segmenter
 
     seg = load_segmenter(model_path)
     model, (h, w) = seg.model, seg.input_size
@@ -172,7 +172,7 @@ def _evaluate_timing() -> dict:
     import numpy as np
     from scipy import ndimage
 
-    from wmhkeras.evaluate import evaluate
+    from wmhkeras.evaluation.evaluate import evaluate
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,7 +204,7 @@ def _evaluate_timing() -> dict:
     subprocess.run([sys.executable, "-c", helper], capture_output=True, check=True, cwd=REPO,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
     out["cli_help_seconds"] = time.perf_counter() - start
-    probe = "import sys, wmhkeras.cli.main, wmhkeras.cli.evaluate, wmhkeras.evaluate; print('tensorflow' in sys.modules)"
+    probe = "import sys, wmhkeras.cli.main, wmhkeras.cli.evaluate, wmhkeras.evaluation.evaluate; print('tensorflow' in sys.modules)"
     out["imports_tensorflow"] = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
                                                env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip() == "True"
     return out
@@ -237,7 +237,7 @@ def _segment_benchmark(args, report: dict) -> None:
         if args.quick:
             import tensorflow as tf
 
-            from wmhkeras.segment import load_segmenter
+            from wmhkeras.inference.segment import load_segmenter
 
             seg = load_segmenter(model_path)
             row = _throughput(seg.predict_fn, tf.random.uniform((4, 224, 224, 1)), 4, repeats=1)
@@ -288,7 +288,7 @@ def main() -> None:
     if args.out is None:
         parser.error("--out FILE.json is required")
 
-    from wmhkeras.utils import package_versions, utc_now
+    from wmhkeras.io.provenance import package_versions, utc_now
 
     report: dict = {"created": utc_now(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(), "versions": package_versions()}

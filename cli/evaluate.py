@@ -1,6 +1,6 @@
 """``wmhkeras evaluate``: challenge metrics and reports of predictions against ground truth.
 
-Imports no TensorFlow (see :mod:`wmhkeras.evaluate`). Exit codes: 0 every subject evaluated; 1 some
+Imports no TensorFlow (see :mod:`wmhkeras.evaluation.evaluate`). Exit codes: 0 every subject evaluated; 1 some
 subjects failed (missing, unreadable or off-grid prediction; listed in metrics.csv, summary.json and on
 stderr); 2 nothing could be evaluated (bad paths, no matching subject), nothing written.
 """
@@ -38,7 +38,7 @@ def evaluate_command(pred: Path, truth: Path, out_dir: Path, model_name: str | N
     """
     from tqdm import tqdm
 
-    from wmhkeras.evaluate import evaluate
+    from wmhkeras.evaluation.evaluate import evaluate
 
     result = evaluate(pred, truth, out_dir, model_name=model_name, dataset_name=dataset_name, qc=qc,
                       progress=functools.partial(tqdm, unit="subject", disable=None))

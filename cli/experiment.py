@@ -27,7 +27,7 @@ def experiment(configs: tuple[str, ...], overrides: tuple[str, ...], data_path: 
     CONFIGS: experiment config YAML file(s), e.g. configs/paper_miccai2017.yaml. Writes OUT/table.md,
     table.csv, figure5.png, per_subject.csv, wilcoxon.csv/.md and one run folder per arm in OUT/arms/.
     """
-    from wmhkeras.experiment import run_experiment
+    from wmhkeras.experiment.runner import run_experiment
 
     overrides = list(overrides)
     if folds is not None:

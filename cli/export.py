@@ -1,4 +1,4 @@
-"""``wmhkeras export``: a trained model as a verified SavedModel and TFLite files (see :mod:`wmhkeras.export`).
+"""``wmhkeras export``: a trained model as a verified SavedModel and TFLite files (see :mod:`wmhkeras.export.runner`).
 
 Exit codes: 0 every artifact verified within its tolerance; 1 an artifact is outside its tolerance (all
 files and ``export_report.json`` are written, for inspection); 2 bad model, output folder or options,
@@ -37,7 +37,7 @@ def export_command(model_or_run_dir: Path, out_dir: Path | None, tflite: str | N
     OUT/tflite/model_<variant>.tflite, OUT/model_card.json and OUT/export_report.json, after checking
     every artifact against the Keras model on held-back slices.
     """
-    from wmhkeras.export import default_out_dir, export, format_table, parse_variants
+    from wmhkeras.export.runner import default_out_dir, export, format_table, parse_variants
 
     variants = parse_variants(tflite)
     out_dir = out_dir or default_out_dir(model_or_run_dir)

@@ -40,7 +40,7 @@ def main(verbose: int) -> None:
 @handle_errors
 def synth(out: str, subjects: int, sites: int, seed: int, lesion_fraction: tuple[float, float]) -> None:
     """Write a synthetic multi-site FLAIR/T1 cohort with lesion labels and OUT/manifest.csv."""
-    from wmhkeras.synth import make_cohort
+    from wmhkeras.data.synth import make_cohort
 
     summary = make_cohort(out, subjects=subjects, sites=sites, seed=seed, lesion_fraction=tuple(lesion_fraction))
     click.echo(summary.to_text().rstrip())
@@ -67,7 +67,7 @@ def show_config(configs: tuple[str, ...], overrides: tuple[str, ...]) -> None:
 @handle_errors
 def check(data: str, t1: bool, labels: bool) -> None:
     """Validate a dataset (manifest CSV or MICCAI-layout folder) without changing anything."""
-    from wmhkeras.datasets import check_subject, load_dataset
+    from wmhkeras.data.datasets import check_subject, load_dataset
     from wmhkeras.errors import InputError
 
     subjects = load_dataset(data)

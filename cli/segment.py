@@ -1,4 +1,4 @@
-"""``wmhkeras segment``: segment FLAIR volumes with a trained model (see :mod:`wmhkeras.segment`).
+"""``wmhkeras segment``: segment FLAIR volumes with a trained model (see :mod:`wmhkeras.inference.segment`).
 
 Exit codes: 0 every subject segmented; 1 some subjects failed (the others are complete, each failure
 is listed in ``summary.csv`` and on stderr); 2 invalid model, inputs or options, found before any work
@@ -45,7 +45,7 @@ def segment_command(model: Path, inputs: tuple[Path, ...], out_dir: Path, t1: tu
     """
     from tqdm import tqdm
 
-    from wmhkeras.segment import segment
+    from wmhkeras.inference.segment import segment
 
     result = segment(model, inputs, out_dir, threshold=threshold, min_lesion_mm3=min_lesion_mm3, tta_flip=tta,
                      batch_size=batch_size, brain_mask=brain_mask, t1=t1,

@@ -40,7 +40,7 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
     """
     from wmhkeras.config import load_config
     from wmhkeras.errors import ConfigError
-    from wmhkeras.training.run import RunFolder
+    from wmhkeras.io.run_folder import RunFolder
 
     if resume_dir is not None:
         if configs or out_dir or split_file:
@@ -58,7 +58,7 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
         target = Path(out_dir) if out_dir else default_run_dir(configs)
         click.echo(f"training into {target.resolve()} (once every input is checked)")
 
-    from wmhkeras.training.train import train  # TensorFlow: only once the arguments are valid
+    from wmhkeras.training.trainer import train  # TensorFlow: only once the arguments are valid
 
     result = train(cfg, target, data_path=data_path, resume=resume_dir is not None, split=split_file,
                    verbose=2 if quiet else 1)

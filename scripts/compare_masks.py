@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wmhkeras.evaluation.metrics import dice
 from wmhkeras.io import load_volume
-from wmhkeras.metrics import dice
 
 
 def main(reference: str, *others: str) -> None:

@@ -301,6 +301,6 @@ def load_config(paths=(), overrides=()) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    from wmhkeras.utils import atomic_write_text
+    from wmhkeras.io.files import atomic_write_text
 
     return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

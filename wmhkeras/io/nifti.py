@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from wmhkeras.errors import InputError
-from wmhkeras.utils import atomic_path
+from wmhkeras.io.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import keras
 
 from wmhkeras.errors import ConfigError
 from wmhkeras.losses.content import REDUCTION_MODES, SiameseContentLoss
+from wmhkeras.losses.metrics import DiceMetric, LossTermMetric
 from wmhkeras.losses.overlap import (
     BinaryCrossentropyLoss,
     BinaryFocalLoss,
     DiceLoss,
-    DiceMetric,
     GeneralizedDiceLoss,
     HybridLoss,
     TverskyLoss,
@@ -28,7 +28,7 @@ from wmhkeras.losses.overlap import (
 
 __all__ = [
     "LOSSES", "REDUCTION_MODES", "BinaryCrossentropyLoss", "BinaryFocalLoss", "DiceLoss", "DiceMetric",
-    "GeneralizedDiceLoss", "HybridLoss", "SiameseContentLoss", "TverskyLoss", "get_loss", "soft_labels",
+    "GeneralizedDiceLoss", "HybridLoss", "LossTermMetric", "SiameseContentLoss", "TverskyLoss", "get_loss",
     "unpack_target",
 ]
 
@@ -71,13 +71,3 @@ def get_loss(name: str, **kwargs) -> keras.losses.Loss:
         return LOSSES[name](**kwargs)
     except TypeError as err:  # unexpected keyword: a config typo
         raise ConfigError(f"bad arguments for loss {name!r} {sorted(kwargs)}: {err}") from err
-
-
-def soft_labels(mask, low: float = 0.1, high: float = 0.9):
-    """Soft-binarise a {0, 1} mask: 0 -> ``low``, 1 -> ``high`` (Mac et al. 2020, section 3.2).
-
-    Works on NumPy arrays and tensors alike (``low + (high - low) * mask``).
-    """
-    if not 0.0 <= low < high <= 1.0:
-        raise ConfigError(f"soft labels need 0 <= low < high <= 1; got low={low}, high={high}")
-    return low + (high - low) * mask

@@ -22,14 +22,14 @@ import tensorflow as tf
 
 from wmhkeras import KERAS_PACKAGE
 from wmhkeras.errors import ConfigError
-from wmhkeras.losses.overlap import unpack_target
-from wmhkeras.models.backbones import (
+from wmhkeras.losses.backbones import (
     BACKBONES,
     DEFAULT_LAYERS,
     build_feature_extractor,
     resolve_weights,
     vgg_preprocess,
 )
+from wmhkeras.losses.overlap import unpack_target
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class SiameseContentLoss(keras.losses.Loss):
         reduction_mode: ``'paper'`` or ``'per_layer_mean'`` (see :data:`REDUCTION_MODES`).
         input_size: ``(H, W)`` to build the backbone now; ``None`` builds it on the first call.
         trainable_backbone: leave the backbone trainable and let gradients reach it through both
-            branches; only for the adversarial ablation (:mod:`wmhkeras.training.adversarial`).
+            branches; only for the adversarial ablation (:mod:`wmhkeras.losses.adversarial`).
         name, reduction, dtype: as for ``keras.losses.Loss``.
 
     Call:

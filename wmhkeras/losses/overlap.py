@@ -39,7 +39,7 @@ def unpack_target(y_true, need_image: bool = False):
     raise InputError(f"targets y_true must have {need} channels; got shape {tuple(y_true.shape)}")
 
 
-def _check_range(name: str, value: float, low: float, high: float | None = None) -> float:
+def check_range(name: str, value: float, low: float, high: float | None = None) -> float:
     """Validate ``low <= value (<= high)``; the message shows the value and the allowed range."""
     value = float(value)
     if value < low or (high is not None and value > high):
@@ -65,7 +65,7 @@ class DiceLoss(keras.losses.Loss):
 
     def __init__(self, epsilon: float = 1.0, name: str = "dice_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.epsilon = _check_range("dice epsilon", epsilon, 0.0)
+        self.epsilon = check_range("dice epsilon", epsilon, 0.0)
 
     def call(self, y_true, y_pred):
         mask, _ = unpack_target(y_true)
@@ -89,9 +89,9 @@ class TverskyLoss(keras.losses.Loss):
     def __init__(self, alpha: float = 0.3, beta: float = 0.7, epsilon: float = 1.0,
                  name: str = "tversky_loss", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.alpha = _check_range("tversky alpha", alpha, 0.0, 1.0)
-        self.beta = _check_range("tversky beta", beta, 0.0, 1.0)
-        self.epsilon = _check_range("tversky epsilon", epsilon, 0.0)
+        self.alpha = check_range("tversky alpha", alpha, 0.0, 1.0)
+        self.beta = check_range("tversky beta", beta, 0.0, 1.0)
+        self.epsilon = check_range("tversky epsilon", epsilon, 0.0)
 
     def call(self, y_true, y_pred):
         mask, _ = unpack_target(y_true)
@@ -151,8 +151,8 @@ class BinaryFocalLoss(keras.losses.BinaryFocalCrossentropy):
 
     def __init__(self, name: str = "binary_focal", **kwargs):
         super().__init__(name=name, **kwargs)
-        _check_range("focal gamma", self.gamma, 0.0)
-        _check_range("focal alpha", self.alpha, 0.0, 1.0)
+        check_range("focal gamma", self.gamma, 0.0)
+        check_range("focal alpha", self.alpha, 0.0, 1.0)
 
     def call(self, y_true, y_pred):
         return super().call(unpack_target(y_true)[0], y_pred)
@@ -175,7 +175,7 @@ class HybridLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         self.content = self._as_loss("content", content)
         self.overlap = self._as_loss("overlap", overlap)
-        self.weight = _check_range("hybrid weight", weight, 0.0)
+        self.weight = check_range("hybrid weight", weight, 0.0)
 
     @staticmethod
     def _as_loss(role: str, loss) -> keras.losses.Loss:
@@ -197,45 +197,3 @@ class HybridLoss(keras.losses.Loss):
             "overlap": keras.saving.serialize_keras_object(self.overlap),
             "weight": self.weight,
         }
-
-
-@register
-class DiceMetric(keras.metrics.Metric):
-    """Hard Dice accumulated over an epoch: ``2 sum(TP) / (sum(P) + sum(G))`` over all pixels seen.
-
-    Prediction and target channel 0 are both thresholded at ``threshold`` (0.5 maps soft labels
-    0.1/0.9 back to 0/1). Pooling the counts over the epoch (rather than averaging per-slice Dice) keeps
-    empty slices from dominating. Returns 1.0 when neither prediction nor target holds a lesion pixel.
-    """
-
-    def __init__(self, threshold: float = 0.5, name: str = "dice", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.threshold = _check_range("dice threshold", threshold, 0.0, 1.0)
-        self.true_positives = self.add_variable((), initializer="zeros", name="true_positives")
-        self.predicted = self.add_variable((), initializer="zeros", name="predicted")
-        self.reference = self.add_variable((), initializer="zeros", name="reference")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        mask, _ = unpack_target(y_true)
-        truth = keras.ops.cast(mask >= self.threshold, self.dtype)
-        pred = keras.ops.cast(y_pred >= self.threshold, self.dtype)
-        weight = 1.0
-        if sample_weight is not None:
-            # Per-sample weights (batch,) broadcast over H, W, C.
-            weight = keras.ops.reshape(keras.ops.cast(sample_weight, self.dtype),
-                                       (-1,) + (1,) * (len(pred.shape) - 1))
-        self.true_positives.assign_add(keras.ops.sum(weight * truth * pred))
-        self.predicted.assign_add(keras.ops.sum(weight * pred))
-        self.reference.assign_add(keras.ops.sum(weight * truth))
-
-    def result(self):
-        denominator = self.predicted + self.reference
-        ratio = 2.0 * self.true_positives / keras.ops.maximum(denominator, 1e-12)
-        return keras.ops.where(denominator > 0, ratio, 1.0)
-
-    def reset_state(self):
-        for variable in (self.true_positives, self.predicted, self.reference):
-            variable.assign(0.0)
-
-    def get_config(self):
-        return {**super().get_config(), "threshold": self.threshold}

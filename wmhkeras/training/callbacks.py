@@ -2,7 +2,7 @@
 
 Keras' own ``ModelCheckpoint`` writes straight onto the final file name, so a process killed while
 saving leaves a truncated ``.keras`` file that looks valid by name. :class:`RunCheckpoint` saves to a
-temporary file beside it and renames (``wmhkeras.utils.atomic_path``), then records the epoch in
+temporary file beside it and renames (``wmhkeras.io.files.atomic_path``), then records the epoch in
 ``checkpoints/state.json``, the counter that ``wmhkeras train --resume`` continues from.
 """
 
@@ -16,8 +16,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from wmhkeras.training.run import RunFolder
-from wmhkeras.utils import atomic_path, utc_now
+from wmhkeras.io.files import atomic_path
+from wmhkeras.io.provenance import utc_now
+from wmhkeras.io.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 

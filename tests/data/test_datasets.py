@@ -1,0 +1,95 @@
+import nibabel as nib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from wmhkeras.cli.main import main
+from wmhkeras.data.datasets import Subject, check_subject, discover_miccai, load_dataset, read_manifest, write_manifest
+from wmhkeras.errors import InputError
+
+
+def _img(path, shape=(6, 6, 4), value=1.0, affine=None, dtype=np.float32):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.full(shape, value, dtype=dtype)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def test_manifest_with_relative_paths_and_optional_columns(tmp_path):
+    _img(tmp_path / "a" / "flair.nii.gz")
+    _img(tmp_path / "a" / "label.nii.gz", value=0, dtype=np.uint8)
+    (tmp_path / "m.csv").write_text("subject,site,flair,t1,label\ns1,siteA,a/flair.nii.gz,,a/label.nii.gz\ns2,,/abs/f.nii.gz,,\n")
+    subjects = read_manifest(tmp_path / "m.csv")
+    assert subjects[0] == Subject("s1", "siteA", (tmp_path / "a" / "flair.nii.gz").resolve(), None, (tmp_path / "a" / "label.nii.gz").resolve())
+    assert subjects[1].site == "site0" and subjects[1].label is None and str(subjects[1].flair) == "/abs/f.nii.gz"
+    out = write_manifest(subjects, tmp_path / "copy" / "manifest.csv")
+    assert read_manifest(out) == subjects
+    assert load_dataset(tmp_path / "copy") == subjects  # a folder holding manifest.csv
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("subject,flair\ns1,f.nii.gz\n", "header must be subject,site,flair,t1,label"),
+        ("subject,site,flair,t1,label\ns1,a,,,\n", "line 2: subject and flair must not be empty"),
+        ("subject,site,flair,t1,label\ns1,a,f,,\ns1,b,g,,\n", "subject 's1' is listed twice"),
+        ("subject,site,flair,t1,label\n", "lists no subject"),
+    ],
+)
+def test_bad_manifests(tmp_path, text, message):
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_miccai_layout_is_discovered(tmp_path):
+    for site, subj in [("Utrecht", "0"), ("Utrecht", "2"), ("Singapore", "50")]:
+        _img(tmp_path / "training" / site / subj / "pre" / "FLAIR.nii.gz")
+        _img(tmp_path / "training" / site / subj / "pre" / "T1.nii.gz")
+        _img(tmp_path / "training" / site / subj / "wmh.nii.gz", value=2)
+    subjects = load_dataset(tmp_path / "training")
+    assert [(s.subject, s.site) for s in subjects] == [("50", "Singapore"), ("0", "Utrecht"), ("2", "Utrecht")]
+    assert subjects[0].t1.name == "T1.nii.gz" and subjects[0].label.name == "wmh.nii.gz"
+    assert discover_miccai(tmp_path / "empty") == []
+    with pytest.raises(InputError, match="no manifest.csv and no MICCAI 2017 layout"):
+        load_dataset(tmp_path / "training" / "Utrecht" / "0" / "pre")
+
+
+def test_check_subject_grids_and_labels(tmp_path):
+    flair = _img(tmp_path / "f.nii.gz")
+    t1_bad = _img(tmp_path / "t1.nii.gz", shape=(6, 6, 5))
+    subject = Subject("s", "a", flair, t1_bad, None)
+    images, label = check_subject(subject, ("flair",))
+    assert len(images) == 1 and label is None
+    with pytest.raises(InputError, match="t1.nii.gz: shape"):
+        check_subject(subject, ("flair", "t1"))
+    with pytest.raises(InputError, match="no label file is listed"):
+        check_subject(subject, ("flair",), need_label=True)
+    with pytest.raises(InputError, match="no T1 file is listed"):
+        check_subject(Subject("s", "a", flair), ("flair", "t1"))
+
+
+def test_check_command_reports_and_exits_2_on_a_bad_subject(tmp_path):
+    _img(tmp_path / "good.nii.gz")
+    (tmp_path / "bad.nii.gz").write_bytes(b"not nifti")
+    (tmp_path / "manifest.csv").write_text("subject,site,flair,t1,label\ng,a,good.nii.gz,,\nb,a,bad.nii.gz,,\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(main, ["check", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "ok   g (a)" in result.output and "FAIL b:" in result.output and "1 of 2 subjects ok" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    missing = CliRunner().invoke(main, ["check", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "dataset not found" in missing.output
+
+
+def test_synth_command_writes_a_cohort_that_passes_check(tmp_path):
+    out = tmp_path / "cohort"
+    result = CliRunner().invoke(main, ["synth", str(out), "--subjects", "2", "--sites", "2", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "sub-001" in result.output and "manifest.csv" in result.output
+    subjects = load_dataset(out)
+    assert [s.site for s in subjects] == ["site1", "site2"]
+    checked = CliRunner().invoke(main, ["check", str(out), "--t1", "--labels"])
+    assert checked.exit_code == 0 and "2 of 2 subjects ok" in checked.output
+    bad = CliRunner().invoke(main, ["synth", str(tmp_path / "x"), "--lesion-fraction", "0.1", "0.2"])
+    assert bad.exit_code == 2 and "lesion_fraction" in bad.output and not (tmp_path / "x").exists()

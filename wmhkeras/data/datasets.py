@@ -1,0 +1,163 @@
+"""Datasets: a manifest CSV, or a folder in the MICCAI 2017 WMH challenge layout.
+
+Manifest: a CSV with the header ``subject,site,flair,t1,label``; ``t1`` and ``label`` may be empty;
+paths may be relative to the manifest's folder.
+
+MICCAI 2017 layout (as downloaded): ``<root>/<site>/<subject>/pre/FLAIR.nii.gz``,
+``.../pre/T1.nii.gz`` and ``<root>/<site>/<subject>/wmh.nii.gz`` (labels 0, 1, 2).
+
+No file is opened here beyond the CSV: :func:`check_subject` reads and validates volumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from wmhkeras.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("subject", "site", "flair", "t1", "label")
+MANIFEST_NAME = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One subject's files (absolute paths)."""
+
+    subject: str
+    site: str
+    flair: Path
+    t1: Optional[Path] = None
+    label: Optional[Path] = None
+
+    def modality(self, name: str) -> Path:
+        path = {"flair": self.flair, "t1": self.t1}[name]
+        if path is None:
+            raise InputError(f"subject {self.subject}: no {name.upper()} file is listed, but the model needs it")
+        return path
+
+
+def read_manifest(path: str | Path) -> list[Subject]:
+    """Read a manifest CSV; relative paths are taken from the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found")
+    text = path.read_text()
+    reader = csv.DictReader(io.StringIO(text))
+    header = tuple(h.strip() for h in (reader.fieldnames or ()))
+    if header[: len(MANIFEST_COLUMNS)] != MANIFEST_COLUMNS:
+        raise InputError(f"{path}: header must be {','.join(MANIFEST_COLUMNS)}, found {','.join(header) or 'nothing'}")
+    base = path.parent
+
+    def resolve(value: str | None) -> Optional[Path]:
+        value = (value or "").strip()
+        if not value:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    subjects = []
+    for line, row in enumerate(reader, start=2):
+        name = (row.get("subject") or "").strip()
+        flair = resolve(row.get("flair"))
+        if not name or flair is None:
+            raise InputError(f"{path}, line {line}: subject and flair must not be empty")
+        subjects.append(
+            Subject(name, (row.get("site") or "").strip() or "site0", flair, resolve(row.get("t1")), resolve(row.get("label")))
+        )
+    _check_unique(subjects, path)
+    if not subjects:
+        raise InputError(f"{path}: the manifest lists no subject")
+    return subjects
+
+
+def write_manifest(subjects: list[Subject], path: str | Path) -> Path:
+    """Write a manifest with paths relative to its folder where possible (atomically)."""
+    from wmhkeras.io.files import atomic_write_text
+
+    path = Path(path)
+    base = path.parent.resolve()
+
+    def rel(p: Optional[Path]) -> str:
+        if p is None:
+            return ""
+        try:
+            return Path(p).resolve().relative_to(base).as_posix()
+        except ValueError:
+            return str(p)
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    for s in subjects:
+        writer.writerow([s.subject, s.site, rel(s.flair), rel(s.t1), rel(s.label)])
+    return atomic_write_text(path, out.getvalue())
+
+
+def discover_miccai(root: str | Path) -> list[Subject]:
+    """Find subjects laid out as ``<site>/<subject>/pre/FLAIR.nii.gz`` anywhere under ``root``."""
+    root = Path(root)
+    subjects = []
+    for flair in sorted(root.glob("**/pre/FLAIR.nii*")):
+        subject_dir = flair.parent.parent
+        t1 = next(iter(sorted(flair.parent.glob("T1.nii*"))), None)
+        label = next(iter(sorted(subject_dir.glob("wmh.nii*"))), None)
+        site = subject_dir.parent.name if subject_dir.parent != root.parent else "site0"
+        subjects.append(Subject(subject_dir.name, site, flair.resolve(), t1 and t1.resolve(), label and label.resolve()))
+    if any(sum(s.subject == o.subject for o in subjects) > 1 for s in subjects):
+        subjects = [Subject(f"{s.site}_{s.subject}", s.site, s.flair, s.t1, s.label) for s in subjects]
+    return subjects
+
+
+def load_dataset(path: str | Path) -> list[Subject]:
+    """Subjects from a manifest CSV, a folder holding ``manifest.csv``, or a MICCAI-layout folder."""
+    if path is None:
+        raise InputError("no dataset given: set data.path in the config or pass --data PATH")
+    path = Path(path)
+    if path.is_file():
+        return read_manifest(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: dataset not found (expected a manifest CSV or a folder)")
+    if (path / MANIFEST_NAME).is_file():
+        return read_manifest(path / MANIFEST_NAME)
+    subjects = discover_miccai(path)
+    if not subjects:
+        raise InputError(
+            f"{path}: no {MANIFEST_NAME} and no MICCAI 2017 layout (<site>/<subject>/pre/FLAIR.nii.gz) found"
+        )
+    log.info("discovered %d subjects in the MICCAI layout under %s", len(subjects), path)
+    return subjects
+
+
+def _check_unique(subjects: list[Subject], source) -> None:
+    seen = set()
+    for s in subjects:
+        if s.subject in seen:
+            raise InputError(f"{source}: subject {s.subject!r} is listed twice")
+        seen.add(s.subject)
+
+
+def check_subject(subject: Subject, modalities=("flair",), need_label: bool = False):
+    """Read and validate one subject's volumes; returns ``(images, label)`` in canonical RAS.
+
+    ``images`` is a list of :class:`~wmhkeras.io.Volume` in ``modalities`` order; ``label`` is a
+    Volume or None. All volumes must lie on the FLAIR's grid.
+    """
+    from wmhkeras.io import check_same_grid, load_volume
+
+    images = [load_volume(subject.modality(m)) for m in modalities]
+    for other in images[1:]:
+        check_same_grid(images[0], other)
+    label = None
+    if subject.label is not None:
+        label = load_volume(subject.label, kind="label")
+        check_same_grid(images[0], label)
+    elif need_label:
+        raise InputError(f"subject {subject.subject}: no label file is listed, but training and evaluation need one")
+    return images, label

@@ -1,0 +1,25 @@
+"""Provenance written beside every result: package versions and timestamps."""
+
+from __future__ import annotations
+
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+
+#: Packages whose versions are written beside every result.
+PROVENANCE_PACKAGES = ("wmhkeras", "tensorflow", "keras", "numpy", "scipy", "nibabel", "scikit-image")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide a result, plus Python and the platform."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,27 @@
+"""Everything Keras must know by name, registered in one place, and the one safe ``.keras`` loader.
+
+Importing this module imports every module that registers a custom Keras object under the package
+name :data:`wmhkeras.KERAS_PACKAGE` (losses, metrics, the adversarial ablation model), so a ``.keras``
+file that names one of them loads without ``custom_objects`` and without unsafe deserialisation.
+It imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+import wmhkeras.losses  # noqa: F401  (content and overlap losses)
+import wmhkeras.losses.adversarial  # noqa: F401  (the fine-tuning ablation's training wrapper)
+import wmhkeras.losses.metrics  # noqa: F401  (DiceMetric, LossTermMetric)
+
+
+def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
+    """Load a saved ``.keras`` model safely (``safe_mode=True``, no ``custom_objects``).
+
+    ``compile=False`` (default, for inference) skips rebuilding the training loss, so the content loss's
+    backbone weights are not needed; ``compile=True`` restores loss and metrics (the content loss then
+    resolves its backbone weights again, see :mod:`wmhkeras.losses.content`).
+    """
+    return keras.saving.load_model(os.fspath(path), compile=compile, safe_mode=True)
