@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-logger = logging.getLogger("bench.pipeline")
+log = logging.getLogger("bench.pipeline")
 SHARED = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
 DEMO = {
     "data": {"lesion_fraction": 0.7, "background": "brain", "split": [0.8, 0.1, 0.1]},
@@ -293,7 +293,7 @@ def main(argv=None) -> dict:
     if real is not None:
         thr["real_memory_224_for_information"] = throughput(build_datasets(make_cfg("memory", 224), real, real_split), batches // 2)
     result["throughput_samples_per_s"] = thr
-    logger.info("throughput (samples/s): %s", {k: round(v) for k, v in thr.items()})
+    log.info("throughput (samples/s): %s", {k: round(v) for k, v in thr.items()})
 
     # === Consumption and pipeline_over_memory (real volumes when present) ===
     fed = build_datasets(make_cfg("memory"), real, real_split) if real is not None else \
@@ -304,7 +304,7 @@ def main(argv=None) -> dict:
     result["throughput_over_consumption"] = slowest / result["consumption"]["samples_per_s"]
     # Time the pipeline alone (all cores) needs for one batch, over the step time: the most it can add.
     result["pipeline_batch_time_over_step"] = DEMO["train"]["batch_size"] / slowest / result["consumption"]["step_s_memory_median"]
-    logger.info("consumption %.1f samples/s; pipeline_over_memory %.3f (CPU time %.3f); slowest throughput / "
+    log.info("consumption %.1f samples/s; pipeline_over_memory %.3f (CPU time %.3f); slowest throughput / "
                 "consumption %.1f", result["consumption"]["samples_per_s"], result["consumption"]["pipeline_over_memory"],
                 result["consumption"]["pipeline_over_memory_cpu"], result["throughput_over_consumption"])
 
@@ -316,7 +316,7 @@ def main(argv=None) -> dict:
             mem[f"{name}_{cache}"] = run_child(cohorts[name], cache, 200)
         mem[f"ratio_{cache}"] = mem[f"{big}_{cache}"]["growth_mb"] / max(mem[f"small_20_{cache}"]["growth_mb"], 1e-9)
     result["memory"] = mem
-    logger.info("peak RSS growth (MB): %s", {k: (v["growth_mb"] if isinstance(v, dict) else round(v, 2)) for k, v in mem.items()})
+    log.info("peak RSS growth (MB): %s", {k: (v["growth_mb"] if isinstance(v, dict) else round(v, 2)) for k, v in mem.items()})
 
     result["machine"]["load_average_end"] = os.getloadavg()
     result["meets_targets"] = {
@@ -326,7 +326,7 @@ def main(argv=None) -> dict:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    logger.info("wrote %s: %s", args.out, result["meets_targets"])
+    log.info("wrote %s: %s", args.out, result["meets_targets"])
     return result
 
 

@@ -66,7 +66,8 @@ def _child(args) -> dict:
     if args.intra:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
         tf.config.threading.set_inter_op_parallelism_threads(args.inter or 1)
-    from wmhkeras.inference.segment import load_segmenter, segment
+    from wmhkeras.inference.loaders import load_segmenter
+    from wmhkeras.inference.segment import segment
 
     seg = load_segmenter(args.model)
     if args.child == "throughput":
@@ -140,7 +141,7 @@ def _run_child(extra: list[str]) -> dict:
 def _levers(model_path: Path, slices: int) -> list[dict]:
     import tensorflow as tf
 
-    from wmhkeras.inference.segment import load_segmenter
+    from wmhkeras.inference.loaders import load_segmenter
 
     seg = load_segmenter(model_path)
     model, (h, w) = seg.model, seg.input_size
@@ -237,7 +238,7 @@ def _segment_benchmark(args, report: dict) -> None:
         if args.quick:
             import tensorflow as tf
 
-            from wmhkeras.inference.segment import load_segmenter
+            from wmhkeras.inference.loaders import load_segmenter
 
             seg = load_segmenter(model_path)
             row = _throughput(seg.predict_fn, tf.random.uniform((4, 224, 224, 1)), 4, repeats=1)

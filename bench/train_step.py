@@ -34,10 +34,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from wmhkeras.losses import DiceLoss, SiameseContentLoss, soft_labels  # noqa: E402
+from wmhkeras.data.preprocessing import soft_labels  # noqa: E402
+from wmhkeras.losses import DiceLoss, SiameseContentLoss  # noqa: E402
 from wmhkeras.models import build_dense_unet, count_flops  # noqa: E402
 
-logger = logging.getLogger("bench.train_step")
+log = logging.getLogger("bench.train_step")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,7 +92,7 @@ def main(argv=None) -> dict:
         trace_s[name], trace_cpu_s[name] = timed_step(model, x, y)
         for _ in range(args.warmup):
             timed_step(model, x, y)
-        logger.info("%s: first step (trace) %.1f s (cpu %.1f s)", name, trace_s[name], trace_cpu_s[name])
+        log.info("%s: first step (trace) %.1f s (cpu %.1f s)", name, trace_s[name], trace_cpu_s[name])
 
     times = {name: [] for name in models}
     cpu_times = {name: [] for name in models}
@@ -102,7 +103,7 @@ def main(argv=None) -> dict:
             wall, cpu = timed_step(models[name], x, y)
             times[name].append(wall)
             cpu_times[name].append(cpu)
-        logger.info("round %d/%d: content %.3f s (cpu %.1f s), dice %.3f s (cpu %.1f s)", step + 1, args.steps,
+        log.info("round %d/%d: content %.3f s (cpu %.1f s), dice %.3f s (cpu %.1f s)", step + 1, args.steps,
                     times["content"][-1], cpu_times["content"][-1], times["dice"][-1], cpu_times["dice"][-1])
 
     medians = {name: statistics.median(values) for name, values in times.items()}
@@ -142,7 +143,7 @@ def main(argv=None) -> dict:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    logger.info("median step: content %.3f s, dice %.3f s, content_over_dice %.3f (cpu time %.3f) -> %s",
+    log.info("median step: content %.3f s, dice %.3f s, content_over_dice %.3f (cpu time %.3f) -> %s",
                 medians["content"], medians["dice"], result["content_over_dice"],
                 result["content_over_dice_cpu"], args.out)
     return result

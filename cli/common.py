@@ -1,4 +1,4 @@
-"""What every command shares: the error handling that turns user mistakes into exit code 2."""
+"""What every command shares: the exit codes, and the error handling that turns user mistakes into exit code 2."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import sys
 
 import click
 
+#: Exit code when everything asked for was done.
+EXIT_OK = 0
+#: Exit code when some subjects failed (the others are complete; each failure is reported).
+EXIT_SOME_FAILED = 1
+#: Exit code of ``wmhkeras export`` when an artifact is outside its tolerance (all files are written).
+EXIT_OUTSIDE_TOLERANCE = EXIT_SOME_FAILED
 #: Exit code for invalid input, config or options, found before any work (nothing written).
 EXIT_BAD_INPUT = 2
 

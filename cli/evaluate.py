@@ -13,9 +13,7 @@ from pathlib import Path
 
 import click
 
-from wmhkeras.cli.common import handle_errors
-
-EXIT_SOME_FAILED = 1
+from wmhkeras.cli.common import EXIT_SOME_FAILED, handle_errors
 
 
 @click.command("evaluate")

@@ -1,4 +1,4 @@
-"""``wmhkeras export``: a trained model as a verified SavedModel and TFLite files (see :mod:`wmhkeras.export.runner`).
+"""``wmhkeras export``: a trained model as a verified SavedModel and TFLite files (see :mod:`wmhkeras.export`).
 
 Exit codes: 0 every artifact verified within its tolerance; 1 an artifact is outside its tolerance (all
 files and ``export_report.json`` are written, for inspection); 2 bad model, output folder or options,
@@ -12,9 +12,7 @@ from pathlib import Path
 
 import click
 
-from wmhkeras.cli.common import handle_errors
-
-EXIT_OUTSIDE_TOLERANCE = 1
+from wmhkeras.cli.common import EXIT_OUTSIDE_TOLERANCE, handle_errors
 
 
 @click.command("export")
@@ -37,7 +35,9 @@ def export_command(model_or_run_dir: Path, out_dir: Path | None, tflite: str | N
     OUT/tflite/model_<variant>.tflite, OUT/model_card.json and OUT/export_report.json, after checking
     every artifact against the Keras model on held-back slices.
     """
-    from wmhkeras.export.runner import default_out_dir, export, format_table, parse_variants
+    from wmhkeras.export.options import default_out_dir, parse_variants
+    from wmhkeras.export.report import format_table
+    from wmhkeras.export.runner import export
 
     variants = parse_variants(tflite)
     out_dir = out_dir or default_out_dir(model_or_run_dir)

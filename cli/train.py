@@ -63,11 +63,11 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
     result = train(cfg, target, data_path=data_path, resume=resume_dir is not None, split=split_file,
                    verbose=2 if quiet else 1)
     s = result.summary
-    best = f"{s['best_val_dice']:.4f}" if s.get("best_val_dice") is not None else f"n/a ({s.get('monitor')})"
+    best = f"{s.best_val_dice:.4f}" if s.best_val_dice is not None else f"n/a ({s.monitor})"
     click.echo(f"run folder: {result.run_dir}")
-    click.echo(f"loss {s['loss']}, {s['subjects']['train']} train / {s['subjects']['validation']} validation / "
-               f"{s['subjects']['holdout']} hold-out subjects")
-    click.echo(f"epochs {s['epochs']} of {s['epochs_planned']}{' (stopped early)' if s.get('stopped_early') else ''}, "
-               f"best validation Dice {best} at epoch {s.get('best_epoch')}, {s['wall_time_s']:.0f} s")
-    click.echo(f"model: {result.run_dir / 'checkpoints' / 'best.keras'}")
-    click.echo(f"tensorboard --logdir {result.run_dir / 'tensorboard'}")
+    click.echo(f"loss {s.loss}, {s.subjects['train']} train / {s.subjects['validation']} validation / "
+               f"{s.subjects['holdout']} hold-out subjects")
+    click.echo(f"epochs {s.epochs} of {s.epochs_planned}{' (stopped early)' if s.stopped_early else ''}, "
+               f"best validation Dice {best} at epoch {s.best_epoch}, {s.wall_time_s:.0f} s")
+    click.echo(f"model: {RunFolder(result.run_dir).best}")
+    click.echo(f"tensorboard --logdir {RunFolder(result.run_dir).tensorboard}")

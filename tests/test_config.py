@@ -3,7 +3,9 @@ import yaml
 
 from wmhkeras.config import (
     CONFIG_VERSION,
+    PCD_BIN_EDGES,
     Config,
+    ExperimentConfig,
     config_from_dict,
     deep_merge,
     load_config,
@@ -87,3 +89,57 @@ def test_saved_config_reloads_identically(tmp_path):
     assert load_config([path]) == cfg
     assert yaml.safe_load(path.read_text())["train"]["epochs"] == 3
     assert Config() == config_from_dict({})
+
+
+# === The experiment section ===
+
+
+def write_config(tmp_path, data: dict, name: str = "exp.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_experiment_config_defaults_and_overrides(tmp_path):
+    path = write_config(tmp_path, {"train": {"seed": 3}, "experiment": {"external": "ext/manifest.csv"}})
+    cfg = load_config([path], ["experiment.folds=4"])
+    exp = cfg.experiment
+    assert exp.losses == ["dice", "tversky", "generalized_dice", "content"]
+    assert exp.reference == "content" and exp.seeds == [3] and exp.split_seed == 3
+    assert exp.folds == 4 and exp.mode == "kfold"
+    assert exp.external == str((tmp_path / "ext" / "manifest.csv").resolve())  # relative to the config file
+    assert cfg.train.seed == 3
+    exp = load_config([write_config(tmp_path, {"experiment": {"losses": ["tversky", "dice"]}})]).experiment
+    assert exp.reference == "tversky" and exp.mode == "holdout"
+
+
+def test_experiment_section_is_optional_and_written_only_when_present(tmp_path):
+    cfg = load_config([])
+    assert cfg.experiment is None and "experiment" not in cfg.to_dict()  # a run config writes no experiment
+    exp = load_config([], experiment=True).experiment  # wmhkeras experiment: every run config is one
+    assert exp == ExperimentConfig(reference="content", seeds=[0], split_seed=0)
+    assert exp.pcd_bins == list(PCD_BIN_EDGES)
+    full = load_config([], ["experiment.qc=true"])
+    path = save_config(full, tmp_path / "config.yaml")
+    assert list(yaml.safe_load(path.read_text()))[-1] == "experiment"  # the last section, as before
+    assert load_config([path]) == full
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"lossses": ["dice"]}, "experiment.lossses: unknown key"),
+    ({"losses": ["dice", "jaccard"]}, "experiment.losses[1]: 'jaccard' is not allowed"),
+    ({"losses": ["dice", "dice"]}, "experiment.losses"),
+    ({"losses": ["dice"], "reference": "content"}, "experiment.reference: 'content'"),
+    ({"folds": 1}, "experiment.folds: 1"),
+    ({"folds": 3, "leave_one_site_out": True}, "not both"),
+    ({"external": "a.csv", "external_site": "s1"}, "not both"),
+    ({"pcd_bins": [0.5, 0.1]}, "experiment.pcd_bins"),
+])
+def test_experiment_config_errors(tmp_path, section, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config([write_config(tmp_path, {"experiment": section})])
+
+
+def test_experiment_without_a_test_set_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="experiment.external"):
+        load_config([write_config(tmp_path, {"data": {"split": [0.9, 0.1, 0.0]}})], experiment=True)

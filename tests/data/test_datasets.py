@@ -1,9 +1,9 @@
+"""Datasets: manifests (read, write), the MICCAI 2017 layout, per-subject checks (commands: tests/cli)."""
+
 import nibabel as nib
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from wmhkeras.cli.main import main
 from wmhkeras.data.datasets import Subject, check_subject, discover_miccai, load_dataset, read_manifest, write_manifest
 from wmhkeras.errors import InputError
 
@@ -67,29 +67,3 @@ def test_check_subject_grids_and_labels(tmp_path):
         check_subject(subject, ("flair",), need_label=True)
     with pytest.raises(InputError, match="no T1 file is listed"):
         check_subject(Subject("s", "a", flair), ("flair", "t1"))
-
-
-def test_check_command_reports_and_exits_2_on_a_bad_subject(tmp_path):
-    _img(tmp_path / "good.nii.gz")
-    (tmp_path / "bad.nii.gz").write_bytes(b"not nifti")
-    (tmp_path / "manifest.csv").write_text("subject,site,flair,t1,label\ng,a,good.nii.gz,,\nb,a,bad.nii.gz,,\n")
-    before = sorted(p.name for p in tmp_path.iterdir())
-    result = CliRunner().invoke(main, ["check", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "ok   g (a)" in result.output and "FAIL b:" in result.output and "1 of 2 subjects ok" in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
-    missing = CliRunner().invoke(main, ["check", str(tmp_path / "nowhere")])
-    assert missing.exit_code == 2 and "dataset not found" in missing.output
-
-
-def test_synth_command_writes_a_cohort_that_passes_check(tmp_path):
-    out = tmp_path / "cohort"
-    result = CliRunner().invoke(main, ["synth", str(out), "--subjects", "2", "--sites", "2", "--seed", "3"])
-    assert result.exit_code == 0, result.output
-    assert "sub-001" in result.output and "manifest.csv" in result.output
-    subjects = load_dataset(out)
-    assert [s.site for s in subjects] == ["site1", "site2"]
-    checked = CliRunner().invoke(main, ["check", str(out), "--t1", "--labels"])
-    assert checked.exit_code == 0 and "2 of 2 subjects ok" in checked.output
-    bad = CliRunner().invoke(main, ["synth", str(tmp_path / "x"), "--lesion-fraction", "0.1", "0.2"])
-    assert bad.exit_code == 2 and "lesion_fraction" in bad.output and not (tmp_path / "x").exists()

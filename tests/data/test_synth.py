@@ -8,6 +8,7 @@ import pytest
 from scipy import ndimage
 
 from wmhkeras.data import synth
+from wmhkeras.data.datasets import MANIFEST_COLUMNS
 from wmhkeras.errors import ConfigError
 
 SEED = 7
@@ -26,7 +27,7 @@ def _manifest_rows(summary):
 
 
 def _load(summary, row, column):
-    return nib.load(summary.manifest.parent / row[synth.MANIFEST_HEADER.index(column)])
+    return nib.load(summary.manifest.parent / row[MANIFEST_COLUMNS.index(column)])
 
 
 def test_manifest_header_and_relative_paths_resolve(cohort):

@@ -1,4 +1,4 @@
-"""wmhkeras evaluate: matching rules, hand-computed metrics, report files, grid refusal, no TensorFlow."""
+"""wmhkeras evaluate: hand-computed metrics, report files, grid refusal, no TensorFlow (matching: test_matching)."""
 
 import csv
 import json
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules import it back)
+import wmhkeras.cli.main  # noqa: F401  (the group, as the installed entry point loads it)
 from wmhkeras.cli.evaluate import evaluate_command
 from wmhkeras.errors import InputError
-from wmhkeras.evaluation.evaluate import evaluate, match, resolve_predictions, resolve_truth
+from wmhkeras.evaluation.evaluate import evaluate
+from wmhkeras.evaluation.matching import resolve_truth
 
 SHAPE = (20, 20, 6)
 AFFINE = np.diag([1.0, 1.0, 3.0, 1.0])
@@ -96,23 +97,6 @@ def test_end_to_end_reports(tmp_path):
     report = (out / "report.md").read_text()
     assert "(qc/s1.png)" in report and "(figure5_avd_vs_pcd.png)" in report
     assert result.n_failed == 0 and result.files["report"] == out / "report.md"
-
-
-def test_matching_rules(tmp_path):
-    data, seg = _cohort(tmp_path)
-    assert sorted(resolve_predictions(seg)) == ["s1", "s2"]  # *_wmh_prob files are not predictions
-    cases = resolve_truth(data / "s1_wmh.nii.gz")
-    assert cases[0].subject == "s1" and cases[0].flair.name == "s1_FLAIR.nii.gz"
-    # a folder of labels: FLAIR files beside them are images, not labels
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for p in data.glob("*.nii.gz"):
-        (flat / p.name).write_bytes(p.read_bytes())
-    assert [(c.subject, c.flair.name) for c in resolve_truth(flat)] == [("s1", "s1_FLAIR.nii.gz"), ("s2", "s2_FLAIR.nii.gz")]
-    # one file against one file is paired whatever the names
-    assert match(cases, {"other": seg / "s2_wmh_mask.nii.gz"})[0][1].name == "s2_wmh_mask.nii.gz"
-    with pytest.raises(InputError, match="no prediction matches"):
-        match(resolve_truth(flat), {"x": seg / "s1_wmh_mask.nii.gz", "y": seg / "s2_wmh_mask.nii.gz"})
 
 
 def test_missing_prediction_fails_that_subject(tmp_path):

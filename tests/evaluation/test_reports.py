@@ -1,11 +1,9 @@
-"""Report helpers: summaries against NumPy by hand, Table 1 layout, PNGs that open with the right size."""
+"""Report helpers: summaries against NumPy by hand, Table 1 layout, Figure 5 binning (PNGs: test_figures)."""
 
-import json
 import math
 
 import numpy as np
 import pytest
-from matplotlib import image as mpimg
 
 from wmhkeras.errors import InputError
 from wmhkeras.evaluation import reports
@@ -74,21 +72,6 @@ def test_markdown_table_layout():
     assert len(lines) == 5
 
 
-def test_rank_models_min_max_scaled():
-    def s(d, h, a, r, f):
-        return {
-            k: {"mean": v}
-            for k, v in zip(("dice", "hd95", "avd", "lesion_recall", "lesion_f1"), (d, h, a, r, f), strict=True)
-        }
-
-    ranked = reports.rank_models(
-        {"x": s(0.8, 5.0, 10.0, 0.6, 0.7), "y": s(0.6, 9.0, 30.0, 0.8, 0.7), "z": s(0.7, 7.0, 20.0, 0.7, 0.7)}
-    )
-    # x: dice 1, hd95 1, avd 1, recall 0, f1 tie 1 -> 4/5; y: 0,0,0,1,1 -> 2/5; z: .5,.5,.5,.5,1 -> 3/5
-    assert [name for name, _ in ranked] == ["x", "z", "y"]
-    assert [score for _, score in ranked] == pytest.approx([0.8, 0.6, 0.4])
-
-
 def test_bin_means():
     edges = [0.0, 0.1, 0.2, 0.3]
     means, counts = reports.bin_means([0.05, 0.07, 0.15, 0.3, 0.5, float("nan")], [10, 20, 40, 5, 99, 1], edges)
@@ -98,45 +81,3 @@ def test_bin_means():
     assert np.isnan(means[1]) and counts.tolist() == [1, 0, 0]
     with pytest.raises(InputError, match="increasing"):
         reports.bin_means([0.1], [1.0], [0.2, 0.1])
-
-
-def test_avd_vs_pcd_png(tmp_path):
-    rng = np.random.default_rng(1)
-    pcd = rng.uniform(0, 0.55, 30)
-    series = {"Dice loss": (pcd, rng.uniform(5, 60, 30)), "Siamese content loss": (pcd, rng.uniform(5, 40, 30))}
-    path = reports.plot_avd_vs_pcd(series, tmp_path / "fig5.png", figsize=(6, 4), dpi=50)
-    img = mpimg.imread(path)
-    assert img.shape[:2] == (200, 300)
-    assert [p.name for p in tmp_path.iterdir()] == ["fig5.png"]  # no temporary file left behind
-
-
-def test_qc_montage_png(tmp_path):
-    flair = np.random.default_rng(2).random((32, 28, 10)).astype(np.float32)
-    truth = np.zeros(flair.shape, np.uint8)
-    truth[10:15, 10:14, 2:5] = 1
-    truth[20, 20, 7] = 2  # not WMH
-    pred = np.zeros(flair.shape, np.float32)
-    pred[11:16, 10:13, 3:8] = 0.9
-    assert reports.choose_slices(truth > 0, pred > 0.5, 4) == [2, 4, 5, 7]
-    path = reports.qc_montage(
-        flair, truth, pred, tmp_path / "qc" / "s01.png", n_slices=4, columns=2, panel_size=1.5, dpi=40
-    )
-    img = mpimg.imread(path)
-    assert img.shape[:2] == (120, 120)  # 2 rows x 2 columns of 1.5 in at 40 dpi
-    # no lesion anywhere: falls back to the middle of the volume
-    empty = np.zeros(flair.shape, np.uint8)
-    assert reports.choose_slices(empty, empty, 3) == [2, 4, 7]
-    path = reports.qc_montage(flair, None, empty, tmp_path / "empty.png", n_slices=3, columns=3, panel_size=1, dpi=30)
-    assert mpimg.imread(path).shape[:2] == (30, 90)
-    with pytest.raises(InputError, match="shape"):
-        reports.qc_montage(flair, truth[:-1], pred, tmp_path / "bad.png")
-
-
-def test_atomic_writers(tmp_path):
-    out = reports.write_json({"a": float("nan"), "b": np.float32(1.5), "c": [np.int64(2)]}, tmp_path / "s.json")
-    assert json.loads(out.read_text()) == {"a": None, "b": 1.5, "c": [2]}
-    out = reports.write_csv([{"x": 1, "y": 2.5}, {"x": 3, "z": "q"}], tmp_path / "rows.csv")
-    assert out.read_text().splitlines() == ["x,y,z", "1,2.5,", "3,,q"]
-    reports.write_text("v2\n", reports.write_text("v1\n", tmp_path / "t.md"))
-    assert (tmp_path / "t.md").read_text() == "v2\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv", "s.json", "t.md"]

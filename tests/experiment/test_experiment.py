@@ -1,4 +1,5 @@
-"""The experiment runner: config section, site-stratified folds, paired tests, resume, one tiny experiment."""
+"""The experiment: the --out check, paired tests, resume, one tiny experiment (its config section is tested in
+tests/test_config.py, its folds in tests/data/test_splits.py)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
-from wmhkeras.data.datasets import Subject
-from wmhkeras.errors import ConfigError, InputError
-from wmhkeras.experiment.runner import (
-    ROW_KEYS,
-    ExperimentConfig,
-    _check_out_dir,
-    kfold_splits,
-    leave_one_site_out_splits,
-    load_experiment_config,
-    make_splits,
-    paired_tests,
-    subject_means,
-)
+from wmhkeras.config import load_config
+from wmhkeras.errors import InputError
 from wmhkeras.evaluation.metrics import CHALLENGE_KEYS, METRIC_KEYS
+from wmhkeras.experiment.runner import _check_out_dir
+from wmhkeras.experiment.statistics import ROW_KEYS, paired_tests, subject_means
+from wmhkeras.io.run_folder import RunSummary, Split
 
 TINY = {
     "data": {"split": [0.34, 0.33, 0.33], "lesion_fraction": 0.7},
@@ -38,56 +31,17 @@ TINY = {
 }
 
 
-def cohort(sizes: dict[str, int]) -> list[Subject]:
-    """Subjects ``<site>-<i>`` (files are never opened by the split functions)."""
-    return [Subject(f"{site}-{i}", site, Path(f"/nowhere/{site}-{i}.nii.gz"))
-            for site, n in sizes.items() for i in range(n)]
-
-
 def write_config(tmp_path: Path, data: dict, name: str = "exp.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data))
     return path
 
 
-# === Config ===
-
-
-def test_config_defaults_and_overrides(tmp_path):
-    path = write_config(tmp_path, {"train": {"seed": 3}, "experiment": {"external": "ext/manifest.csv"}})
-    cfg, exp = load_experiment_config([path], ["experiment.folds=4"])
-    assert exp.losses == ["dice", "tversky", "generalized_dice", "content"]
-    assert exp.reference == "content" and exp.seeds == [3] and exp.split_seed == 3
-    assert exp.folds == 4 and exp.mode == "kfold"
-    assert exp.external == str((tmp_path / "ext" / "manifest.csv").resolve())  # relative to the config file
-    assert cfg.train.seed == 3
-    _, exp = load_experiment_config([write_config(tmp_path, {"experiment": {"losses": ["tversky", "dice"]}})])
-    assert exp.reference == "tversky" and exp.mode == "holdout"
-
-
-@pytest.mark.parametrize("section, message", [
-    ({"lossses": ["dice"]}, "experiment.lossses: unknown key"),
-    ({"losses": ["dice", "jaccard"]}, "experiment.losses[1]: 'jaccard' is not allowed"),
-    ({"losses": ["dice", "dice"]}, "experiment.losses"),
-    ({"losses": ["dice"], "reference": "content"}, "experiment.reference: 'content'"),
-    ({"folds": 1}, "experiment.folds: 1"),
-    ({"folds": 3, "leave_one_site_out": True}, "not both"),
-    ({"external": "a.csv", "external_site": "s1"}, "not both"),
-    ({"pcd_bins": [0.5, 0.1]}, "experiment.pcd_bins"),
-])
-def test_config_errors(tmp_path, section, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        load_experiment_config([write_config(tmp_path, {"experiment": section})])
-
-
-def test_no_test_set_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="experiment.external"):
-        load_experiment_config([write_config(tmp_path, {"data": {"split": [0.9, 0.1, 0.0]}})])
+# === The experiment folder ===
 
 
 def test_changed_config_is_refused(tmp_path):
-    cfg, exp = load_experiment_config([write_config(tmp_path, {})])
-    resolved = {**cfg.to_dict(), "experiment": exp.to_dict()}
+    resolved = load_config([write_config(tmp_path, {})], experiment=True).to_dict()
     out = tmp_path / "out"
     assert _check_out_dir(out, resolved) is False
     out.mkdir()
@@ -96,57 +50,6 @@ def test_changed_config_is_refused(tmp_path):
     changed = {**resolved, "train": {**resolved["train"], "epochs": 7}}
     with pytest.raises(InputError, match="train.epochs = 100, now 7"):
         _check_out_dir(out, changed)
-
-
-# === Splits ===
-
-
-@pytest.mark.parametrize("k", [2, 3, 5])
-def test_kfold_every_subject_tested_once_and_sites_spread(k):
-    subjects = cohort({"a": 7, "b": 5, "c": 4})
-    folds = kfold_splits(subjects, k, fractions=(0.7, 0.2, 0.1), seed=1)
-    assert list(folds) == [f"fold{i + 1}" for i in range(k)]
-    tested = [sid for split in folds.values() for sid in split["holdout"]]
-    assert sorted(tested) == sorted(s.subject for s in subjects)  # each subject in exactly one test fold
-    site = {s.subject: s.site for s in subjects}
-    for split in folds.values():
-        train, val, test = (set(split[key]) for key in ("train", "validation", "holdout"))
-        assert not (train & test) and not (val & test) and not (train & val)
-        assert train | val | test == set(site)  # the rest of the cohort trains or validates
-        assert val  # validation is taken from the training part
-    for name in ("a", "b", "c"):  # every site is dealt evenly over the folds
-        per_fold = [sum(site[s] == name for s in split["holdout"]) for split in folds.values()]
-        assert max(per_fold) - min(per_fold) <= 1
-    sizes = [len(split["holdout"]) for split in folds.values()]
-    assert max(sizes) - min(sizes) <= 1
-    assert kfold_splits(subjects, k, (0.7, 0.2, 0.1), seed=1) == folds  # seeded
-    assert kfold_splits(list(reversed(subjects)), k, (0.7, 0.2, 0.1), seed=1) == folds  # order-independent
-
-
-def test_kfold_needs_enough_subjects():
-    with pytest.raises(InputError, match="folds: 5 folds"):
-        kfold_splits(cohort({"a": 2, "b": 2}), 5)
-
-
-def test_leave_one_site_out():
-    subjects = cohort({"s1": 4, "s2": 5, "s3": 3})
-    folds = leave_one_site_out_splits(subjects, fractions=(0.8, 0.2, 0.0), seed=0)
-    assert list(folds) == ["site-s1", "site-s2", "site-s3"]
-    for name, split in folds.items():
-        left_out = name.removeprefix("site-")
-        assert sorted(split["holdout"]) == sorted(s.subject for s in subjects if s.site == left_out)
-        assert not any(sid.startswith(left_out) for sid in split["train"] + split["validation"])
-        assert len(split["train"]) + len(split["validation"]) + len(split["holdout"]) == len(subjects)
-    with pytest.raises(InputError, match="at least 2 sites"):
-        leave_one_site_out_splits(cohort({"only": 4}))
-
-
-def test_make_splits_modes():
-    subjects = cohort({"a": 10, "b": 10})
-    cfg, _ = load_experiment_config([])
-    assert list(make_splits(subjects, cfg, ExperimentConfig(folds=4, split_seed=0))) == ["fold1", "fold2", "fold3", "fold4"]
-    (split,) = make_splits(subjects, cfg, ExperimentConfig(split_seed=0)).values()
-    assert [len(split[k]) for k in ("train", "validation", "holdout")] == [16, 2, 2]  # the paper's 48/6/6, scaled
 
 
 # === Statistics ===
@@ -185,7 +88,7 @@ def test_paired_tests_by_hand():
 
 def test_train_arm_routing(tmp_path, monkeypatch):
     """A finished arm is not trained again; a new or half-finished arm trains on the experiment's split."""
-    from wmhkeras.experiment.runner import Arm, _train_arm
+    from wmhkeras.experiment.arms import Arm, _train_arm
     from wmhkeras.io.run_folder import RunFolder
 
     calls = []
@@ -195,28 +98,27 @@ def test_train_arm_routing(tmp_path, monkeypatch):
         calls.append((Path(out), kw))
         if "split" in kw:  # a new run writes its folder as the real trainer does
             from wmhkeras.config import save_config
-            from wmhkeras.data.splits import save_split
 
-            save_split(kw["split"], RunFolder(out).split)
+            RunFolder(out).write_split(kw["split"])
             save_config(cfg, RunFolder(out).config)
 
     trainer.train = fake_train
     monkeypatch.setitem(sys.modules, "wmhkeras.training.trainer", trainer)
-    cfg, _ = load_experiment_config([write_config(tmp_path, TINY)])
-    split = {"train": ["a"], "validation": ["b"], "holdout": ["c"]}
+    cfg = load_config([write_config(tmp_path, TINY)])
+    split = Split(train=("a",), validation=("b",), holdout=("c",))
     arm = Arm("holdout", "dice", 0, tmp_path / "arms" / "holdout" / "dice")
     run = RunFolder(arm.path)
 
     assert _train_arm(arm, cfg, split, verbose=0) == "trained"
     assert calls[-1][1]["split"] == split and not calls[-1][1].get("resume")  # trained on the given split
-    assert json.loads(run.split.read_text()) == split and run.config.is_file()
+    assert json.loads(run.split.read_text()) == split.to_dict() and run.config.is_file()
 
-    run.write_summary({"epochs": 1, "finished": False})
+    run.write_summary(RunSummary(epochs=1, finished=False))
     assert _train_arm(arm, cfg, split, verbose=0) == "resumed"
     assert calls[-1][1]["resume"] is True and "split" not in calls[-1][1]  # reads its own split.json
-    run.write_summary({"epochs": 2, "finished": True})
+    run.write_summary(RunSummary(epochs=2, finished=True))
     assert _train_arm(arm, cfg, split, verbose=0) == "done"
-    run.write_summary({"epochs": 1, "finished": True, "stopped_early": True})
+    run.write_summary(RunSummary(epochs=1, finished=True, stopped_early=True))
     assert _train_arm(arm, cfg, split, verbose=0) == "done"
     assert len(calls) == 2
 
@@ -227,8 +129,8 @@ def test_train_arm_routing(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory):
     """6 subjects of 2 sites (site2 external), dice and tversky, 2 epochs of 2 steps at 32 x 32."""
-    from wmhkeras.experiment.runner import run_experiment
     from wmhkeras.data.synth import make_cohort
+    from wmhkeras.experiment.runner import run_experiment
 
     root = tmp_path_factory.mktemp("experiment")
     make_cohort(root / "cohort", subjects=6, sites=2, seed=0)
@@ -293,7 +195,7 @@ def test_rerun_skips_finished_arms(tiny_experiment, caplog):
     out = root / "out"
     checkpoints = sorted(out.glob("arms/*/*/checkpoints/*.keras"))
     before = {p: p.stat().st_mtime_ns for p in checkpoints}
-    with caplog.at_level(logging.INFO, logger="wmhkeras.experiment.runner"):
+    with caplog.at_level(logging.INFO, logger="wmhkeras.experiment"):
         result = CliRunner().invoke(experiment, [str(config), "--data", str(root / "cohort"), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "2 arms (2 skipped)" in result.output and "| external: site2 | Dice loss |" in result.output

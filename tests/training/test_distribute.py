@@ -28,7 +28,7 @@ if sys.argv[3] == "two-cpus":  # before TensorFlow initialises
 from wmhkeras.config import load_config
 from wmhkeras.training.trainer import train
 result = train(load_config(sys.argv[1]), sys.argv[2], verbose=2)
-print(json.dumps(result.summary))
+print(json.dumps(result.summary.to_dict()))
 """
 
 

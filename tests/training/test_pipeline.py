@@ -14,21 +14,17 @@ from wmhkeras.data import datasets
 from wmhkeras.data.datasets import Subject, load_dataset
 from wmhkeras.data.synth import SITE_PRESETS, make_cohort
 from wmhkeras.errors import InputError
-from wmhkeras.training.pipeline import (
-    BRAIN_THRESHOLD,
-    MIN_BRAIN_FRACTION,
-    MemoryCache,
-    Sampler,
-    build_datasets,
-    check_cohort,
-    estimate_cache_bytes,
-)
+from wmhkeras.io.run_folder import Split
+from wmhkeras.training.cache import BRAIN_THRESHOLD, MIN_BRAIN_FRACTION, MemoryCache, estimate_cache_bytes
+from wmhkeras.training.cohort import check_cohort
+from wmhkeras.training.pipeline import build_datasets
+from wmhkeras.training.sampler import Sampler
 
 from ..conftest import OPEN_MS
 
 N_SAMPLES = 2000
 BATCH = 8
-SPLIT = {"train": ["sub-001", "sub-002", "sub-003", "sub-005"], "validation": ["sub-004", "sub-006"], "holdout": []}
+SPLIT = Split(train=("sub-001", "sub-002", "sub-003", "sub-005"), validation=("sub-004", "sub-006"))
 
 
 def make_cfg(**data):
@@ -73,7 +69,7 @@ def slice_cache(cohort):
     """The preprocessed training subjects (slices, 64 x 64), to drive samplers directly."""
     cache = MemoryCache()
     records = check_cohort(make_cfg(), cohort, SPLIT, cache=cache)
-    return cache, [records[s] for s in SPLIT["train"]]
+    return cache, [records[s] for s in SPLIT.train]
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +81,9 @@ def real():
                         OPEN_MS / p / "GOLD_STANDARD.nii.gz") for p in ("patient07", "patient26")]
     cfg = make_cfg(lesion_fraction=0.5)
     cache = MemoryCache()
-    split = {"train": ["patient07", "patient26"], "validation": [], "holdout": []}
+    split = Split(train=("patient07", "patient26"))
     records = check_cohort(cfg, subjects, split, cache=cache)
-    return cfg, subjects, split, cache, [records[s] for s in split["train"]]
+    return cfg, subjects, split, cache, [records[s] for s in split.train]
 
 
 # === Sampling: lesion fraction, brain, sites ===
@@ -148,7 +144,7 @@ def test_patches_are_centred_on_lesions_and_on_brain(cohort):
     assert abs(lesion_share(data.train) - 0.4) < 0.05
     cache = MemoryCache()
     records = check_cohort(cfg, cohort, SPLIT, cache=cache)
-    sampler = Sampler(cfg, cache, [records[s] for s in SPLIT["train"]], seed=0)
+    sampler = Sampler(cfg, cache, [records[s] for s in SPLIT.train], seed=0)
     for b in range(20):
         category, *_ = sampler.plan(b)
         x, mask = sampler.batch(b)
@@ -203,7 +199,7 @@ def test_same_seed_same_batch_and_shards_equal_memory(cohort, paper_like, tmp_pa
     def no_reading(*args, **kwargs):
         raise AssertionError("the cached subjects were read again")
 
-    monkeypatch.setattr("wmhkeras.training.pipeline.check_subject", no_reading)
+    monkeypatch.setattr("wmhkeras.training.cohort.check_subject", no_reading)
     again = build_datasets(cfg, cohort, SPLIT, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(next(iter(again.train))[0].numpy(), next(iter(shards.train))[0].numpy())
 
@@ -215,7 +211,7 @@ def test_same_seed_same_batch_and_shards_equal_memory(cohort, paper_like, tmp_pa
 
 def test_estimated_cache_size_is_exact_for_slices(cohort, slice_cache):
     cache, records = slice_cache
-    used = [s for s in cohort if s.subject in SPLIT["train"] + SPLIT["validation"]]
+    used = [s for s in cohort if s.subject in SPLIT.train + SPLIT.validation]
     assert estimate_cache_bytes(make_cfg(), used) == cache.nbytes
 
 
@@ -236,7 +232,7 @@ def test_cohort_without_lesion_is_refused(cohort, tmp_path):
     for s in subjects:
         img = nib.load(s.label)
         nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), s.label)
-    split = {"train": [subjects[0].subject], "validation": [subjects[1].subject], "holdout": []}
+    split = Split(train=(subjects[0].subject,), validation=(subjects[1].subject,))
     with pytest.raises(InputError, match="training subjects contain no lesion voxel"):
         build_datasets(make_cfg(), subjects, split)
 
@@ -246,7 +242,7 @@ def test_bad_files_are_refused_before_training(cohort, tmp_path):
     broken = copy_subject(cohort[1], tmp_path / "broken")
     data = broken.flair.read_bytes()
     broken.flair.write_bytes(gzip.compress(gzip.decompress(data)[: len(data) // 3]))
-    split = {"train": [good.subject, broken.subject], "validation": [], "holdout": []}
+    split = Split(train=(good.subject, broken.subject))
     with pytest.raises(InputError, match="truncated|not a readable"):
         check_cohort(make_cfg(), [good, broken], split)
 
@@ -254,11 +250,11 @@ def test_bad_files_are_refused_before_training(cohort, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :-1], img.affine), tmp_path / "short.nii.gz")
     mismatched = Subject(good.subject, good.site, good.flair, None, tmp_path / "short.nii.gz")
     with pytest.raises(InputError, match="shape .* differs"):
-        check_cohort(make_cfg(), [mismatched], {"train": [good.subject], "validation": [], "holdout": []})
+        check_cohort(make_cfg(), [mismatched], Split(train=(good.subject,)))
     unlabelled = Subject(good.subject, good.site, good.flair, None, None)
     with pytest.raises(InputError, match="no label file"):
-        check_cohort(make_cfg(), [unlabelled], {"train": [good.subject], "validation": [], "holdout": []})
-    with pytest.raises(InputError, match="not in the dataset"):
+        check_cohort(make_cfg(), [unlabelled], Split(train=(good.subject,)))
+    with pytest.raises(InputError, match="not in the dataset"):  # a mapping of id lists is checked too
         check_cohort(make_cfg(), [good], {"train": [good.subject, "ghost"], "validation": [], "holdout": []})
 
 
@@ -271,6 +267,6 @@ def test_check_subject_is_the_reader(monkeypatch, cohort):
         calls.append(subject.subject)
         return real_check(subject, *args, **kwargs)
 
-    monkeypatch.setattr("wmhkeras.training.pipeline.check_subject", spy)
+    monkeypatch.setattr("wmhkeras.training.cohort.check_subject", spy)
     check_cohort(make_cfg(), cohort, SPLIT)
-    assert sorted(calls) == sorted(SPLIT["train"] + SPLIT["validation"])
+    assert sorted(calls) == sorted(SPLIT.train + SPLIT.validation)

@@ -46,9 +46,9 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
         while True:
             assert proc.poll() is None, f"training ended before it could be killed:\n{proc.stdout.read()}"
             assert time.monotonic() < deadline, "no second epoch started in time"
-            state = run.read_state() if run.state.is_file() else {}
+            state = run.read_state()  # RunState() until the first epoch starts
             # An epoch finished and the next one started: kill it in the middle of that one.
-            if state.get("epochs", 0) >= 1 and state.get("running_epoch") == state["epochs"] + 1:
+            if state.epochs >= 1 and state.running_epoch == state.epochs + 1:
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.02)
@@ -57,7 +57,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
-    done = run.read_state()["epochs"]  # usually 1; 2 if the next epoch ended before the signal landed
+    done = run.read_state().epochs  # usually 1; 2 if the next epoch ended before the signal landed
     assert done in (1, 2) and run.last.is_file()
     assert json.loads(run.summary.read_text())["finished"] is False
 
@@ -70,7 +70,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     summary = json.loads(run.summary.read_text())
     assert summary["epochs"] == 3 and summary["finished"] is True
     state = run.read_state()
-    assert (state["epochs"], state["iterations"]) == (3, 3 * steps)
+    assert (state.epochs, state.iterations) == (3, 3 * steps)
     with open(run.log, newline="") as f:
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2"]
     assert not list(run.checkpoints.glob(".tmp-*"))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmhkeras.errors import InputError
+from wmhkeras.io.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,7 @@ def read_manifest(path: str | Path) -> list[Subject]:
 
 
 def write_manifest(subjects: list[Subject], path: str | Path) -> Path:
-    """Write a manifest with paths relative to its folder where possible (atomically)."""
-    from wmhkeras.io.files import atomic_write_text
-
+    """Write a manifest with paths relative to its folder where possible (atomically); returns its path."""
     path = Path(path)
     base = path.parent.resolve()
 

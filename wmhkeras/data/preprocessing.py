@@ -8,6 +8,10 @@ arrays, inside ``tf.data`` pipelines and inside the exported model's graph:
 * :func:`resize_slices` - bilinear resizing that reproduces ``skimage.transform.resize`` with its
   defaults (``order=1``, ``mode='reflect'``, Gaussian anti-aliasing when downsampling), the
   resizing the paper used, written as two small matrix products so that it runs in any graph;
+* :class:`Resampling` - how slices reach the model's grid: ``fixed`` (each slice resized to the model's
+  ``input_size``, the paper's way), ``spacing`` (each slice resampled to a pixel size in mm, then
+  padded to a multiple of ``2**depth``) or ``none`` (the native grid, padded);
+* :func:`add_context` - 2.5D input: slices ``z-k .. z+k`` of each modality as channels;
 * :func:`preprocess_volume` / :func:`restore_volume` - the whole chain for segmentation.
 
 TensorFlow is imported inside the functions so that importing this module stays cheap.
@@ -16,9 +20,10 @@ TensorFlow is imported inside the functions so that importing this module stays 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
 
 from wmhkeras.errors import ConfigError
-
 from wmhkeras.io.model_card import NORMALISATIONS  # noqa: E402  (the names a model card may record)
 
 
@@ -132,22 +137,131 @@ def slices_to_volume(slices):
     return tf.transpose(tf.convert_to_tensor(slices), (1, 2, 0, 3))
 
 
-def preprocess_volume(channels: Sequence, image_size: Sequence[int], method: str = "max"):
-    """The model input for one subject: normalise each modality, slice axially, resize.
+#: How slices are brought to the model's grid (``data.resample``).
+RESAMPLE_MODES = ("fixed", "spacing", "none")
 
-    ``channels``: one ``[X, Y, Z]`` array per modality (FLAIR first, then T1 if the model uses it).
-    Returns float32 slices ``(Z, image_size[0], image_size[1], len(channels))``.
+
+@dataclass(frozen=True)
+class Resampling:
+    """The mapping between a volume's axial slices and the model's input grid, and back.
+
+    ``fixed``: every slice is resized to ``input_size`` pixels whatever its size in mm (the paper).
+    ``spacing``: every slice is resampled to ``spacing`` mm per pixel (in-plane ``(x, y)``), keeping its
+    field of view, then zero-padded (centred) to a multiple of ``multiple`` (``2**depth``).
+    ``none``: the native grid, zero-padded the same way.
+    :meth:`to_model` and :meth:`from_model` are exact inverses of each other's geometry: the padding is
+    cropped and the probabilities resized back onto the input's own grid.
+    """
+
+    mode: str = "fixed"
+    input_size: Optional[tuple[int, int]] = None
+    spacing: Optional[tuple[float, float]] = None
+    multiple: int = 1
+
+    def __post_init__(self):
+        if self.mode not in RESAMPLE_MODES:
+            raise ConfigError(f"data.resample: {self.mode!r} is not known; use one of {', '.join(RESAMPLE_MODES)}")
+        if self.mode == "fixed" and (self.input_size is None or len(self.input_size) != 2 or min(self.input_size) < 1):
+            raise ConfigError(f"resample 'fixed' needs input_size [height, width]; got {self.input_size!r}")
+        if self.mode == "spacing" and (self.spacing is None or len(self.spacing) != 2 or min(self.spacing) <= 0):
+            raise ConfigError(f"resample 'spacing' needs data.spacing [x, y] in mm > 0; got {self.spacing!r}")
+        if not isinstance(self.multiple, int) or self.multiple < 1:
+            raise ConfigError(f"resample multiple must be an integer >= 1; got {self.multiple!r}")
+        object.__setattr__(self, "input_size", None if self.input_size is None else tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "spacing", None if self.spacing is None else tuple(float(v) for v in self.spacing))
+
+    def grid(self, in_size, voxel_size=None):
+        """``(size, padded)``: the in-plane size after resampling and after padding, as int32 tensors ``[2]``.
+
+        ``in_size``: the slice's ``(X, Y)``; ``voxel_size``: its voxel size in mm (``spacing`` mode only).
+        """
+        tf = _tf()
+        in_size = tf.cast(in_size, tf.int32)[:2]
+        if self.mode == "fixed":
+            return tf.constant(self.input_size, tf.int32), tf.constant(self.input_size, tf.int32)
+        if self.mode == "spacing":
+            if voxel_size is None:
+                raise ConfigError("resample 'spacing' needs the volume's voxel size")
+            mm = tf.cast(in_size, tf.float64) * tf.cast(voxel_size, tf.float64)[:2]
+            size = tf.maximum(tf.cast(tf.round(mm / tf.constant(self.spacing, tf.float64)), tf.int32), 1)
+        else:
+            size = in_size
+        padded = (size + self.multiple - 1) // self.multiple * self.multiple
+        return size, padded
+
+    def to_model(self, slices, voxel_size=None, masks: bool = False):
+        """Slices ``(Z, X, Y, C)`` -> ``(Z, H, W, C)`` on the model grid (binary ``masks`` stay binary)."""
+        tf = _tf()
+        x = tf.convert_to_tensor(slices, tf.float32)
+        size, padded = self.grid(tf.shape(x)[1:3], voxel_size)
+        if self.mode != "none":
+            x = resize_masks(x, size) if masks else resize_slices(x, size)
+        if self.mode == "fixed":
+            return x
+        before = (padded - size) // 2
+        pads = tf.stack([[0, 0], [before[0], padded[0] - size[0] - before[0]],
+                         [before[1], padded[1] - size[1] - before[1]], [0, 0]])
+        return tf.pad(x, pads)
+
+    def from_model(self, outputs, in_size, voxel_size=None):
+        """Model outputs ``(Z, H, W, C)`` -> ``(Z, X, Y, C)`` on the input's grid ``in_size = (X, Y)``."""
+        tf = _tf()
+        y = tf.convert_to_tensor(outputs, tf.float32)
+        in_size = tf.cast(in_size, tf.int32)[:2]
+        if self.mode != "fixed":
+            size, padded = self.grid(in_size, voxel_size)
+            before = (padded - size) // 2
+            y = y[:, before[0]:before[0] + size[0], before[1]:before[1] + size[1], :]
+        return y if self.mode == "none" else resize_slices(y, in_size)
+
+
+def add_context(slices, k: int):
+    """2.5D input: ``(Z, H, W, C)`` -> ``(Z, H, W, C * (2k + 1))``.
+
+    Channel ``c * (2k + 1) + j`` of slice ``z`` is modality ``c`` of slice ``z - k + j``, with the edge
+    slices repeated beyond the volume (so channel ``c * (2k + 1) + k`` is slice ``z`` itself).
     """
     tf = _tf()
-    stacked = tf.stack([normalise(c, method) for c in channels], axis=-1)
-    return resize_slices(volume_to_slices(stacked), image_size)
+    x = tf.convert_to_tensor(slices, tf.float32)
+    if k == 0:
+        return x
+    if k < 0:
+        raise ConfigError(f"data.context_slices must be >= 0; got {k}")
+    z = tf.range(tf.shape(x)[0])
+    last = tf.shape(x)[0] - 1
+    stacked = tf.stack([tf.gather(x, tf.clip_by_value(z + j, 0, last)) for j in range(-k, k + 1)], axis=-1)
+    shape = tf.shape(x)
+    return tf.reshape(stacked, tf.concat([shape[:3], [shape[3] * (2 * k + 1)]], 0))
 
 
-def restore_volume(probabilities, volume_shape: Sequence[int]):
-    """Model output slices ``(Z, h, w, 1)`` -> a probability volume ``[X, Y, Z]`` on the input grid."""
+def center_channels(n_modalities: int, k: int) -> list[int]:
+    """The channels of :func:`add_context`'s output that hold slice ``z`` itself, one per modality."""
+    return [c * (2 * k + 1) + k for c in range(n_modalities)]
+
+
+def preprocess_volume(channels: Sequence, image_size: Optional[Sequence[int]] = None, method: str = "max", *,
+                      resampling: Optional[Resampling] = None, voxel_size=None, context: int = 0):
+    """The model input for one subject: normalise each modality, slice axially, resample, add context.
+
+    ``channels``: one ``[X, Y, Z]`` array per modality (FLAIR first, then T1 if the model uses it).
+    ``image_size`` is the ``fixed`` resampling's size (the default when ``resampling`` is not given).
+    Returns float32 slices ``(Z, H, W, len(channels) * (2 * context + 1))`` on the model grid.
+    """
     tf = _tf()
-    resized = resize_slices(probabilities, (volume_shape[0], volume_shape[1]))
-    return tf.clip_by_value(slices_to_volume(resized)[..., 0], 0.0, 1.0)
+    resampling = resampling or Resampling("fixed", tuple(image_size))
+    stacked = tf.stack([normalise(c, method) for c in channels], axis=-1)
+    return add_context(resampling.to_model(volume_to_slices(stacked), voxel_size), context)
+
+
+def restore_volume(probabilities, volume_shape: Sequence[int], *, resampling: Optional[Resampling] = None,
+                   voxel_size=None):
+    """Model output slices ``(Z, H, W, 1)`` -> a probability volume ``[X, Y, Z]`` on the input grid."""
+    tf = _tf()
+    if resampling is None:  # the fixed mode's way back: resize to the input's in-plane size
+        restored = resize_slices(probabilities, (volume_shape[0], volume_shape[1]))
+    else:
+        restored = resampling.from_model(probabilities, volume_shape[:2], voxel_size)
+    return tf.clip_by_value(slices_to_volume(restored)[..., 0], 0.0, 1.0)
 
 
 def soft_labels(mask, low: float = 0.1, high: float = 0.9):

@@ -9,17 +9,21 @@ sites of five give 12 / 2 / 1 in total, not 12 / 3 / 0, and three sites of two g
 
 A split is a :class:`wmhkeras.io.run_folder.Split`, saved as ``split.json`` in every run folder
 (``Split.write``) so that a run can be reproduced and the hold-out subjects evaluated later
-(:func:`load_split` reads it back and checks it against the cohort). No TensorFlow here.
+(:func:`load_split` reads it back and checks it against the cohort). The experiment's folds are built
+here too: site-stratified K-fold cross-validation (:func:`kfold_splits`) and leave-one-site-out
+(:func:`leave_one_site_out_splits`), one :class:`Split` per fold (:func:`make_splits`). No TensorFlow here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from wmhkeras.config import Config, ExperimentConfig
 from wmhkeras.data.datasets import Subject
 from wmhkeras.errors import InputError
 from wmhkeras.io.run_folder import Split
@@ -153,3 +157,90 @@ def check_split(split: Split | dict, subjects: list[Subject], source="split") ->
                                  f"({len(known)} subjects)")
     _check_sizes(split, None, len(split.subjects))
     return split
+
+
+# === Experiment folds: one split per fold ===
+
+
+def _by_site(subjects: list[Subject]) -> dict[str, list[Subject]]:
+    sites: dict[str, list[Subject]] = {}
+    for s in subjects:
+        sites.setdefault(s.site, []).append(s)
+    return {site: sites[site] for site in sorted(sites)}
+
+
+def _train_validation(subjects: list[Subject], test: Sequence[str], fractions, seed: int, fold: str) -> Split:
+    """A split whose hold-out is ``test``; validation drawn from the rest, stratified by site.
+
+    The rest is divided by the train and validation fractions of ``data.split``, renormalised to sum to 1.
+    """
+    train_fraction, validation_fraction = float(fractions[0]), float(fractions[1])
+    total = train_fraction + validation_fraction
+    held = set(test)
+    rest = [s for s in subjects if s.subject not in held]
+    if not rest:
+        raise InputError(f"{fold}: no subject is left for training once its {len(held)} test subject(s) are held out")
+    try:
+        split = make_split(rest, (train_fraction / total, validation_fraction / total, 0.0), seed)
+    except InputError as exc:
+        raise InputError(f"{fold}: dividing the {len(rest)} non-test subjects by the train : validation ratio "
+                         f"of data.split {list(fractions)} failed: {exc}") from None
+    return dataclasses.replace(split, holdout=tuple(test))
+
+
+def kfold_splits(subjects: list[Subject], k: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, Split]:
+    """Site-stratified K-fold cross-validation: every subject is in exactly one test fold.
+
+    Each site's subjects (ids sorted, then shuffled with ``seed``) are dealt to the folds in turn, the deal
+    continuing from site to site, so every fold holds about ``1/k`` of each site and fold sizes differ by at
+    most one. The rest of each fold is split into train and validation, stratified by site, with the
+    train : validation ratio of ``fractions`` (the hold-out fraction is not used: the fold is the test set).
+
+    Args:
+        subjects: the cohort (unique ids).
+        k: number of folds, ``2 <= k <= len(subjects)``.
+        fractions: ``data.split`` ``(train, validation, holdout)``.
+        seed: shuffles the subjects of each site and seeds each fold's validation split.
+
+    Returns:
+        ``{"fold1": Split, ...}`` (``holdout`` = the test fold).
+    """
+    if not 2 <= k <= len(subjects):
+        raise InputError(f"folds: {k} folds need 2 <= folds <= the {len(subjects)} subjects of the cohort")
+    rng = np.random.default_rng(seed)
+    tests: list[list[str]] = [[] for _ in range(k)]
+    dealt = 0
+    for members in _by_site(subjects).values():
+        ids = sorted(s.subject for s in members)
+        rng.shuffle(ids)
+        for sid in ids:
+            tests[dealt % k].append(sid)
+            dealt += 1
+    return {f"fold{i + 1}": _train_validation(subjects, test, fractions, seed + i, f"fold{i + 1}")
+            for i, test in enumerate(tests)}
+
+
+def leave_one_site_out_splits(subjects: list[Subject], fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, Split]:
+    """One fold per site: test on all of its subjects, train and validate on the other sites.
+
+    Returns:
+        ``{"site-<name>": Split}`` in site order (``holdout`` = that site).
+    """
+    sites = _by_site(subjects)
+    if len(sites) < 2:
+        raise InputError(f"leave-one-site-out needs subjects from at least 2 sites; the cohort has {list(sites)}")
+    return {
+        f"site-{site}": _train_validation(subjects, sorted(s.subject for s in members), fractions, seed, f"site-{site}")
+        for site, members in sites.items()
+    }
+
+
+def make_splits(subjects: list[Subject], cfg: Config, exp: ExperimentConfig) -> dict[str, Split]:
+    """The split of every fold of an experiment: ``experiment.folds`` folds (:func:`kfold_splits`), one
+    per site (:func:`leave_one_site_out_splits`), or one fold, ``holdout``, for the paper's protocol
+    (:func:`make_split` with ``data.split``)."""
+    if exp.mode == "kfold":
+        return kfold_splits(subjects, exp.folds, cfg.data.split, exp.split_seed)
+    if exp.mode == "loso":
+        return leave_one_site_out_splits(subjects, cfg.data.split, exp.split_seed)
+    return {"holdout": make_split(subjects, cfg.data.split, exp.split_seed)}

@@ -28,7 +28,7 @@ from scipy.spatial import cKDTree
 
 from wmhkeras.errors import InputError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: The five challenge metrics, in the order of the paper's Table 1.
 CHALLENGE_KEYS = ("dice", "hd95", "avd", "lesion_recall", "lesion_f1")
@@ -42,17 +42,6 @@ METRIC_KEYS = CHALLENGE_KEYS + (
     "pred_lesions",
     "pcd",
 )
-#: True where a larger value is better (used for ranking and plot captions).
-HIGHER_IS_BETTER = {
-    "dice": True,
-    "hd95": False,
-    "avd": False,
-    "lesion_recall": True,
-    "lesion_f1": True,
-    "precision": True,
-    "recall": True,
-}
-
 #: Full (26-neighbourhood) connectivity for lesion components, as the challenge's
 #: ``ConnectedComponentImageFilter`` with ``FullyConnected`` on.
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
@@ -340,7 +329,7 @@ def evaluate_arrays(truth, pred, affine) -> dict[str, float]:
     affine = _check_affine(affine)
     g, r = prepare(truth, pred)
     if not g.any():
-        logger.debug("truth has no WMH voxel: hd95 and avd are NaN, lesion recall is 1.0")
+        log.debug("truth has no WMH voxel: hd95 and avd are NaN, lesion recall is 1.0")
     n_g, hit_g = _components_hit(g, r)
     n_r, hit_r = _components_hit(r, g)
     rec = 1.0 if n_g == 0 else hit_g / n_g

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from importlib import metadata
 
@@ -10,10 +11,13 @@ from importlib import metadata
 PROVENANCE_PACKAGES = ("wmhkeras", "tensorflow", "keras", "numpy", "scipy", "nibabel", "scikit-image")
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that decide a result, plus Python and the platform."""
+def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    """Installed versions of the packages that decide a result, plus Python and the platform.
+
+    ``extra``: more package names, listed after :data:`PROVENANCE_PACKAGES` ("not installed" if absent).
+    """
     versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in PROVENANCE_PACKAGES:
+    for name in (*PROVENANCE_PACKAGES, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

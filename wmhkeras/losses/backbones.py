@@ -18,7 +18,7 @@ import keras
 
 from wmhkeras.errors import ConfigError, WeightsError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Keras-applications constructor and cached no-top weight file for each supported backbone.
 BACKBONES: dict[str, tuple[str, str]] = {
@@ -116,14 +116,14 @@ def build_feature_extractor(
     if unknown:
         raise ConfigError(f"unknown {name} layer(s) {unknown}; valid: {', '.join(valid)}")
     if path is None:
-        logger.warning("backbone %s uses RANDOM weights (weights='random'): fine for tests and timing, "
+        log.warning("backbone %s uses RANDOM weights (weights='random'): fine for tests and timing, "
                        "not for training a segmentation model", name)
     else:
         try:
             full.load_weights(str(path), skip_mismatch=False)
         except (ValueError, OSError, KeyError) as err:
             raise WeightsError(f"cannot load {name} no-top weights from {str(path)!r}: {err}") from err
-        logger.info("loaded %s weights from %s", name, path)
+        log.info("loaded %s weights from %s", name, path)
     # Connecting to intermediate outputs keeps only the layers up to the deepest one.
     extractor = keras.Model(full.input, [full.get_layer(layer).output for layer in layers],
                             name=f"{name}_features")

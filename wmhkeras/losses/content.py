@@ -9,7 +9,7 @@ weights source), never its weights. Loading a compiled ``.keras`` model rebuilds
 recipe and resolves the weights again from the same source: ``'imagenet'`` needs the cached file on the
 loading machine too (else :class:`~wmhkeras.errors.WeightsError`), a path must exist there (relative
 paths resolve against the working directory), and ``'random'`` gives a *new* random backbone. Inference
-needs no backbone: load with ``compile=False`` (see :func:`wmhkeras.models.load_model`).
+needs no backbone: load with ``compile=False`` (see :func:`wmhkeras.registration.load_model`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from wmhkeras.losses.backbones import (
 )
 from wmhkeras.losses.overlap import unpack_target
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: ``'paper'``: equation 1 exactly (each layer weighted by its element count); ``'per_layer_mean'``: the
 #: average of per-layer mean squared differences (each layer weighted equally).

@@ -20,30 +20,46 @@ import keras
 
 from wmhkeras.errors import ConfigError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: LeakyReLU slope of every conv unit (paper section 2.1).
 LEAKY_SLOPE = 0.1
 
 
-def _check_shape(input_shape: Sequence[int], depth: int, base_filters: int) -> tuple[int, int, int]:
-    """Validate ``(height, width, channels)`` against the ``depth`` pooling steps; return it as a tuple."""
+def _check_shape(input_shape: Sequence[int | None], depth: int, base_filters: int) -> tuple[int | None, int | None, int]:
+    """Validate ``(height, width, channels)`` against the ``depth`` pooling steps; return it as a tuple.
+
+    ``height`` and ``width`` may be ``None``: the model is then fully convolutional and accepts any
+    in-plane size divisible by ``2**depth`` (checked when it is called, see :func:`check_spatial_size`).
+    """
     if len(input_shape) != 3:
         raise ConfigError(f"input_shape must be (height, width, channels); got {tuple(input_shape)!r}")
     if not isinstance(depth, int) or depth < 1:
         raise ConfigError(f"depth must be an integer >= 1; got {depth!r}")
     if not isinstance(base_filters, int) or base_filters < 1:
         raise ConfigError(f"base_filters must be an integer >= 1; got {base_filters!r}")
-    height, width, channels = (int(v) for v in input_shape)
-    divisor = 2**depth
-    if height % divisor or width % divisor:
-        raise ConfigError(
-            f"input size {height}x{width} is not divisible by 2^depth = {divisor} (depth={depth}); "
-            f"use a size that is a multiple of {divisor}, e.g. {divisor * max(1, round(height / divisor))}"
-        )
-    if channels < 1:
+    height, width, channels = (None if v is None else int(v) for v in input_shape)
+    if channels is None or channels < 1:
         raise ConfigError(f"input_shape channels must be >= 1; got {channels}")
+    check_spatial_size([s for s in (height, width) if s is not None], depth)
     return height, width, channels
+
+
+def check_spatial_size(size: Sequence[int], depth: int, what: str = "input size") -> None:
+    """Raise :class:`ConfigError` unless every in-plane size is a positive multiple of ``2**depth``."""
+    divisor = 2**depth
+    if any(int(s) < 1 or int(s) % divisor for s in size):
+        shown = "x".join(str(int(s)) for s in size)
+        first = next(int(s) for s in size if int(s) < 1 or int(s) % divisor)
+        raise ConfigError(
+            f"{what} {shown} is not divisible by 2^depth = {divisor} (depth={depth}); "
+            f"use a size that is a multiple of {divisor}, e.g. {divisor * max(1, round(first / divisor))}"
+        )
+
+
+def model_depth(model: keras.Model) -> int:
+    """The number of 2x2 pooling steps of a generator (its in-plane sizes must divide by ``2**depth``)."""
+    return sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
 
 
 #: BatchNorm moving-average momentum (Keras' default). Short trainings (a few hundred steps) track
@@ -140,7 +156,9 @@ def build_dense_unet(
     """The paper's generator: a U-Net whose levels are dense blocks.
 
     Args:
-        input_shape: ``(height, width, channels)``; height and width must divide by ``2**depth``.
+        input_shape: ``(height, width, channels)``; height and width must divide by ``2**depth``, or be
+            ``None`` (the default for training: a fully convolutional model that segments slices of
+            any size divisible by ``2**depth``, e.g. trained on patches, applied to whole slices).
         depth: number of encoder levels (= max-pools = upsample blocks). The paper uses 5.
         base_filters: filters of the first level; level ``i`` has ``base_filters * 2**i`` (32..512 in the
             paper).
@@ -198,14 +216,18 @@ def build_generator(arch: str, **kwargs) -> keras.Model:
     return GENERATORS[arch](**kwargs)
 
 
-def count_flops(model: keras.Model) -> int:
+def count_flops(model: keras.Model, input_size: Sequence[int] | None = None) -> int:
     """Forward FLOPs of one sample, counted analytically as 2 x multiply-accumulates of the convolutions.
 
     Conv2D: ``2 * H_out * W_out * C_out * k_h * k_w * C_in / groups``; Conv2DTranspose:
     ``2 * H_in * W_in * C_in * k_h * k_w * C_out`` (every input pixel scatters a full kernel). Batch norm,
     activations, pooling and bias additions are ignored (they are O(activations), not O(weights)).
-    Nested models are counted recursively. The model must have a fixed input size.
+    Nested models are counted recursively. A fully convolutional model (``None`` in-plane sizes) needs
+    ``input_size=(height, width)``: it is counted as a copy built for that size.
     """
+    if input_size is not None:
+        channels = model.input_shape[-1]
+        model = keras.models.clone_model(model, input_tensors=keras.Input(shape=(*map(int, input_size), channels)))
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):
@@ -215,7 +237,7 @@ def count_flops(model: keras.Model) -> int:
             continue
         in_shape, out_shape = layer.input.shape, layer.output.shape
         if any(v is None for v in (*in_shape[1:], *out_shape[1:])):
-            raise ConfigError(f"count_flops needs a fixed input size; layer {layer.name} has {in_shape}")
+            raise ConfigError(f"count_flops needs a fixed input size (pass input_size); layer {layer.name} has {in_shape}")
         kh, kw, *_ = layer.kernel.shape
         if isinstance(layer, keras.layers.Conv2DTranspose):
             _, h, w, c_in = in_shape

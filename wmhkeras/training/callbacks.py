@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import replace
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from wmhkeras.evaluation.reports import as_float
 from wmhkeras.io.files import atomic_path
 from wmhkeras.io.provenance import utc_now
-from wmhkeras.io.run_folder import RunFolder
+from wmhkeras.io.run_folder import RunFolder, RunState, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -35,37 +37,40 @@ def inference_model(generator: keras.Model) -> keras.Model:
 class RunCheckpoint(keras.callbacks.Callback):
     """Save ``last.keras`` every epoch and ``best.keras`` on improvement, atomically; keep ``state.json``.
 
-    ``state.json`` (written after the checkpoint it describes)::
+    ``state.json`` (a :class:`~wmhkeras.io.run_folder.RunState`, written after the checkpoint it
+    describes)::
 
         {"epochs": 3,               # epochs completed and saved in last.keras (1-based count)
          "iterations": 300,         # optimizer steps in last.keras (checked on resume)
          "running_epoch": 4,        # the epoch in progress (null once training has ended)
          "best": 0.61, "best_epoch": 2, "monitor": "val_dice", "wall_time_s": 123.4, "updated": ...}
 
-    Each epoch also rewrites ``summary.json`` from ``summary_base`` plus these counters, so a killed
-    run still has a readable summary of what it completed.
+    Each epoch also rewrites ``summary.json`` (a :class:`~wmhkeras.io.run_folder.RunSummary`):
+    ``summary_base`` with these counters filled in, so a killed run still has a readable summary of
+    what it completed.
 
     Args:
         run: the run folder.
         generator: the segmentation model saved as ``best.keras`` (an uncompiled view of it).
         monitor: log key to maximise (``'val_dice'``) or minimise (a key ending in ``'loss'``).
-        state: the state read back on resume (``{}`` for a new run).
-        summary_base: fields copied into every ``summary.json``.
+        state: the state read back on resume (None or an empty ``RunState()`` for a new run).
+        summary_base: the run's fixed fields (config, data, distribution, ``started``), copied into
+            every summary.
     """
 
     def __init__(self, run: RunFolder, generator: keras.Model, monitor: str = "val_dice",
-                 state: dict | None = None, summary_base: dict | None = None):
+                 state: RunState | None = None, summary_base: RunSummary | None = None):
         super().__init__()
         self.run = run
         self.generator = generator
         self.monitor = monitor
         self.mode = "min" if monitor.endswith("loss") else "max"
-        state = dict(state or {})
-        self.epochs = int(state.get("epochs", 0))
-        self.best = state.get("best")
-        self.best_epoch = state.get("best_epoch")
-        self.previous_wall = float(state.get("wall_time_s", 0.0))
-        self.summary_base = dict(summary_base or {})
+        state = state or RunState()
+        self.epochs = int(state.epochs)
+        self.best = state.best
+        self.best_epoch = state.best_epoch
+        self.previous_wall = float(state.wall_time_s or 0.0)
+        self.summary_base = summary_base or RunSummary()
         self.started = time.monotonic()
         self.last_logs: dict = {}
 
@@ -74,38 +79,38 @@ class RunCheckpoint(keras.callbacks.Callback):
     def wall_time_s(self) -> float:
         return round(self.previous_wall + time.monotonic() - self.started, 2)
 
-    def state(self, running_epoch: int | None) -> dict:
-        return {
-            "epochs": self.epochs,
-            "iterations": int(self.model.optimizer.iterations.numpy()) if self.model else None,
-            "running_epoch": running_epoch,
-            "monitor": self.monitor,
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "wall_time_s": self.wall_time_s(),
-            "started": self.summary_base.get("started"),
-            "updated": utc_now(),
-        }
+    def state(self, running_epoch: int | None) -> RunState:
+        return RunState(
+            epochs=self.epochs,
+            iterations=int(self.model.optimizer.iterations.numpy()) if self.model else None,
+            running_epoch=running_epoch,
+            monitor=self.monitor,
+            best=self.best,
+            best_epoch=self.best_epoch,
+            wall_time_s=self.wall_time_s(),
+            started=self.summary_base.started,
+            updated=utc_now(),
+        )
 
-    def summary(self, finished: bool, **extra) -> dict:
-        """The summary of the run so far (``summary_base`` + counters + the last epoch's logs)."""
-        return {
-            **self.summary_base,
-            "epochs": self.epochs,
-            # null when best.keras is chosen by another quantity (no validation set, adversarial model)
-            "best_val_dice": self.best if self.monitor == "val_dice" else None,
-            "best_epoch": self.best_epoch,
-            "monitor": self.monitor,
-            "best": self.best,
-            "wall_time_s": self.wall_time_s(),
-            "last_epoch_logs": {k: _float(v) for k, v in self.last_logs.items()},
-            "finished": finished,
-            "updated": utc_now(),
-            **extra,
-        }
+    def summary(self, finished: bool, stopped_early: bool | None = None) -> RunSummary:
+        """The summary of the run so far: ``summary_base`` with the counters and the last epoch's logs."""
+        return replace(
+            self.summary_base,
+            epochs=self.epochs,
+            # None when best.keras is chosen by another quantity (no validation set, adversarial model)
+            best_val_dice=self.best if self.monitor == "val_dice" else None,
+            best_epoch=self.best_epoch,
+            monitor=self.monitor,
+            best=self.best,
+            wall_time_s=self.wall_time_s(),
+            last_epoch_logs={k: _log_value(v) for k, v in self.last_logs.items()},
+            finished=finished,
+            stopped_early=stopped_early,
+            updated=utc_now(),
+        )
 
-    def _improved(self, value) -> bool:
-        if value is None or not math.isfinite(value):
+    def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):
             return False
         if self.best is None:
             return True
@@ -123,10 +128,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         logs = dict(logs or {})
         self.last_logs = logs
         self.epochs = epoch + 1
-        value = _float(logs.get(self.monitor))
-        if value is None:
+        if logs.get(self.monitor) is None:
             log.warning("checkpoint: %r is not in the epoch logs (%s); best.keras is not updated",
                         self.monitor, ", ".join(sorted(logs)))
+        value = _log_value(logs.get(self.monitor))
         improved = self._improved(value)
         if improved:
             self.best, self.best_epoch = value, self.epochs
@@ -215,10 +220,13 @@ class ImageSummary(keras.callbacks.Callback):
             self.writer = None
 
 
-def _float(value):
-    if value is None:
-        return None
+def _log_value(value) -> float:
+    """An epoch-log value as a float (:func:`~wmhkeras.evaluation.reports.as_float`: None -> NaN).
+
+    Keras has already made every value it could a Python float; one it could not (a non-scalar
+    metric) is NaN here too rather than an error at the end of an epoch. NaN is written as null.
+    """
     try:
-        return float(value)
+        return as_float(value)
     except (TypeError, ValueError):
-        return None
+        return math.nan

@@ -1,4 +1,4 @@
-"""Typed run configuration: dataclasses loaded from YAML, validated at load, saved with every run.
+"""Loading a config: YAML files deep-merged in order, ``--set`` overrides, typed and validated at load.
 
 A config is built from one or more YAML files, deep-merged left to right, then ``--set`` overrides
 (``section.key=value``, the value parsed as YAML). Unknown keys, wrong types and values outside
@@ -11,127 +11,17 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal
 
 import yaml
 
+from wmhkeras.config.schema import CONFIG_VERSION, Config, ExperimentConfig
 from wmhkeras.errors import ConfigError
+from wmhkeras.io.files import atomic_write_text
 
-#: Current config schema version; :func:`load_config` refuses files written for a newer one.
-CONFIG_VERSION = 1
-
-
-@dataclass
-class DataConfig:
-    """Where the data is and how samples are drawn from it."""
-
-    #: A manifest CSV (``subject,site,flair,t1,label``) or a folder in the MICCAI 2017 WMH layout.
-    path: Optional[str] = None
-    #: Input modalities of the model, FLAIR first.
-    modalities: list[Literal["flair", "t1"]] = field(default_factory=lambda: ["flair"])
-    normalisation: Literal["max", "zscore"] = "max"
-    #: ``slices``: whole axial slices resized to ``model.input_size`` (the paper); ``patches``.
-    sampling: Literal["slices", "patches"] = "slices"
-    patch_size: list[int] = field(default_factory=lambda: [64, 64])
-    #: Fraction of training samples that contain lesion voxels (imbalance-aware sampling);
-    #: ``null`` draws samples uniformly, as the paper did.
-    lesion_fraction: Optional[float] = 0.5
-    #: Where the other samples come from: brain tissue only, or anywhere (empty background too).
-    background: Literal["brain", "any"] = "brain"
-    balance_sites: bool = False
-    #: Soft labels (low, high) for 0 and 1; the paper uses 0.1 / 0.9. ``null`` keeps hard labels.
-    label_smoothing: Optional[list[float]] = field(default_factory=lambda: [0.1, 0.9])
-    #: Fractions of subjects for train / validation / hold-out, stratified by site.
-    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    #: ``memory`` keeps preprocessed volumes in RAM; ``shards`` preprocesses once to disk;
-    #: ``auto`` picks ``memory`` below ``memory_limit_gb`` of preprocessed data.
-    cache: Literal["auto", "memory", "shards"] = "auto"
-    memory_limit_gb: float = 4.0
-    #: Folder for on-disk shards (kept and reused by later runs on the same data and settings);
-    #: ``null`` uses a temporary folder removed when training ends.
-    cache_dir: Optional[str] = None
-
-
-@dataclass
-class ModelConfig:
-    """The generator."""
-
-    arch: Literal["dense_unet", "unet"] = "dense_unet"
-    input_size: list[int] = field(default_factory=lambda: [224, 224])
-    depth: int = 5
-    base_filters: int = 32
-    #: BatchNorm moving-average momentum; 0.9 suits short trainings (the paper does not say).
-    bn_momentum: float = 0.99
-    #: Initial output probability (head bias log(p/(1-p))); null starts at 0.5.
-    output_prior: Optional[float] = None
-
-
-@dataclass
-class LossConfig:
-    """The training loss: the Siamese content loss, an overlap loss, or a hybrid of both."""
-
-    name: Literal["content", "dice", "tversky", "generalized_dice", "focal", "bce", "hybrid"] = "content"
-    backbone: Literal["vgg16", "vgg19"] = "vgg16"
-    layers: list[str] = field(default_factory=lambda: ["block1_pool", "block2_pool"])
-    #: ``imagenet`` (Keras cache, never downloaded at run time), ``random`` or a weights file path.
-    weights: str = "imagenet"
-    reduction: Literal["paper", "per_layer_mean"] = "paper"
-    #: For ``hybrid``: content + weight * overlap.
-    overlap: Literal["dice", "tversky", "generalized_dice", "focal", "bce"] = "dice"
-    weight: float = 1.0
-    #: The paper's Table 2 ablation: train the backbone adversarially with its own learning rate.
-    finetune_backbone: bool = False
-    backbone_learning_rate: float = 1e-5
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentation applied identically to image and mask."""
-
-    rotation_degrees: float = 30.0
-    flip: bool = False
-    intensity_scale: float = 0.0
-    gamma: float = 0.0
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and run control."""
-
-    epochs: int = 100
-    steps_per_epoch: int = 100
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
-    early_stopping_patience: Optional[int] = None
-    validation_steps: Optional[int] = None
-    image_summary_every: int = 5
-    seed: int = 0
-    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
-    jit_compile: bool = False
-
-
-@dataclass
-class Config:
-    """A whole run configuration."""
-
-    version: int = CONFIG_VERSION
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# === Loading ===
+#: Values in a config file that name a file or folder; a relative one is resolved against the file's folder.
+RELATIVE_PATHS = (("data", "path"), ("experiment", "external"))
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -262,14 +152,50 @@ def _check(cfg: Config) -> None:
     need(t.image_summary_every >= 0, "train.image_summary_every", t.image_summary_every, "use 0 (off) or more")
 
 
+def _check_experiment(cfg: Config, exp: ExperimentConfig) -> None:
+    """Cross-field checks of the ``experiment`` section; fills the defaults that depend on the run config."""
+
+    def need(ok: bool, key: str, value, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"experiment.{key}: {value!r} is not allowed; {allowed}")
+
+    need(len(exp.losses) >= 1 and len(set(exp.losses)) == len(exp.losses), "losses", exp.losses,
+         "list at least one loss, each once")
+    if exp.reference is None:
+        exp.reference = "content" if "content" in exp.losses else exp.losses[0]
+    need(exp.reference in exp.losses, "reference", exp.reference, f"use one of the listed losses {exp.losses}")
+    if exp.seeds is None:
+        exp.seeds = [cfg.train.seed]
+    need(len(exp.seeds) >= 1 and len(set(exp.seeds)) == len(exp.seeds) and all(s >= 0 for s in exp.seeds),
+         "seeds", exp.seeds, "list at least one non-negative seed, each once")
+    if exp.split_seed is None:
+        exp.split_seed = cfg.train.seed
+    need(exp.split_seed >= 0, "split_seed", exp.split_seed, "use a non-negative integer")
+    need(exp.folds is None or exp.folds >= 2, "folds", exp.folds, "use 2 or more, or null")
+    need(not (exp.folds and exp.leave_one_site_out), "leave_one_site_out", exp.leave_one_site_out,
+         f"choose K-fold (folds = {exp.folds}) or leave-one-site-out, not both")
+    need(not (exp.external and exp.external_site), "external_site", exp.external_site,
+         f"give an external dataset (external = {exp.external!r}) or an external site, not both")
+    edges = exp.pcd_bins
+    need(len(edges) >= 2 and all(b > a for a, b in zip(edges[:-1], edges[1:], strict=True)) and edges[0] >= 0,
+         "pcd_bins", edges, "use at least two increasing, non-negative bin edges (%)")
+    need(0 < exp.threshold <= 1, "threshold", exp.threshold, "use a value in (0, 1]")
+    if exp.mode == "holdout":
+        need(cfg.data.split[2] > 0 or exp.external or exp.external_site, "external", exp.external,
+             f"data.split {cfg.data.split} leaves no hold-out subject, so name an external set to test on")
+
+
 def config_from_dict(data: dict) -> Config:
-    """Build and validate a :class:`Config` from a plain mapping."""
+    """Build and validate a :class:`Config` from a plain mapping (its ``experiment`` section included)."""
     cfg = _build(Config, data, "")
     _check(cfg)
+    if cfg.experiment is not None:
+        _check_experiment(cfg, cfg.experiment)
     return cfg
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A config file's mapping of sections; a missing or malformed file raises :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -282,25 +208,38 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(paths=(), overrides=()) -> Config:
+def _resolve_relative_paths(data: dict, folder: Path) -> dict:
+    """``data.path`` and ``experiment.external`` of one file, when relative, made absolute from ``folder``."""
+    for section, key in RELATIVE_PATHS:
+        value = data.get(section).get(key) if isinstance(data.get(section), dict) else None
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            data = deep_merge(data, {section: {key: str((folder / value).resolve())}})
+    return data
+
+
+def load_config(paths=(), overrides=(), *, experiment: bool = False) -> Config:
     """Load YAML files (deep-merged in order), apply ``key=value`` overrides, validate.
 
-    Relative ``data.path`` values in a file are resolved against that file's folder.
+    Relative ``data.path`` and ``experiment.external`` values in a file are resolved against that file's
+    folder. Overrides reach every section, e.g. ``train.epochs=5`` or ``experiment.folds=5``.
+
+    Args:
+        paths: one YAML file or several.
+        overrides: ``section.key=value`` strings, applied after the files.
+        experiment: give the config an ``experiment`` section (all defaults) when the files and
+            overrides have none, as ``wmhkeras experiment`` does: any run config is an experiment config.
+            Otherwise ``cfg.experiment`` is ``None`` unless a file has the section.
     """
     merged: dict = {}
     for p in [paths] if isinstance(paths, (str, Path)) else paths:
-        data = read_yaml(p)
-        path_value = (data.get("data") or {}).get("path") if isinstance(data.get("data"), dict) else None
-        if isinstance(path_value, str) and not Path(path_value).is_absolute():
-            data = deep_merge(data, {"data": {"path": str((Path(p).parent / path_value).resolve())}})
-        merged = deep_merge(merged, data)
+        merged = deep_merge(merged, _resolve_relative_paths(read_yaml(p), Path(p).parent))
     for text in overrides:
         merged = deep_merge(merged, parse_override(text))
+    if experiment and merged.get("experiment") is None:
+        merged["experiment"] = {}
     return config_from_dict(merged)
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    from wmhkeras.io.files import atomic_write_text
-
     return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,41 @@
+"""``wmhkeras check``: validate a dataset without changing anything (see :mod:`wmhkeras.data.datasets`).
+
+Exit codes: 0 every subject is readable and consistent; 2 the dataset is missing or malformed, or
+some subject failed its check (each one is listed).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from wmhkeras.cli.common import EXIT_BAD_INPUT, handle_errors
+
+
+@click.command("check")
+@click.argument("data", type=click.Path())
+@click.option("--t1/--no-t1", default=False, help="Also require and check T1 volumes.")
+@click.option("--labels/--no-labels", default=False, help="Require a label for every subject.")
+@handle_errors
+def check_command(data: str, t1: bool, labels: bool) -> None:
+    """Validate a dataset (manifest CSV or MICCAI-layout folder) without changing anything."""
+    from wmhkeras.data.datasets import check_subject, load_dataset
+    from wmhkeras.errors import InputError
+
+    subjects = load_dataset(data)
+    modalities = ("flair", "t1") if t1 else ("flair",)
+    failures = 0
+    for s in subjects:
+        try:
+            images, label = check_subject(s, modalities, need_label=labels)
+        except InputError as exc:
+            failures += 1
+            click.echo(f"FAIL {s.subject}: {exc}")
+            continue
+        shape = "x".join(str(n) for n in images[0].native_shape)
+        lesion = "no label" if label is None else f"{int((label.data == 1).sum())} lesion voxels"
+        click.echo(f"ok   {s.subject} ({s.site}): {shape}, {lesion}")
+    click.echo(f"{len(subjects) - failures} of {len(subjects)} subjects ok")
+    if failures:
+        sys.exit(EXIT_BAD_INPUT)

@@ -1,0 +1,36 @@
+"""The ``wmhkeras`` group: every command registered, ``--help`` without TensorFlow, ``config`` prints YAML."""
+
+import subprocess
+import sys
+
+import yaml
+from click.testing import CliRunner
+
+from wmhkeras.cli.main import main
+
+COMMANDS = ["check", "config", "evaluate", "experiment", "export", "segment", "synth", "train"]
+
+
+def test_help_lists_every_command_without_importing_tensorflow():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from wmhkeras.cli.main import main\n"
+        "res = CliRunner().invoke(main, ['--help'])\n"
+        "assert res.exit_code == 0, res.output\n"
+        "print(res.output)\n"
+        "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = [line.split()[0] for line in proc.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == COMMANDS == sorted(main.commands)
+
+
+def test_config_prints_the_resolved_config_and_refuses_a_bad_override():
+    res = CliRunner().invoke(main, ["config", "--set", "train.epochs=3"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(res.output)["train"]["epochs"] == 3
+    bad = CliRunner().invoke(main, ["config", "--set", "train.nonsense=1"])
+    assert bad.exit_code == 2 and "error:" in bad.output

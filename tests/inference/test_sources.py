@@ -1,0 +1,89 @@
+"""Model sources: a run folder, an exported SavedModel or TFLite file and its model card, each loaded and checked."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules import it back)
+from tests.inference.helpers import blob_volume, tiny_model_file, write_nifti
+from wmhkeras.cli.segment import segment_command
+from wmhkeras.errors import InputError
+from wmhkeras.inference.loaders import load_segmenter
+from wmhkeras.inference.predictor import predict_volume
+from wmhkeras.inference.sources import inspect_model
+
+
+def test_run_folder_with_t1(tmp_path):
+    from wmhkeras.config import config_from_dict, save_config
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    tiny_model_file(run / "checkpoints" / "last.keras", channels=2)
+    save_config(config_from_dict({"data": {"modalities": ["flair", "t1"], "normalisation": "zscore"},
+                                  "model": {"arch": "unet", "input_size": [32, 32], "depth": 2, "base_filters": 4}}),
+                run / "config.yaml")
+    spec = inspect_model(run)
+    assert (spec.format, spec.path.name, spec.modalities, spec.normalisation, spec.input_size) == (
+        "run", "last.keras", ("flair", "t1"), "zscore", (32, 32))
+    flair = write_nifti(tmp_path / "a_FLAIR.nii.gz", blob_volume(), np.eye(4))
+    t1 = write_nifti(tmp_path / "a_T1.nii.gz", blob_volume(1), np.eye(4))
+    res = CliRunner().invoke(segment_command, [str(run), str(flair), "--t1", str(t1), "--out", str(tmp_path / "o"),
+                                               "--tta", "--min-lesion-mm3", "5", "--batch-size", "3"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "a_wmh_mask.nii.gz").is_file()
+    # a T1 on another grid fails that subject only (exit 1), found before the model runs
+    t1_bad = write_nifti(tmp_path / "b_T1.nii.gz", blob_volume(1), np.diag([2.0, 1, 1, 1]))
+    res = CliRunner().invoke(segment_command, [str(run), str(flair), "--t1", str(t1_bad), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 1 and "affine differs" in res.output
+
+
+def _export_layout(root, card):
+    """The folders `wmhkeras export` writes, with empty model files (read without TensorFlow)."""
+    (root / "saved_model").mkdir(parents=True)
+    (root / "saved_model" / "saved_model.pb").write_bytes(b"")
+    (root / "tflite").mkdir()
+    (root / "tflite" / "model_fp32.tflite").write_bytes(b"")
+    if card is not None:
+        (root / "model_card.json").write_text(json.dumps(card))
+    return root
+
+
+def test_exported_sources_take_their_settings_from_the_model_card(tmp_path):
+    card = {"modalities": ["flair", "t1"], "normalisation": "zscore", "input_size": [64, 48]}
+    export = _export_layout(tmp_path / "exported", card)
+    for path, fmt in ((export, "saved_model"), (export / "saved_model", "saved_model"),
+                      (export / "tflite" / "model_fp32.tflite", "tflite")):
+        spec = inspect_model(path)
+        assert (spec.format, spec.modalities, spec.normalisation, spec.input_size) == (
+            fmt, ("flair", "t1"), "zscore", (64, 48))
+
+
+@pytest.mark.parametrize("card, message", [
+    (None, "without model_card.json"),
+    ({"modalities": ["flair"], "normalisation": "max"}, "expected JSON with modalities, normalisation and input_size"),
+    ({"modalities": ["t1"], "normalisation": "max", "input_size": [32, 32]}, "not allowed"),
+    ({"modalities": ["flair"], "normalisation": "minmax", "input_size": [32, 32]}, "normalisation 'minmax' is not known"),
+    ({"modalities": ["flair"], "normalisation": "max", "input_size": [32]}, "must be \\[height, width\\]"),
+])
+def test_a_missing_or_bad_model_card_is_refused(tmp_path, card, message):
+    export = _export_layout(tmp_path / "exported", card)
+    for path in (export, export / "tflite" / "model_fp32.tflite"):
+        with pytest.raises(InputError, match=message):
+            inspect_model(path)
+
+
+def test_saved_model_matches_keras(tmp_path, tiny_model):
+    import keras
+
+    # the layout of `wmhkeras export`: OUT/saved_model/ and OUT/model_card.json beside it
+    export_dir = tmp_path / "exported"
+    keras.saving.load_model(tiny_model).export(str(export_dir / "saved_model"), format="tf_saved_model", verbose=False)
+    (export_dir / "model_card.json").write_text(json.dumps(
+        {"modalities": ["flair"], "normalisation": "max", "input_size": [32, 32]}))
+    assert inspect_model(export_dir).format == "saved_model"
+    saved, native = load_segmenter(export_dir / "saved_model"), load_segmenter(tiny_model)
+    assert saved.input_size == (32, 32) and saved.modalities == ("flair",)
+    vol = blob_volume()
+    np.testing.assert_allclose(predict_volume(saved, [vol]), predict_volume(native, [vol]), atol=1e-5)

@@ -1,0 +1,175 @@
+"""The config schema: one dataclass per section of a config file, defaults and documented meaning.
+
+A run config holds ``data``, ``model``, ``loss``, ``augment`` and ``train``; an experiment config
+(``wmhkeras experiment``) adds the optional ``experiment`` section (:class:`ExperimentConfig`). Loading,
+merging and validation are in :mod:`wmhkeras.config.load`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+#: Current config schema version; :func:`load_config` refuses files written for a newer one.
+CONFIG_VERSION = 1
+#: The loss names ``loss.name`` accepts.
+LossName = Literal["content", "dice", "tversky", "generalized_dice", "focal", "bce", "hybrid"]
+#: PCD bin edges (%) of the paper's Figure 5: the default of ``experiment.pcd_bins``.
+PCD_BIN_EDGES = (0.0, 0.03, 0.06, 0.09, 0.15, 0.25, 0.35, 0.45, 0.55)
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how samples are drawn from it."""
+
+    #: A manifest CSV (``subject,site,flair,t1,label``) or a folder in the MICCAI 2017 WMH layout.
+    path: Optional[str] = None
+    #: Input modalities of the model, FLAIR first.
+    modalities: list[Literal["flair", "t1"]] = field(default_factory=lambda: ["flair"])
+    normalisation: Literal["max", "zscore"] = "max"
+    #: ``slices``: whole axial slices resized to ``model.input_size`` (the paper); ``patches``.
+    sampling: Literal["slices", "patches"] = "slices"
+    patch_size: list[int] = field(default_factory=lambda: [64, 64])
+    #: Fraction of training samples that contain lesion voxels (imbalance-aware sampling);
+    #: ``null`` draws samples uniformly, as the paper did.
+    lesion_fraction: Optional[float] = 0.5
+    #: Where the other samples come from: brain tissue only, or anywhere (empty background too).
+    background: Literal["brain", "any"] = "brain"
+    balance_sites: bool = False
+    #: Soft labels (low, high) for 0 and 1; the paper uses 0.1 / 0.9. ``null`` keeps hard labels.
+    label_smoothing: Optional[list[float]] = field(default_factory=lambda: [0.1, 0.9])
+    #: Fractions of subjects for train / validation / hold-out, stratified by site.
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    #: ``memory`` keeps preprocessed volumes in RAM; ``shards`` preprocesses once to disk;
+    #: ``auto`` picks ``memory`` below ``memory_limit_gb`` of preprocessed data.
+    cache: Literal["auto", "memory", "shards"] = "auto"
+    memory_limit_gb: float = 4.0
+    #: Folder for on-disk shards (kept and reused by later runs on the same data and settings);
+    #: ``null`` uses a temporary folder removed when training ends.
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    """The generator."""
+
+    arch: Literal["dense_unet", "unet"] = "dense_unet"
+    input_size: list[int] = field(default_factory=lambda: [224, 224])
+    depth: int = 5
+    base_filters: int = 32
+    #: BatchNorm moving-average momentum; 0.9 suits short trainings (the paper does not say).
+    bn_momentum: float = 0.99
+    #: Initial output probability (head bias log(p/(1-p))); null starts at 0.5.
+    output_prior: Optional[float] = None
+
+
+@dataclass
+class LossConfig:
+    """The training loss: the Siamese content loss, an overlap loss, or a hybrid of both."""
+
+    name: LossName = "content"
+    backbone: Literal["vgg16", "vgg19"] = "vgg16"
+    layers: list[str] = field(default_factory=lambda: ["block1_pool", "block2_pool"])
+    #: ``imagenet`` (Keras cache, never downloaded at run time), ``random`` or a weights file path.
+    weights: str = "imagenet"
+    reduction: Literal["paper", "per_layer_mean"] = "paper"
+    #: For ``hybrid``: content + weight * overlap.
+    overlap: Literal["dice", "tversky", "generalized_dice", "focal", "bce"] = "dice"
+    weight: float = 1.0
+    #: The paper's Table 2 ablation: train the backbone adversarially with its own learning rate.
+    finetune_backbone: bool = False
+    backbone_learning_rate: float = 1e-5
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation applied identically to image and mask."""
+
+    rotation_degrees: float = 30.0
+    flip: bool = False
+    intensity_scale: float = 0.0
+    gamma: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and run control."""
+
+    epochs: int = 100
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    early_stopping_patience: Optional[int] = None
+    validation_steps: Optional[int] = None
+    image_summary_every: int = 5
+    seed: int = 0
+    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    jit_compile: bool = False
+
+
+@dataclass
+class ExperimentConfig:
+    """The ``experiment:`` section (``wmhkeras experiment``): which arms to train and where to test them.
+
+    The defaults that depend on the run config (``reference``, ``seeds``, ``split_seed``) are filled in
+    when the config is validated.
+    """
+
+    #: One arm per loss (``loss.name`` values), trained with otherwise identical settings.
+    losses: list[LossName] = field(default_factory=lambda: ["dice", "tversky", "generalized_dice", "content"])
+    #: The loss the paired tests compare every other loss with; default ``content`` if listed, else the first.
+    reference: Optional[LossName] = None
+    #: Training seeds: every loss is trained once per seed (``train.seed``); default ``[train.seed]``.
+    seeds: Optional[list[int]] = None
+    #: Seed of the subject split (and fold assignment); default ``train.seed``.
+    split_seed: Optional[int] = None
+    #: Site-stratified K-fold cross-validation instead of one hold-out split (K >= 2).
+    folds: Optional[int] = None
+    #: Train on all sites but one and test on it, for each site.
+    leave_one_site_out: bool = False
+    #: External test set: a manifest CSV, a folder with ``manifest.csv`` or a MICCAI-layout folder.
+    external: Optional[str] = None
+    #: Or: use the subjects of this site of the cohort as the external set (none of them is trained on).
+    external_site: Optional[str] = None
+    #: Name of the external set in the tables; default the site name, or the external folder's name.
+    external_name: Optional[str] = None
+    #: PCD bin edges (%) of Figure 5; default the paper's (0-0.03, ..., 0.45-0.55).
+    pcd_bins: list[float] = field(default_factory=lambda: list(PCD_BIN_EDGES))
+    #: Segmentation threshold on the sigmoid probability (``wmhkeras segment --threshold``).
+    threshold: float = 0.5
+    #: Write a QC montage per subject, arm and dataset (``evaluation/<dataset>/qc/``); slow for large cohorts.
+    qc: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def mode(self) -> str:
+        """``holdout`` (the paper's split), ``kfold`` or ``loso``."""
+        return "kfold" if self.folds else "loso" if self.leave_one_site_out else "holdout"
+
+
+@dataclass
+class Config:
+    """A whole configuration: a run config, with an ``experiment`` section for ``wmhkeras experiment``."""
+
+    version: int = CONFIG_VERSION
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    #: ``wmhkeras experiment`` only; a run config has none (and writes none).
+    experiment: Optional[ExperimentConfig] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (what ``config.yaml`` holds); no ``experiment`` key when there is none."""
+        data = dataclasses.asdict(self)
+        if self.experiment is None:
+            del data["experiment"]
+        return data

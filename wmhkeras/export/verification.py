@@ -1,0 +1,158 @@
+"""The slices every artifact is checked on, the int8 calibration slices, and the parity check itself.
+
+Verification slices come from subjects the model never trained on (a run's validation and hold-out
+subjects) when there are any; calibration slices from its training subjects, or from what the caller
+passes. TensorFlow is only touched through the :class:`~wmhkeras.inference.loaders.Segmenter`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from wmhkeras.data.datasets import Subject, check_subject, load_dataset
+from wmhkeras.data.synth import SITE_PRESETS, make_subject
+from wmhkeras.errors import InputError
+from wmhkeras.evaluation.metrics import dice
+from wmhkeras.export.report import ArtifactCheck
+from wmhkeras.export.source import ExportSource, RunSubjects
+from wmhkeras.io.model_card import THRESHOLD
+
+log = logging.getLogger(__name__)
+
+#: Most slices used for verification, and for int8 calibration; most subjects read for each.
+MAX_VERIFY_SLICES = 48
+MAX_CALIBRATION_SLICES = 128
+MAX_SUBJECTS = 8
+#: Synthetic verification subject for a bare ``.keras`` file (wmhkeras.data.synth, first site preset).
+SYNTHETIC_SEED = 0
+
+
+# === Data ===
+
+
+def _subject_slices(subject: Subject, src: ExportSource) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Preprocessed slices ``[Z, H, W, C]`` of one subject, and its raw RAS channels ``[X, Y, Z]``."""
+    images, _ = check_subject(subject, src.modalities)
+    channels = [im.data for im in images]
+    return src.segmenter.preprocess(channels).numpy(), channels
+
+
+def _evenly(items: Sequence, n: int) -> list:
+    if len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
+
+
+def _pick_slices(stacks: list[np.ndarray], n: int) -> np.ndarray:
+    allslices = np.concatenate(stacks, axis=0)
+    return allslices[np.asarray(_evenly(range(len(allslices)), n), dtype=int)]
+
+
+def _dataset_slices(subjects: Sequence[Subject], src: ExportSource, source: str) -> tuple[np.ndarray, dict]:
+    subjects = _evenly(subjects, MAX_SUBJECTS)
+    stacks = [_subject_slices(s, src)[0] for s in subjects]
+    return _pick_slices(stacks, MAX_CALIBRATION_SLICES), {"source": source, "subjects": [s.subject for s in subjects]}
+
+
+def calibration_slices(calibration_data, src: ExportSource,
+                       subjects: RunSubjects | None) -> tuple[np.ndarray, dict] | tuple[None, str]:
+    """``(slices [N, H, W, C], description)`` for int8 calibration, or ``(None, reason)`` when there are none.
+
+    Args:
+        calibration_data: ``None`` (the run's training subjects), preprocessed slices ``(N, H, W, C)``
+            (an array or a ``.npy`` file), or a dataset (manifest CSV or folder).
+
+    Raises:
+        InputError: a missing ``.npy`` file, or slices of the wrong shape.
+    """
+    h, w = src.input_size
+    if calibration_data is None:
+        if subjects is None or not subjects["train"]:
+            return None, "no calibration data: export a run folder with its data, or pass --calibration DATA"
+        return _dataset_slices(subjects["train"], src, "training subjects of the run's split")
+    if isinstance(calibration_data, (str, Path)) and Path(calibration_data).suffix == ".npy":
+        if not Path(calibration_data).is_file():
+            raise InputError(f"{calibration_data}: calibration file not found")
+        arr, desc = np.load(calibration_data), {"source": str(calibration_data)}
+    elif isinstance(calibration_data, (str, Path)):
+        return _dataset_slices(load_dataset(calibration_data), src, str(calibration_data))
+    else:
+        arr, desc = np.asarray(calibration_data), {"source": "array passed in"}
+    if arr.ndim != 4 or arr.shape[1:] != (h, w, src.channels) or len(arr) == 0:
+        raise InputError(f"calibration data: slices of shape {arr.shape}; expected preprocessed slices "
+                         f"(N, {h}, {w}, {src.channels}) with N >= 1")
+    return _pick_slices([arr.astype(np.float32)], MAX_CALIBRATION_SLICES), desc
+
+
+def _synthetic_channels(src: ExportSource) -> list[np.ndarray]:
+    flair, t1, _, _ = make_subject(SYNTHETIC_SEED, SITE_PRESETS[0], lesion_fraction=(0.005, 0.01))
+    return [flair, t1][: src.channels]
+
+
+def verification_data(src: ExportSource, subjects: RunSubjects | None,
+                      calibration: np.ndarray | None) -> tuple[np.ndarray, list[np.ndarray], dict]:
+    """``(slices [N, H, W, C], volume channels, description)``: what every artifact is checked on.
+
+    A run folder: its validation and hold-out subjects (never trained on). Otherwise the calibration slices
+    when given (not held back: the check then shows fidelity on the calibration inputs) or a synthetic
+    subject from :mod:`wmhkeras.data.synth`; ``segment_volume`` is checked on the first held-back (else synthetic)
+    volume.
+    """
+    held = [] if subjects is None else subjects["holdout"] + subjects["validation"]
+    if held:
+        picked = _evenly(held, MAX_SUBJECTS // 2)
+        loaded = [_subject_slices(s, src) for s in picked]
+        slices = _pick_slices([sl for sl, _ in loaded], MAX_VERIFY_SLICES)
+        return slices, loaded[0][1], {"source": "held-out and validation subjects of the run's split",
+                                      "subjects": [s.subject for s in picked], "slices": len(slices)}
+    channels = _synthetic_channels(src)
+    if calibration is not None:
+        slices = _pick_slices([calibration], MAX_VERIFY_SLICES)
+        return slices, channels, {"source": "the calibration slices (not held back); volume check on a "
+                                  "synthetic subject", "slices": len(slices)}
+    slices = _pick_slices([src.segmenter.preprocess(channels).numpy()], MAX_VERIFY_SLICES)
+    return slices, channels, {"source": f"a synthetic subject (wmhkeras.data.synth, seed {SYNTHETIC_SEED})",
+                              "slices": len(slices)}
+
+
+# === Parity ===
+
+
+def timed(fn: Callable, slices: np.ndarray) -> tuple[np.ndarray, float]:
+    """Run ``fn`` on each slice (batch of 1): stacked outputs and the median latency in ms."""
+    fn(slices[:1])  # warm-up: tracing, allocation
+    outs, times = [], []
+    for i in range(len(slices)):
+        t = time.perf_counter()
+        outs.append(np.asarray(fn(slices[i:i + 1]), dtype=np.float32))
+        times.append(time.perf_counter() - t)
+    return np.concatenate(outs, axis=0), 1000 * statistics.median(times)
+
+
+def check_artifact(name: str, path: str, size_bytes: int | None, latency_ms: float, out: np.ndarray,
+                   ref: np.ndarray, tolerance: dict[str, float]) -> ArtifactCheck:
+    """Compare an artifact's probabilities ``out`` with the reference ``ref`` (any matching shape).
+
+    ``max_abs_diff`` of the probabilities, and the Dice of the masks at :data:`THRESHOLD` over all voxels.
+    """
+    diff = float(np.abs(out - ref).max())
+    # metrics.dice takes [X, Y, Z] arrays: count over all voxels of any shape through a 3D view.
+    mask_dice = dice(np.reshape(out >= THRESHOLD, (1, 1, -1)), np.reshape(ref >= THRESHOLD, (1, 1, -1)))
+    if math.isnan(mask_dice):  # metrics.dice is NaN when both masks are empty; here that is full agreement
+        mask_dice = 1.0
+    passed = diff <= tolerance.get("max_abs_diff", np.inf) and mask_dice >= tolerance.get("mask_dice", -np.inf)
+    log.info("%s: max |diff| %.3g, mask Dice %.4f, %.2f ms/slice -> %s", name, diff, mask_dice, latency_ms,
+             "ok" if passed else "OUTSIDE TOLERANCE")
+    return ArtifactCheck(name, path, size_bytes, round(latency_ms, 3), diff, mask_dice, tolerance, passed)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

@@ -1,0 +1,126 @@
+"""The subjects to segment: command-line inputs turned into :class:`SegmentInput` (:func:`resolve_inputs`)
+and each subject's volumes read and checked (:func:`load_subject`). No TensorFlow."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+from wmhkeras.data.datasets import MANIFEST_NAME, Subject, check_subject, load_dataset, read_manifest
+from wmhkeras.errors import InputError
+from wmhkeras.io import Volume, check_same_grid, load_volume
+from wmhkeras.io.naming import is_nifti, strip_nifti, subject_id, swap_tag
+
+
+@dataclass(frozen=True)
+class SegmentInput:
+    """One subject to segment: its files (absolute paths)."""
+
+    subject: str
+    flair: Path
+    t1: Optional[Path] = None
+    brain_mask: Optional[Path] = None
+    site: str = "site0"
+
+
+def _flat_folder(folder: Path) -> list[SegmentInput]:
+    """The NIfTI files directly in ``folder`` (rule: see :func:`resolve_inputs`)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    files = [p for p in files if not re.search(r"_wmh_(prob|mask)$", strip_nifti(p.name))]
+    flairs = [p for p in files if re.search(r"flair$", strip_nifti(p.name), flags=re.IGNORECASE)]
+    if not flairs:
+        return [SegmentInput(subject_id(p), p.resolve()) for p in files]
+    inputs = []
+    for p in flairs:
+        t1 = swap_tag(p, "FLAIR", "T1")
+        inputs.append(SegmentInput(subject_id(p), p.resolve(), t1.resolve() if t1 is not None and t1.is_file() else None))
+    return inputs
+
+
+def _manifest_inputs(path: Path) -> list[SegmentInput]:
+    """Subjects of a manifest; an optional ``brain_mask`` column beside the standard ones is honoured."""
+    subjects = read_manifest(path)
+    with open(path, newline="") as f:
+        masks = [(row.get("brain_mask") or "").strip() for row in csv.DictReader(f)]
+    return [
+        SegmentInput(s.subject, s.flair, s.t1, (path.parent / m).resolve() if m else None, s.site)
+        for s, m in zip(subjects, masks, strict=True)
+    ]
+
+
+def _inputs_of(path: Path) -> list[SegmentInput]:
+    """The subjects of one command-line input (rules: see :func:`resolve_inputs`)."""
+    if not path.exists():
+        raise InputError(f"{path}: input not found")
+    if path.is_dir():
+        if (path / MANIFEST_NAME).is_file():
+            return _manifest_inputs(path / MANIFEST_NAME)
+        return _flat_folder(path) or [SegmentInput(s.subject, s.flair, s.t1, None, s.site) for s in load_dataset(path)]
+    if path.suffix.lower() == ".csv":
+        return _manifest_inputs(path)
+    if is_nifti(path):
+        return [SegmentInput(subject_id(path), path.resolve())]
+    raise InputError(f"{path}: not a NIfTI file (.nii, .nii.gz), a folder or a manifest CSV")
+
+
+def _pair_files(resolved: list[SegmentInput], inputs: Sequence[str | Path], option: str, key: str,
+                files: Sequence[str | Path]) -> list[SegmentInput]:
+    """Give each subject the file of ``option`` (``--t1``, ``--brain-mask``) at its position, as field ``key``."""
+    if not files:
+        return resolved
+    if not all(Path(p).is_file() and is_nifti(p) for p in inputs):
+        raise InputError(f"{option} pairs with FLAIR files given one by one; for folders and manifests use the manifest's columns")
+    if len(files) != len(resolved):
+        raise InputError(f"{option} is given {len(files)} times for {len(resolved)} FLAIR files; give one per FLAIR file, in order")
+    for p in files:
+        if not Path(p).is_file():
+            raise InputError(f"{p}: {option} file not found")
+    return [replace(r, **{key: Path(p).resolve()}) for r, p in zip(resolved, files, strict=True)]
+
+
+def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
+                   brain_mask: Sequence[str | Path] = ()) -> list[SegmentInput]:
+    """Turn the command line's inputs into subjects (no volume is read here).
+
+    Each input is one of:
+
+    - a FLAIR file ``*.nii``/``*.nii.gz``; its subject id is :func:`~wmhkeras.io.naming.subject_id` of it;
+    - a manifest CSV (``subject,site,flair,t1,label``, optionally a ``brain_mask`` column);
+    - a folder: its ``manifest.csv`` if there is one; else the NIfTI files directly inside it, where our
+      outputs (``*_wmh_prob``, ``*_wmh_mask``) are skipped and, if some names end with ``FLAIR``, only
+      those are FLAIR images and the file with ``FLAIR`` replaced by ``T1`` is the T1; else every file
+      is a FLAIR image; else the MICCAI 2017 layout (``<site>/<subject>/pre/FLAIR.nii.gz``).
+
+    ``t1`` and ``brain_mask``: one file per input, in the inputs' order; only with FLAIR files given
+    one by one (manifests carry their own columns).
+
+    Raises:
+        InputError: an input path does not exist, no subject is found, a subject id repeats, or the
+            ``t1``/``brain_mask`` lists do not pair with the inputs.
+    """
+    if not inputs:
+        raise InputError("no input given: name FLAIR files, a folder or a manifest CSV")
+    resolved = [item for raw in inputs for item in _inputs_of(Path(raw))]
+    resolved = _pair_files(resolved, inputs, "--t1", "t1", t1)
+    resolved = _pair_files(resolved, inputs, "--brain-mask", "brain_mask", brain_mask)
+
+    seen: dict[str, Path] = {}
+    for r in resolved:
+        if r.subject in seen:
+            raise InputError(f"subject id {r.subject!r} is given twice ({seen[r.subject]}, {r.flair}); rename the files or use a manifest")
+        seen[r.subject] = r.flair
+    return resolved
+
+
+def load_subject(item: SegmentInput, modalities: Sequence[str]) -> tuple[list[Volume], Optional[Volume]]:
+    """Read and check one subject's volumes: ``(images, brain_mask or None)``, all on the FLAIR grid."""
+    images, _ = check_subject(Subject(item.subject, item.site, item.flair, item.t1), modalities)
+    brain = None
+    if item.brain_mask is not None:
+        brain = load_volume(item.brain_mask)
+        check_same_grid(images[0], brain)
+    return images, brain

@@ -1,0 +1,154 @@
+"""The cohort check before training, and the preprocessing of each subject into the cache.
+
+:func:`check_cohort` reads every training and validation subject once with
+:func:`~wmhkeras.data.datasets.check_subject` (missing or corrupt files, mismatched grids, missing labels
+raise :class:`~wmhkeras.errors.InputError` before any training) and, given a cache, preprocesses it with
+the shared :mod:`wmhkeras.data.preprocessing` functions (:func:`preprocess_subject`) into that cache.
+
+Lesion: label value 1 (label 2, "other pathology" in the MICCAI 2017 data, is not WMH and counts as
+background); for ``sampling: slices`` measured on the mask resized to ``model.input_size`` (the mask the
+model is trained on), for ``patches`` at native resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from scipy import ndimage
+
+from wmhkeras.config import Config
+from wmhkeras.data import preprocessing as pp
+from wmhkeras.data.datasets import Subject, check_subject
+from wmhkeras.data.splits import check_split
+from wmhkeras.errors import InputError
+from wmhkeras.io.run_folder import Split
+from wmhkeras.training.cache import (
+    BACKGROUND_BIT,
+    BRAIN_BIT,
+    BRAIN_THRESHOLD,
+    LESION_BIT,
+    MIN_BRAIN_FRACTION,
+    CachedSubject,
+    cache_key,
+    subject_files,
+)
+
+log = logging.getLogger(__name__)
+
+
+def preprocess_subject(cfg: Config, subject: Subject, images, label) -> tuple[CachedSubject, np.ndarray, np.ndarray]:
+    """One subject's cached arrays from its checked volumes (canonical ``[X, Y, Z]``).
+
+    Returns ``(record, x, labels)``: ``x`` ``(Z, H, W, C)`` float32 (resized to ``model.input_size`` for
+    slices, native in-plane size for patches), ``labels`` ``(Z, H, W)`` uint8 with bit 0 = lesion and,
+    for patches, bit 1 = brain, bit 2 = a centre whose ``data.patch_size`` patch holds no lesion (and
+    is brain, unless ``data.background`` is ``any``).
+    """
+    channels = [v.data for v in images]
+    lesion = (label.data == 1).astype(np.float32)
+    brain = pp.normalise(channels[0], "max").numpy() > BRAIN_THRESHOLD
+    brain_fraction = brain.mean(axis=(0, 1))
+    if cfg.data.sampling == "slices":
+        size = tuple(cfg.model.input_size)
+        x = pp.preprocess_volume(channels, size, cfg.data.normalisation).numpy()
+        labels = pp.resize_masks(pp.volume_to_slices(lesion), size).numpy()[..., 0].astype(np.uint8)
+        brain_count = brain.sum(axis=(0, 1))
+    else:
+        stacked = tf.stack([pp.normalise(c, cfg.data.normalisation) for c in channels], axis=-1)
+        x = pp.volume_to_slices(stacked).numpy()
+        brain_slices = np.transpose(brain, (2, 0, 1)) & (brain_fraction >= MIN_BRAIN_FRACTION)[:, None, None]
+        labels = _patch_labels(cfg, np.transpose(lesion, (2, 0, 1)) > 0, brain_slices)
+        brain_count = brain_slices.sum(axis=(1, 2))
+    record = CachedSubject(
+        subject=subject.subject, site=subject.site, x_shape=tuple(int(s) for s in x.shape),
+        lesion=((labels & LESION_BIT) > 0).sum(axis=(1, 2)).astype(np.int64),
+        brain=np.asarray(brain_count, np.int64), brain_fraction=np.asarray(brain_fraction, np.float64),
+        lesion_voxels_native=int(lesion.sum()),
+        background=((labels & BACKGROUND_BIT) > 0).sum(axis=(1, 2)).astype(np.int64),
+    )
+    return record, x.astype(np.float32), labels
+
+
+def _patch_labels(cfg: Config, lesion_slices: np.ndarray, brain_slices: np.ndarray) -> np.ndarray:
+    """Patches mode: the ``(Z, H, W)`` uint8 label bits (lesion, brain, valid background centre)."""
+    # A patch centred at r spans rows r - h//2 .. r - h//2 + h - 1: exactly the window of a size-h
+    # maximum filter, so this marks every centre whose patch would hold a lesion voxel.
+    h, w = cfg.data.patch_size
+    near_lesion = ndimage.maximum_filter(lesion_slices, size=(1, h, w), mode="constant", cval=0)
+    centre = ~near_lesion if cfg.data.background == "any" else brain_slices & ~near_lesion
+    return (lesion_slices * LESION_BIT + brain_slices * BRAIN_BIT + centre * BACKGROUND_BIT).astype(np.uint8)
+
+
+def check_cohort(cfg: Config, subjects: list[Subject], split: Split | Mapping, cache=None) -> dict[str, CachedSubject]:
+    """Validate the cohort before any training; with ``cache``, also preprocess each subject into it.
+
+    The split is checked against the cohort (:func:`~wmhkeras.data.splits.check_split`). Every training
+    and validation subject is read once with :func:`~wmhkeras.data.datasets.check_subject` (files exist
+    and parse, all on the FLAIR's grid, a label is present); hold-out subjects only need their files to
+    exist here (they are read when evaluated). A subject already in a
+    :class:`~wmhkeras.training.cache.ShardCache` under the same key (same files, sizes, modification
+    times and settings) was validated when it was cached and is not read again.
+
+    Returns:
+        ``{subject id: CachedSubject}`` for the training and validation subjects.
+
+    Raises:
+        InputError: an id of the split is not in ``subjects``; a file is missing or corrupt; grids
+            differ; a label is missing; the training subjects contain no lesion voxel (label 1), or
+            none that survives resizing to ``model.input_size``.
+    """
+    split = check_split(split, subjects)
+    by_id = {s.subject: s for s in subjects}
+    for sid in split.holdout:
+        for path in subject_files(cfg, by_id[sid]):
+            if not Path(path).is_file():
+                raise InputError(f"{path}: file not found (hold-out subject {sid})")
+
+    records: dict[str, CachedSubject] = {}
+    used = split.train + split.validation
+    for i, sid in enumerate(used):
+        records[sid] = record = _check_one(cfg, by_id[sid], cache)
+        log.debug("checked %s (%d/%d): %d lesion voxels", sid, i + 1, len(used), record.lesion_voxels_native)
+        if (i + 1) % max(1, len(used) // 10) == 0:
+            log.info("checked %d of %d subjects", i + 1, len(used))
+    train_lesion = _check_training_lesions(cfg, [records[s] for s in split.train], cached=cache is not None)
+    log.info("cohort checked: %d training, %d validation subjects, %d training lesion voxels",
+             len(split.train), len(split.validation), train_lesion)
+    return records
+
+
+def _check_one(cfg: Config, subject: Subject, cache) -> CachedSubject:
+    """Read and check one subject (unless ``cache`` holds it already); with ``cache``, preprocess it into it."""
+    key = cache_key(cfg, subject)  # also the first check that its files exist
+    record = cache.lookup(subject, key) if cache is not None else None
+    if record is not None:
+        return record
+    images, label = check_subject(subject, cfg.data.modalities, need_label=True)
+    if cache is None:
+        return CachedSubject(subject.subject, subject.site, tuple(images[0].data.shape) + (len(images),),
+                             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
+                             int((label.data == 1).sum()))
+    record, x, labels = preprocess_subject(cfg, subject, images, label)
+    cache.put(record, key, x, labels)
+    return record
+
+
+def _check_training_lesions(cfg: Config, train: list[CachedSubject], cached: bool) -> int:
+    """The training subjects' lesion voxels (label 1); InputError when there are none (native, or after
+    resizing to ``model.input_size`` when ``cached``)."""
+    train_lesion = sum(r.lesion_voxels_native for r in train)
+    if train_lesion == 0:
+        raise InputError(
+            f"the {len(train)} training subjects contain no lesion voxel (label 1) in their label "
+            "files; training needs lesions (check the label files, or the split)"
+        )
+    if cached and sum(int(r.lesion.sum()) for r in train) == 0:
+        raise InputError(
+            f"the training subjects' {train_lesion} lesion voxels all vanish when resized to "
+            f"model.input_size {cfg.model.input_size}; use a larger input size or sampling: patches"
+        )
+    return train_lesion

@@ -1,0 +1,165 @@
+"""The seeded, imbalance-aware sampler: batch ``b`` of unaugmented ``(x, mask)`` from ``(seed, b)`` alone.
+
+For each sample of a batch it draws whether it holds lesion (probability ``data.lesion_fraction``), the
+site (with ``balance_sites``), the subject and slice, and for patches the centre. Batch ``b`` is therefore
+the same on every run with the same seed, whatever the parallelism of ``tf.data``. NumPy only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from wmhkeras.config import Config
+from wmhkeras.training.cache import BACKGROUND_BIT, BRAIN_BIT, LESION_BIT, CachedSubject
+
+log = logging.getLogger(__name__)
+
+# Sample categories drawn by the sampler.
+_LESION, _OTHER, _UNIFORM = 0, 1, 2
+
+
+class _Pool:
+    """Weighted ``(subject, slice)`` entries, optionally grouped by site (sites equally likely).
+
+    A draw picks an entry with probability proportional to its weight, and an offset uniform in
+    ``[0, weight)``: with weights = voxel counts, the offset-th voxel of the slice is a voxel drawn
+    uniformly from the whole pool.
+    """
+
+    def __init__(self, rec, k, weight, site, balance_sites: bool):
+        self.rec = np.asarray(rec, np.int64)
+        self.k = np.asarray(k, np.int64)
+        self.weight = np.asarray(weight, np.int64)
+        keep = self.weight > 0
+        self.rec, self.k, self.weight, site = self.rec[keep], self.k[keep], self.weight[keep], np.asarray(site)[keep]
+        groups = sorted(set(site.tolist())) if balance_sites else [None]
+        self.groups = []
+        for g in groups:
+            idx = np.flatnonzero(site == g) if g is not None else np.arange(len(self.rec))
+            if len(idx):
+                self.groups.append((idx, np.cumsum(self.weight[idx])))
+
+    def __len__(self) -> int:
+        return len(self.rec)
+
+    def draw(self, rng: np.random.Generator, n: int):
+        group = rng.integers(len(self.groups), size=n)
+        pick = np.zeros(n, np.int64)
+        offset = np.zeros(n, np.int64)
+        for g, (idx, cum) in enumerate(self.groups):
+            sel = np.flatnonzero(group == g)
+            r = rng.integers(cum[-1], size=len(sel))
+            j = np.searchsorted(cum, r, side="right")
+            pick[sel] = idx[j]
+            offset[sel] = r - (cum[j] - self.weight[idx[j]])
+        return self.rec[pick], self.k[pick], offset
+
+
+def crop(a: np.ndarray, r0: int, c0: int, h: int, w: int) -> np.ndarray:
+    """``a[r0:r0+h, c0:c0+w]`` with zeros where the window leaves ``a``."""
+    out = np.zeros((h, w) + a.shape[2:], a.dtype)
+    rs, re_ = max(r0, 0), min(r0 + h, a.shape[0])
+    cs, ce = max(c0, 0), min(c0 + w, a.shape[1])
+    if rs < re_ and cs < ce:
+        out[rs - r0:re_ - r0, cs - c0:ce - c0] = a[rs:re_, cs:ce]
+    return out
+
+
+class Sampler:
+    """Builds batch ``b`` of unaugmented ``(x, mask)`` from ``(seed, b)`` alone (NumPy, thread-safe).
+
+    Per sample: with probability ``lesion_fraction`` a lesion sample (a slice with lesion; or a patch
+    centred on a lesion voxel drawn uniformly), else a sample without lesion: a lesion-free slice with
+    brain, or a patch centred on a brain voxel whose patch holds no lesion (``background: brain``), or
+    the same from anywhere (``any``). With ``lesion_fraction: null`` slices (patch centres) are drawn
+    uniformly from all brain slices (brain voxels), or from everything with ``background: any`` - the
+    paper's uniform sampling.
+    ``balance_sites``: the site is drawn first, uniformly.
+    """
+
+    def __init__(self, cfg: Config, cache, records: list[CachedSubject], seed: int):
+        d = cfg.data
+        self.cache = cache
+        self.records = records
+        self.subjects = [r.subject for r in records]
+        self.seed = int(seed)
+        self.batch_size = cfg.train.batch_size
+        self.lesion_fraction = d.lesion_fraction
+        self.patches = d.sampling == "patches"
+        self.patch_size = tuple(d.patch_size)
+        self.any_background = d.background == "any"
+        rec, k, site, lesion, brain, has_brain, area, background = [], [], [], [], [], [], [], []
+        for i, r in enumerate(records):
+            z = r.x_shape[0]
+            rec.append(np.full(z, i))
+            k.append(np.arange(z))
+            site.append(np.full(z, r.site, dtype=object))
+            lesion.append(r.lesion)
+            brain.append(r.brain)
+            has_brain.append(r.has_brain)
+            area.append(np.full(z, r.x_shape[1] * r.x_shape[2]))
+            background.append(r.background)
+        rec, k, site = np.concatenate(rec), np.concatenate(k), np.concatenate(site)
+        lesion, brain, has_brain, area = map(np.concatenate, (lesion, brain, has_brain, area))
+        background = np.concatenate(background) if self.patches else None
+        bal = d.balance_sites
+        if self.patches:
+            # Weights are voxel counts: centres uniform over lesion / brain / all voxels.
+            self.pools = {
+                _LESION: _Pool(rec, k, lesion, site, bal),
+                _OTHER: _Pool(rec, k, background, site, bal),
+                _UNIFORM: _Pool(rec, k, area if self.any_background else brain, site, bal),
+            }
+        else:
+            allowed = np.ones_like(has_brain) if self.any_background else (has_brain | (lesion > 0))
+            self.pools = {
+                _LESION: _Pool(rec, k, lesion > 0, site, bal),
+                _OTHER: _Pool(rec, k, allowed & (lesion == 0), site, bal),
+                _UNIFORM: _Pool(rec, k, allowed, site, bal),
+            }
+        if self.lesion_fraction is not None and self.lesion_fraction < 1 and not len(self.pools[_OTHER]):
+            log.warning("no lesion-free training %s to draw background samples from; drawing uniformly",
+                        "patch" if self.patches else "slice")
+            self.pools[_OTHER] = self.pools[_UNIFORM]
+
+    def plan(self, b: int):
+        """Categories and ``(record, slice, offset)`` of the samples of batch ``b``."""
+        rng = np.random.default_rng([self.seed, int(b)])
+        n = self.batch_size
+        if self.lesion_fraction is None:
+            category = np.full(n, _UNIFORM)
+        else:
+            category = np.where(rng.random(n) < self.lesion_fraction, _LESION, _OTHER)
+        rec, k, off = (np.zeros(n, np.int64) for _ in range(3))
+        for c in (_LESION, _OTHER, _UNIFORM):
+            sel = np.flatnonzero(category == c)
+            if len(sel):
+                rec[sel], k[sel], off[sel] = self.pools[c].draw(rng, len(sel))
+        return category, rec, k, off
+
+    def _centre(self, labels: np.ndarray, category: int, offset: int) -> tuple[int, int]:
+        """The ``offset``-th candidate centre of the slice (row, column)."""
+        if category == _UNIFORM and self.any_background:
+            flat = offset
+        else:
+            bit = {_LESION: LESION_BIT, _OTHER: BACKGROUND_BIT, _UNIFORM: BRAIN_BIT}[category]
+            flat = np.flatnonzero(labels & bit)[offset]
+        return divmod(int(flat), labels.shape[1])
+
+    def sample(self, category: int, rec: int, k: int, off: int):
+        """One unaugmented sample ``(x (H, W, C), mask (H, W, 1))``."""
+        x, labels = self.cache.read(self.subjects[rec], int(k))
+        mask = (labels & LESION_BIT).astype(np.float32)[..., None]
+        if not self.patches:
+            return x, mask
+        h, w = self.patch_size
+        r, c = self._centre(labels, category, int(off))
+        return crop(x, r - h // 2, c - w // 2, h, w), crop(mask, r - h // 2, c - w // 2, h, w)
+
+    def batch(self, b) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``b``: ``x`` ``(batch, H, W, C)`` float32 and ``mask`` ``(batch, H, W, 1)`` float32."""
+        category, rec, k, off = self.plan(int(b))
+        pairs = [self.sample(category[i], rec[i], k[i], off[i]) for i in range(len(category))]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
