@@ -33,7 +33,9 @@ def export_command(model_or_run_dir: Path, out_dir: Path | None, tflite: str | N
 
     Writes OUT/saved_model (signatures serving_default and segment_volume; loads with plain TensorFlow),
     OUT/tflite/model_<variant>.tflite, OUT/model_card.json and OUT/export_report.json, after checking
-    every artifact against the Keras model on held-back slices.
+    every artifact against the Keras model on held-back slices. The model's resampling (fixed size, mm
+    spacing or native grid) and 2.5D context are exported with it and recorded in the card; free-size
+    models keep slice height and width free, in the SavedModel and in the TFLite files.
     """
     from wmhkeras.export.options import default_out_dir, parse_variants
     from wmhkeras.export.report import format_table

@@ -62,6 +62,14 @@ def test_relative_data_path_is_taken_from_the_config_folder(tmp_path):
         ("data.label_smoothing=[0.6,0.9]", "data.label_smoothing: [0.6, 0.9] is not allowed"),
         ("train.jit_compile=1", "train.jit_compile: expected bool, got 1"),
         ("version=99", "version: 99 is newer than this wmhkeras understands"),
+        ("data.resample=linear", "data.resample: 'linear' is not allowed; use one of 'fixed', 'spacing', 'none'"),
+        ("data.spacing=[1]", "data.spacing: [1.0] is not allowed; use [x, y] in mm > 0"),
+        ("data.spacing=[0,1]", "data.spacing: [0.0, 1.0] is not allowed; use [x, y] in mm > 0"),
+        ("data.spacing=[1,-0.5]", "data.spacing: [1.0, -0.5] is not allowed; use [x, y] in mm > 0"),
+        ("data.spacing=1", "data.spacing: expected a list, got 1"),
+        ("data.context_slices=-1", "data.context_slices: -1 is not allowed; use 0 (2D) to 7"),
+        ("data.context_slices=8", "data.context_slices: 8 is not allowed; use 0 (2D) to 7"),
+        ("data.context_slices=1.5", "data.context_slices: expected int, got 1.5"),
 
         ("train.epochs", "--set 'train.epochs': expected section.key=value"),
     ],
@@ -70,6 +78,13 @@ def test_validation_messages_name_key_value_and_allowed(override, message):
     with pytest.raises(ConfigError) as err:
         load_config([], [override])
     assert message in str(err.value)
+
+
+def test_resolution_keys_default_to_the_paper_behaviour():
+    cfg = load_config([REPO / "configs" / "paper.yaml"])
+    assert (cfg.data.resample, cfg.data.spacing, cfg.data.context_slices) == (None, [1.0, 1.0], 0)
+    cfg = load_config([], ["data.resample=spacing", "data.spacing=[0.5,1]", "data.context_slices=2"])
+    assert (cfg.data.resample, cfg.data.spacing, cfg.data.context_slices) == ("spacing", [0.5, 1.0], 2)
 
 
 def test_cross_field_check_gamma_needs_max_normalisation():

@@ -22,3 +22,13 @@ def test_matching_rules(tmp_path):
     assert match(cases, {"other": seg / "s2_wmh_mask.nii.gz"})[0][1].name == "s2_wmh_mask.nii.gz"
     with pytest.raises(InputError, match="no prediction matches"):
         match(resolve_truth(flat), {"x": seg / "s1_wmh_mask.nii.gz", "y": seg / "s2_wmh_mask.nii.gz"})
+
+
+def test_maps_beside_plain_predictions_are_not_predictions(tmp_path):
+    """A folder of predictions named without the segment suffix: probability and uncertainty maps
+    written beside them are skipped, whatever else the folder holds."""
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    for name in ("s1_seg.nii.gz", "s1_wmh_prob.nii.gz", "s1_wmh_uncertainty.nii.gz", "s1_FLAIR.nii.gz"):
+        (folder / name).write_bytes(b"")
+    assert {k: v.name for k, v in resolve_predictions(folder).items()} == {"s1": "s1_seg.nii.gz"}

@@ -26,3 +26,16 @@ def test_check_artifact_applies_both_limits():
     check = check_artifact("a", "a", 10, 1.23456, flipped, ref, {"mask_dice": 0.6})
     assert check.passed and check.mask_dice == pytest.approx(2 / 3) and check.latency_ms == 1.235
     assert not check_artifact("a", "a", None, 1.0, flipped, ref, {"mask_dice": 0.7}).passed
+
+
+def test_slices_of_different_sizes_are_padded_centred_to_the_largest():
+    """Free-size models: subjects on different grids give slices of different sizes; one array holds them."""
+    from wmhkeras.export.verification import _pick_slices
+
+    a, b = np.ones((2, 4, 8, 1), np.float32), 2 * np.ones((1, 8, 4, 1), np.float32)
+    out = _pick_slices([a, b], 10)
+    assert out.shape == (3, 8, 8, 1)
+    np.testing.assert_array_equal(out[0, 2:6, :, 0], 1)
+    assert out[0, :2].sum() == 0 and out[0, 6:].sum() == 0
+    np.testing.assert_array_equal(out[2, :, 2:6, 0], 2)
+    assert out[2, :, :2].sum() == 0 and out[2, :, 6:].sum() == 0

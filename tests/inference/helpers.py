@@ -44,3 +44,34 @@ def bright_segmenter(input_size=(32, 32)):
 def read_rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def free_model_file(path, channels=1, gain=30.0, seed=0):
+    """A tiny fully convolutional U-Net (input ``(None, None, channels)``, depth 2) saved as ``path``.
+
+    The head's weights are scaled by ``gain`` so that its probabilities spread over (0, 1) instead of
+    sitting at 0.5, and a misplaced pixel shows in every comparison.
+    """
+    import keras
+
+    from wmhkeras.models import build_generator
+
+    keras.utils.set_random_seed(seed)
+    model = build_generator("unet", input_shape=(None, None, channels), depth=2, base_filters=4)
+    head = model.get_layer("head_conv")
+    head.set_weights([w * gain for w in head.get_weights()])
+    model.save(path)
+    return path
+
+
+def run_folder(root, data=None, channels=1, checkpoint="best.keras"):
+    """A run folder as ``wmhkeras train`` writes it: ``config.yaml`` (``data`` merged into a tiny config) and
+    a free-size tiny U-Net as ``checkpoints/<checkpoint>``."""
+    from wmhkeras.config import config_from_dict, save_config
+
+    (root / "checkpoints").mkdir(parents=True)
+    free_model_file(root / "checkpoints" / checkpoint, channels)
+    save_config(config_from_dict({"data": dict(data or {}),
+                                  "model": {"arch": "unet", "input_size": [32, 32], "depth": 2, "base_filters": 4}}),
+                root / "config.yaml")
+    return root

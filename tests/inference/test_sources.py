@@ -2,22 +2,22 @@
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules import it back)
-from tests.inference.helpers import blob_volume, tiny_model_file, write_nifti
+from tests.inference.helpers import blob_volume, free_model_file, run_folder, tiny_model_file, write_nifti
 from wmhkeras.cli.segment import segment_command
-from wmhkeras.errors import InputError
+from wmhkeras.config import config_from_dict, save_config
+from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.inference.loaders import load_segmenter
 from wmhkeras.inference.predictor import predict_volume
 from wmhkeras.inference.sources import inspect_model
 
 
 def test_run_folder_with_t1(tmp_path):
-    from wmhkeras.config import config_from_dict, save_config
-
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     tiny_model_file(run / "checkpoints" / "last.keras", channels=2)
@@ -87,3 +87,82 @@ def test_saved_model_matches_keras(tmp_path, tiny_model):
     assert saved.input_size == (32, 32) and saved.modalities == ("flair",)
     vol = blob_volume()
     np.testing.assert_allclose(predict_volume(saved, [vol]), predict_volume(native, [vol]), atol=1e-5)
+
+
+# === Resampling and 2.5D context carried by the source ===
+
+
+def test_bare_free_size_keras_file_segments_in_none_mode(tmp_path):
+    path = free_model_file(tmp_path / "free.keras")
+    spec = inspect_model(path)
+    assert (spec.modalities, spec.input_size, spec.context_slices) == (("flair",), None, 0)
+    assert (spec.resampling.mode, spec.resampling.multiple) == ("none", 4)  # 2 MaxPooling2D layers
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    vol = np.random.default_rng(0).random((37, 29, 5)).astype(np.float32)
+    flair = write_nifti(tmp_path / "a.nii.gz", vol, affine)
+    res = CliRunner().invoke(segment_command, [str(path), str(flair), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    out = nib.load(str(tmp_path / "o" / "a_wmh_prob.nii.gz"))
+    assert out.shape == vol.shape
+    np.testing.assert_allclose(out.affine, affine, atol=1e-6)  # as stored: float32
+    # on the native grid: the model sees each slice padded to 40 x 32, and the crop is the input's grid
+    seg = load_segmenter(path)
+    assert tuple(seg.preprocess([vol]).shape) == (5, 40, 32, 1)
+    np.testing.assert_allclose(np.asarray(out.dataobj), predict_volume(seg, [vol]), atol=1e-6)
+
+
+def test_run_folder_carries_resampling_and_context(tmp_path):
+    run = run_folder(tmp_path / "run", {"resample": "spacing", "spacing": [1.0, 0.8], "context_slices": 1}, channels=3)
+    spec = inspect_model(run)
+    assert (spec.modalities, spec.input_size, spec.context_slices) == (("flair",), None, 1)
+    assert (spec.resampling.mode, spec.resampling.spacing, spec.resampling.multiple) == ("spacing", (1.0, 0.8), 4)
+    seg = load_segmenter(run)
+    assert seg.channels == 3
+    with pytest.raises(InputError, match="needs the volume's voxel size"):
+        seg.preprocess([blob_volume()])
+    # 32 x 1 mm -> 32 px, 32 x 1 mm / 0.8 mm -> 40 px: the model grid; three slices per channel
+    assert tuple(seg.preprocess([blob_volume()], (1.0, 1.0, 2.0)).shape) == (10, 32, 40, 3)
+    # fixed by default for whole slices; patches default to the native grid
+    assert inspect_model(run_folder(tmp_path / "r2")).resampling.mode == "fixed"
+    assert inspect_model(run_folder(tmp_path / "r3", {"sampling": "patches"})).resampling.mode == "none"
+
+
+def test_run_config_that_disagrees_with_the_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="context_slices 1"):
+        inspect_model(run_folder(tmp_path / "a", {"context_slices": 1}, channels=1))
+    fixed = tmp_path / "b"
+    (fixed / "checkpoints").mkdir(parents=True)
+    tiny_model_file(fixed / "checkpoints" / "best.keras")  # 32 x 32 only
+
+    def config(data):
+        save_config(config_from_dict({"data": data, "model": {"arch": "unet", "input_size": [32, 32], "depth": 2,
+                                                              "base_filters": 4}}), fixed / "config.yaml")
+
+    config({"resample": "none"})
+    with pytest.raises(ConfigError, match="slices of any size"):
+        inspect_model(fixed)
+    # a run trained before free-size generators (patches at the model's size, resample unset): fixed, as then
+    config({"sampling": "patches", "patch_size": [32, 32]})
+    spec = inspect_model(fixed)
+    assert (spec.resampling.mode, spec.input_size) == ("fixed", (32, 32))
+
+
+@pytest.mark.parametrize("card, message", [
+    ({"input_size": None}, "resample 'fixed' needs it"),
+    ({"input_size": None, "resample": {"mode": "spacing", "multiple": 4}}, "spacing None must be \\[x, y\\]"),
+    ({"input_size": None, "resample": {"mode": "sinc", "multiple": 4}}, "mode one of fixed, spacing, none"),
+    ({"input_size": None, "resample": {"mode": "none", "multiple": 0}}, "multiple 0"),
+    ({"input_size": [32, 32], "context_slices": -1}, "context_slices -1"),
+])
+def test_bad_resampling_in_a_model_card_is_refused(tmp_path, card, message):
+    export = _export_layout(tmp_path / "exported", {"modalities": ["flair"], "normalisation": "max", **card})
+    with pytest.raises(InputError, match=message):
+        inspect_model(export)
+
+
+def test_card_of_a_free_model_with_context(tmp_path):
+    card = {"modalities": ["flair", "t1"], "normalisation": "max", "input_size": None, "context_slices": 2,
+            "resample": {"mode": "spacing", "spacing": [1.0, 1.0], "multiple": 32}}
+    spec = inspect_model(_export_layout(tmp_path / "exported", card) / "tflite" / "model_fp32.tflite")
+    assert (spec.input_size, spec.context_slices, spec.modalities) == (None, 2, ("flair", "t1"))
+    assert (spec.resampling.mode, spec.resampling.spacing, spec.resampling.multiple) == ("spacing", (1.0, 1.0), 32)

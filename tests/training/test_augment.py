@@ -83,6 +83,18 @@ def test_intensity_scale_and_gamma_touch_the_image_only():
     assert x.numpy().max() <= 1.0  # max-normalised images stay in [0, 1]
 
 
+def test_context_slices_of_a_modality_share_its_intensity_draws():
+    image = np.full((4, 8, 8, 6), 0.25, np.float32)  # 2 modalities x 3 slices (context_slices 1)
+    cfg = AugmentConfig(rotation_degrees=0, intensity_scale=0.2, gamma=0.3)
+    x = Augmenter(cfg, seed=0, context=1)(image, blobs(4, 8), 0)[0].numpy()[:, 0, 0, :]
+    for group in (slice(0, 3), slice(3, 6)):
+        np.testing.assert_array_equal(x[:, group], np.repeat(x[:, group][:, :1], 3, axis=1))
+    assert not np.allclose(x[:, 0], x[:, 3])  # the two modalities are drawn independently
+    # the modalities get the draws they get without context
+    flat = Augmenter(cfg, seed=0)(image[..., [1, 4]], blobs(4, 8), 0)[0].numpy()[:, 0, 0, :]
+    np.testing.assert_array_equal(x[:, [1, 4]], flat)
+
+
 def test_seeded_by_seed_and_batch_index():
     mask = blobs()
     cfg = AugmentConfig(rotation_degrees=30, flip=True, intensity_scale=0.1, gamma=0.1)

@@ -194,9 +194,10 @@ def test_two_epochs_write_the_run_folder(cohort, tmp_path):
     assert set(json.loads(run.split.read_text())) == {"train", "validation", "holdout"}
     assert "tensorflow" in json.loads(run.versions.read_text())
 
-    # best.keras: the bare generator, loadable without the loss or custom objects
+    # best.keras: the bare generator, loadable without the loss or custom objects, of free input size
     best = keras.saving.load_model(run.best)
-    assert getattr(best, "optimizer", None) is None and best.output_shape == (None, 32, 32, 1)
+    assert getattr(best, "optimizer", None) is None and best.output_shape == (None, None, None, 1)
+    assert best.predict(np.zeros((1, 32, 48, 1), "float32"), verbose=0).shape == (1, 32, 48, 1)
     # last.keras: with the optimizer state after 6 steps
     last = keras.saving.load_model(run.last)
     assert int(last.optimizer.iterations.numpy()) == 6

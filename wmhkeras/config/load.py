@@ -123,6 +123,8 @@ def _check(cfg: Config) -> None:
          "data.split", d.split, "use three non-negative fractions [train, validation, hold-out] summing to 1")
     need(len(d.patch_size) == 2 and all(p > 0 for p in d.patch_size), "data.patch_size", d.patch_size, "use [height, width] > 0")
     need(d.memory_limit_gb > 0, "data.memory_limit_gb", d.memory_limit_gb, "use a positive number")
+    need(len(d.spacing) == 2 and all(s > 0 for s in d.spacing), "data.spacing", d.spacing, "use [x, y] in mm > 0")
+    need(0 <= d.context_slices <= 7, "data.context_slices", d.context_slices, "use 0 (2D) to 7")
     need(1 <= m.depth <= 7, "model.depth", m.depth, "use 1 to 7")
     need(m.base_filters >= 1, "model.base_filters", m.base_filters, "use a positive integer")
     need(0 <= m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum, "use a value in [0, 1)")

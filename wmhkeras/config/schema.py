@@ -41,6 +41,16 @@ class DataConfig:
     label_smoothing: Optional[list[float]] = field(default_factory=lambda: [0.1, 0.9])
     #: Fractions of subjects for train / validation / hold-out, stratified by site.
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    #: How slices reach the model's grid: ``fixed`` (each slice resized to ``model.input_size`` pixels,
+    #: the paper), ``spacing`` (resampled to ``data.spacing`` mm per pixel) or ``none`` (native grid).
+    #: ``null``: ``fixed`` for ``sampling: slices``, ``none`` for ``patches``. In ``spacing`` and ``none``
+    #: modes ``model.input_size`` is the training canvas of whole slices (centred, zero-padded/cropped);
+    #: segmentation runs the fully convolutional model on each whole slice, padded to 2^depth.
+    resample: Optional[Literal["fixed", "spacing", "none"]] = None
+    #: In-plane pixel size in mm (x, y) of ``resample: spacing``.
+    spacing: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    #: 2.5D input: slices z-k .. z+k of each modality as channels (edge slices repeated); 0 = 2D.
+    context_slices: int = 0
     #: ``memory`` keeps preprocessed volumes in RAM; ``shards`` preprocesses once to disk;
     #: ``auto`` picks ``memory`` below ``memory_limit_gb`` of preprocessed data.
     cache: Literal["auto", "memory", "shards"] = "auto"

@@ -215,6 +215,20 @@ class Resampling:
         return y if self.mode == "none" else resize_slices(y, in_size)
 
 
+def resample_mode(resample: Optional[str], sampling: str = "slices") -> str:
+    """The effective ``data.resample``: ``null`` means ``fixed`` for whole slices, ``none`` for patches."""
+    return resample if resample is not None else ("fixed" if sampling == "slices" else "none")
+
+
+def resampling_for(data, model, multiple: Optional[int] = None) -> Resampling:
+    """The :class:`Resampling` of a config's ``data`` and ``model`` sections (``multiple``: default
+    ``2**model.depth``; 1 for the training cache, which is cropped to samples, not padded)."""
+    mode = resample_mode(data.resample, data.sampling)
+    return Resampling(mode, tuple(model.input_size) if mode == "fixed" else None,
+                      tuple(data.spacing) if mode == "spacing" else None,
+                      2**model.depth if multiple is None else multiple)
+
+
 def add_context(slices, k: int):
     """2.5D input: ``(Z, H, W, C)`` -> ``(Z, H, W, C * (2k + 1))``.
 

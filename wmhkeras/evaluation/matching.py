@@ -30,6 +30,8 @@ TRUTH_TAGS = ("wmh", "GOLD_STANDARD", "labels", "label", "truth", "seg", "mask")
 PRED_TAGS = ("wmh_mask", "mask", "prediction", "pred", "seg")
 #: Tags of image files found beside labels: FLAIR is shown in the QC montage, T1 is skipped.
 IMAGE_TAGS = ("FLAIR", "T1")
+#: Maps written beside the masks by ``wmhkeras segment`` (probability, TTA uncertainty): never predictions.
+MAP_TAGS = ("_wmh_prob", "_wmh_uncertainty")
 #: Column of a prediction manifest CSV that holds the file (``subject,pred``).
 PRED_COLUMNS = ("pred", "prediction", "mask")
 
@@ -123,7 +125,7 @@ def resolve_predictions(path: str | Path) -> dict[str, Path]:
 
     ``path`` is one of: a NIfTI file; a ``wmhkeras segment`` output folder (its ``*_wmh_mask.nii.gz``
     files, subject = the name before the suffix); another folder (every NIfTI file directly inside except
-    ``*_wmh_prob`` and FLAIR/T1 files, the id without a trailing ``mask``/``pred``/``seg`` tag); or a CSV
+    ``*_wmh_prob``, ``*_wmh_uncertainty`` and FLAIR/T1 files, the id without a trailing ``mask``/``pred``/``seg`` tag); or a CSV
     with the columns ``subject`` and ``pred`` (paths relative to the CSV).
     """
     path = Path(path)
@@ -146,7 +148,7 @@ def resolve_predictions(path: str | Path) -> dict[str, Path]:
         if masks:
             preds = {p.name[: -len(MASK_SUFFIX)]: p.resolve() for p in masks}
         else:
-            files = [p for p in files if not strip_nifti(p.name).endswith("_wmh_prob") and not _has_tag(p, IMAGE_TAGS)]
+            files = [p for p in files if not _has_tag(p, (*MAP_TAGS, *IMAGE_TAGS))]
             preds = {subject_id(p, PRED_TAGS): p.resolve() for p in files}
     if not preds:
         raise InputError(f"{path}: no prediction found (expected <subject>{MASK_SUFFIX} files)")

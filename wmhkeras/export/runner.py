@@ -41,7 +41,7 @@ from wmhkeras.export.report import REPORT_NAME, ArtifactCheck, ExportReport
 from wmhkeras.export.saved_model import SAVED_MODEL_NAME, check_saved_model, signatures, write_saved_model
 from wmhkeras.export.source import ExportSource, RunSubjects, resolve_source, run_subjects
 from wmhkeras.export.tflite import tflite_entries, write_tflite_variants
-from wmhkeras.export.verification import calibration_slices, timed, verification_data
+from wmhkeras.export.verification import VerificationVolume, calibration_slices, timed, verification_data
 from wmhkeras.io.files import StagedFolder, atomic_write_json, staged_folder
 from wmhkeras.io.model_card import MODEL_CARD_NAME, MODEL_CARD_VERSION, ORIENTATION, THRESHOLD, ModelCard
 from wmhkeras.io.provenance import package_versions, utc_now
@@ -141,7 +141,7 @@ def _export_folder(out_dir: Path, force: bool) -> Iterator[StagedFolder]:
 
 
 def _write_artifacts(src: ExportSource, folder: Path, variants: Sequence[str], limits: dict[str, dict[str, float]],
-                     slices: np.ndarray, volume: list[np.ndarray], calibration: np.ndarray | None) -> list[ArtifactCheck]:
+                     slices: np.ndarray, volume: VerificationVolume, calibration: np.ndarray | None) -> list[ArtifactCheck]:
     """The Keras model as the reference, then the SavedModel and each TFLite variant, written and checked."""
     ref, keras_ms = timed(src.segmenter, slices)
     size = src.checkpoint.stat().st_size
@@ -152,6 +152,8 @@ def _write_artifacts(src: ExportSource, folder: Path, variants: Sequence[str], l
     loaded = tf.saved_model.load(str(path))
     checks += check_saved_model(loaded, src, path, slices, ref, volume, limits)
     checks += write_tflite_variants(loaded, folder, variants, calibration, slices, ref, limits)
+    if variants and src.input_size is None:
+        log.info("TFLite files take slices of any height and width (the signature runner resizes per call)")
     return checks
 
 
@@ -162,6 +164,8 @@ def _model_card(src: ExportSource, variants: Sequence[str], subjects: RunSubject
         modalities=tuple(src.modalities),
         normalisation=src.normalisation,
         input_size=src.input_size,
+        resample=src.segmenter.settings["resample"],
+        context_slices=src.context_slices,
         format_version=MODEL_CARD_VERSION,
         created=utc_now(),
         source=src.description,
@@ -169,7 +173,7 @@ def _model_card(src: ExportSource, variants: Sequence[str], subjects: RunSubject
         signatures=signatures(src),
         orientation=ORIENTATION,
         threshold=THRESHOLD,
-        tflite=tflite_entries(variants),
+        tflite=tflite_entries(variants, signatures(src)["serving_default"]["inputs"]["slices"]["shape"]),
         calibration=calibration_desc if "int8" in variants else None,
         training_config=src.config.to_dict() if src.config is not None else None,
         data=_card_data(src, subjects),

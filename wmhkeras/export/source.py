@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from wmhkeras.config import Config, load_config
 from wmhkeras.data.datasets import Subject, load_dataset
@@ -17,6 +17,8 @@ from wmhkeras.io.run_folder import RunFolder, Split
 
 if TYPE_CHECKING:
     import keras
+
+    from wmhkeras.data.preprocessing import Resampling
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,21 @@ class ExportSource:
         return self.segmenter.normalisation
 
     @property
-    def input_size(self) -> tuple[int, int]:
-        return tuple(self.segmenter.input_size)
+    def input_size(self) -> Optional[tuple[int, int]]:
+        """The model's slice size in ``fixed`` resampling; ``None`` for a model that takes any size."""
+        return self.segmenter.input_size
+
+    @property
+    def resampling(self) -> Resampling:
+        return self.segmenter.resampling
+
+    @property
+    def context_slices(self) -> int:
+        return self.segmenter.context_slices
 
     @property
     def channels(self) -> int:
+        """Input channels of the network: each modality at ``2 * context_slices + 1`` slices."""
         return self.segmenter.channels
 
     @property

@@ -1,4 +1,10 @@
-"""TFLite variants, converted from the reloaded SavedModel (the artifact itself, not the Keras model) and checked."""
+"""TFLite variants, converted from the reloaded SavedModel (the artifact itself, not the Keras model) and checked.
+
+The ``serving_default`` signature keeps the SavedModel's input shape: for a model that takes slices of any
+size (``spacing`` and ``none`` resampling) height and width stay dynamic (``shape_signature``
+``[-1, -1, -1, C]``); every variant, int8 included, converts so, and LiteRT's signature runner resizes the
+input on each call (checked in ``tests/export/test_modes.py`` on two slice sizes).
+"""
 
 from __future__ import annotations
 
@@ -56,7 +62,9 @@ def write_tflite_variants(loaded, folder: Path, variants: Sequence[str], calibra
     return checks
 
 
-def tflite_entries(variants: Sequence[str]) -> dict:
-    """The TFLite files as the model card describes them."""
-    return {v: {"path": tflite_name(v), "signature": "serving_default", "input_dtype": "float32",
-                "output_dtype": "float32", "quantisation": TFLITE_DESCRIPTIONS[v]} for v in variants}
+def tflite_entries(variants: Sequence[str], input_shape: Sequence) -> dict:
+    """The TFLite files as the model card describes them; ``input_shape`` of ``slices`` (``None``: any
+    size, which LiteRT's signature runner takes by resizing the input tensor on each call)."""
+    return {v: {"path": tflite_name(v), "signature": "serving_default", "input_shape": list(input_shape),
+                "input_dtype": "float32", "output_dtype": "float32", "quantisation": TFLITE_DESCRIPTIONS[v]}
+            for v in variants}

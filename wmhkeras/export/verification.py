@@ -3,6 +3,10 @@
 Verification slices come from subjects the model never trained on (a run's validation and hold-out
 subjects) when there are any; calibration slices from its training subjects, or from what the caller
 passes. TensorFlow is only touched through the :class:`~wmhkeras.inference.loaders.Segmenter`.
+
+A model that takes slices of any size (``spacing`` and ``none`` resampling) gives slices of different
+sizes for different subjects; they are zero-padded, centred, to the largest of them (the padding the
+resampling itself adds), so that one array holds them all.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +39,22 @@ MAX_SUBJECTS = 8
 SYNTHETIC_SEED = 0
 
 
+@dataclass(frozen=True)
+class VerificationVolume:
+    """The raw canonical ``[X, Y, Z]`` channels of one subject (FLAIR first) and its voxel size in mm."""
+
+    channels: list[np.ndarray]
+    voxel_size: tuple[float, float, float]
+
+
 # === Data ===
 
 
-def _subject_slices(subject: Subject, src: ExportSource) -> tuple[np.ndarray, list[np.ndarray]]:
+def _subject_slices(subject: Subject, src: ExportSource) -> tuple[np.ndarray, VerificationVolume]:
     """Preprocessed slices ``[Z, H, W, C]`` of one subject, and its raw RAS channels ``[X, Y, Z]``."""
     images, _ = check_subject(subject, src.modalities)
-    channels = [im.data for im in images]
-    return src.segmenter.preprocess(channels).numpy(), channels
+    volume = VerificationVolume([im.data for im in images], images[0].spacing)
+    return src.segmenter.preprocess(volume.channels, volume.voxel_size).numpy(), volume
 
 
 def _evenly(items: Sequence, n: int) -> list:
@@ -50,8 +63,15 @@ def _evenly(items: Sequence, n: int) -> list:
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
 
 
+def _pad_to(stack: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Zero-pad slices ``(N, h, w, C)`` to ``(N, height, width, C)``, centred as the resampling pads."""
+    dh, dw = height - stack.shape[1], width - stack.shape[2]
+    return np.pad(stack, [(0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2), (0, 0)])
+
+
 def _pick_slices(stacks: list[np.ndarray], n: int) -> np.ndarray:
-    allslices = np.concatenate(stacks, axis=0)
+    height, width = max(s.shape[1] for s in stacks), max(s.shape[2] for s in stacks)
+    allslices = np.concatenate([_pad_to(s, height, width) for s in stacks], axis=0)
     return allslices[np.asarray(_evenly(range(len(allslices)), n), dtype=int)]
 
 
@@ -72,7 +92,6 @@ def calibration_slices(calibration_data, src: ExportSource,
     Raises:
         InputError: a missing ``.npy`` file, or slices of the wrong shape.
     """
-    h, w = src.input_size
     if calibration_data is None:
         if subjects is None or not subjects["train"]:
             return None, "no calibration data: export a run folder with its data, or pass --calibration DATA"
@@ -85,20 +104,33 @@ def calibration_slices(calibration_data, src: ExportSource,
         return _dataset_slices(load_dataset(calibration_data), src, str(calibration_data))
     else:
         arr, desc = np.asarray(calibration_data), {"source": "array passed in"}
-    if arr.ndim != 4 or arr.shape[1:] != (h, w, src.channels) or len(arr) == 0:
-        raise InputError(f"calibration data: slices of shape {arr.shape}; expected preprocessed slices "
-                         f"(N, {h}, {w}, {src.channels}) with N >= 1")
+    _check_slices(arr, src)
     return _pick_slices([arr.astype(np.float32)], MAX_CALIBRATION_SLICES), desc
 
 
-def _synthetic_channels(src: ExportSource) -> list[np.ndarray]:
-    flair, t1, _, _ = make_subject(SYNTHETIC_SEED, SITE_PRESETS[0], lesion_fraction=(0.005, 0.01))
-    return [flair, t1][: src.channels]
+def _check_slices(arr: np.ndarray, src: ExportSource) -> None:
+    """Preprocessed slices for the model: ``(N, H, W, C)``, ``H, W`` the input size or multiples of ``2**depth``."""
+    m = src.resampling.multiple
+    h, w = src.input_size or ("H", "W")
+    if src.input_size is not None:
+        ok = arr.ndim == 4 and arr.shape[1:] == (h, w, src.channels)
+    else:
+        ok = arr.ndim == 4 and arr.shape[3] == src.channels and arr.shape[1] % m == 0 and arr.shape[2] % m == 0
+    if not ok or len(arr) == 0:
+        sizes = "" if src.input_size is not None else f", H and W multiples of {m}"
+        raise InputError(f"calibration data: slices of shape {arr.shape}; expected preprocessed slices "
+                         f"(N, {h}, {w}, {src.channels}) with N >= 1{sizes}")
+
+
+def _synthetic_volume(src: ExportSource) -> VerificationVolume:
+    flair, t1, _, affine = make_subject(SYNTHETIC_SEED, SITE_PRESETS[0], lesion_fraction=(0.005, 0.01))
+    voxel_size = tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+    return VerificationVolume([flair, t1][: len(src.modalities)], voxel_size)
 
 
 def verification_data(src: ExportSource, subjects: RunSubjects | None,
-                      calibration: np.ndarray | None) -> tuple[np.ndarray, list[np.ndarray], dict]:
-    """``(slices [N, H, W, C], volume channels, description)``: what every artifact is checked on.
+                      calibration: np.ndarray | None) -> tuple[np.ndarray, VerificationVolume, dict]:
+    """``(slices [N, H, W, C], volume, description)``: what every artifact is checked on.
 
     A run folder: its validation and hold-out subjects (never trained on). Otherwise the calibration slices
     when given (not held back: the check then shows fidelity on the calibration inputs) or a synthetic
@@ -112,13 +144,13 @@ def verification_data(src: ExportSource, subjects: RunSubjects | None,
         slices = _pick_slices([sl for sl, _ in loaded], MAX_VERIFY_SLICES)
         return slices, loaded[0][1], {"source": "held-out and validation subjects of the run's split",
                                       "subjects": [s.subject for s in picked], "slices": len(slices)}
-    channels = _synthetic_channels(src)
+    volume = _synthetic_volume(src)
     if calibration is not None:
         slices = _pick_slices([calibration], MAX_VERIFY_SLICES)
-        return slices, channels, {"source": "the calibration slices (not held back); volume check on a "
-                                  "synthetic subject", "slices": len(slices)}
-    slices = _pick_slices([src.segmenter.preprocess(channels).numpy()], MAX_VERIFY_SLICES)
-    return slices, channels, {"source": f"a synthetic subject (wmhkeras.data.synth, seed {SYNTHETIC_SEED})",
+        return slices, volume, {"source": "the calibration slices (not held back); volume check on a "
+                                "synthetic subject", "slices": len(slices)}
+    slices = _pick_slices([src.segmenter.preprocess(volume.channels, volume.voxel_size).numpy()], MAX_VERIFY_SLICES)
+    return slices, volume, {"source": f"a synthetic subject (wmhkeras.data.synth, seed {SYNTHETIC_SEED})",
                               "slices": len(slices)}
 
 

@@ -30,7 +30,7 @@ class SegmentInput:
 def _flat_folder(folder: Path) -> list[SegmentInput]:
     """The NIfTI files directly in ``folder`` (rule: see :func:`resolve_inputs`)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
-    files = [p for p in files if not re.search(r"_wmh_(prob|mask)$", strip_nifti(p.name))]
+    files = [p for p in files if not re.search(r"_wmh_(prob|mask|uncertainty)$", strip_nifti(p.name))]
     flairs = [p for p in files if re.search(r"flair$", strip_nifti(p.name), flags=re.IGNORECASE)]
     if not flairs:
         return [SegmentInput(subject_id(p), p.resolve()) for p in files]
@@ -91,9 +91,9 @@ def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
     - a FLAIR file ``*.nii``/``*.nii.gz``; its subject id is :func:`~wmhkeras.io.naming.subject_id` of it;
     - a manifest CSV (``subject,site,flair,t1,label``, optionally a ``brain_mask`` column);
     - a folder: its ``manifest.csv`` if there is one; else the NIfTI files directly inside it, where our
-      outputs (``*_wmh_prob``, ``*_wmh_mask``) are skipped and, if some names end with ``FLAIR``, only
-      those are FLAIR images and the file with ``FLAIR`` replaced by ``T1`` is the T1; else every file
-      is a FLAIR image; else the MICCAI 2017 layout (``<site>/<subject>/pre/FLAIR.nii.gz``).
+      outputs (``*_wmh_prob``, ``*_wmh_mask``, ``*_wmh_uncertainty``) are skipped and, if some names end
+      with ``FLAIR``, only those are FLAIR images and the file with ``FLAIR`` replaced by ``T1`` is the
+      T1; else every file is a FLAIR image; else the MICCAI 2017 layout (``<site>/<subject>/pre/FLAIR.nii.gz``).
 
     ``t1`` and ``brain_mask``: one file per input, in the inputs' order; only with FLAIR files given
     one by one (manifests carry their own columns).

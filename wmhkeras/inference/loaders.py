@@ -12,14 +12,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
-from wmhkeras.data.preprocessing import preprocess_volume
+from wmhkeras.data.preprocessing import Resampling, preprocess_volume, restore_volume
 from wmhkeras.errors import ConfigError, InputError
-from wmhkeras.inference.sources import ModelSpec, inspect_model
-from wmhkeras.io.model_card import modalities_for
+from wmhkeras.inference.sources import ModelSpec, inspect_model, modalities_of
 
 log = logging.getLogger(__name__)
 
@@ -31,28 +30,67 @@ class Segmenter:
     ``segmenter(slices)`` maps preprocessed float32 slices ``(batch, H, W, C)`` (see :meth:`preprocess`)
     to probabilities ``(batch, H, W, 1)``. ``predict_fn`` is the raw callable (TensorFlow tensors in
     and out); tests and the export may build a Segmenter around any such function.
+    ``resampling`` (default: ``fixed`` at ``input_size``) maps a volume's slices to the model's grid and
+    back; ``context_slices`` is the ``k`` of the 2.5D input (``C = len(modalities) * (2k + 1)``).
+    ``input_size`` is the model's slice size in ``fixed`` mode and ``None`` otherwise.
     """
 
     predict_fn: Callable
     modalities: tuple[str, ...]
     normalisation: str
-    input_size: tuple[int, int]
+    input_size: Optional[tuple[int, int]] = None
     source: str = ""
     #: The Keras model or loaded SavedModel, kept so that its variables stay alive.
     model: Any = None
+    resampling: Optional[Resampling] = None
+    context_slices: int = 0
+
+    def __post_init__(self):
+        if self.resampling is None:
+            if self.input_size is None:
+                raise ConfigError("a Segmenter needs an input_size or a resampling")
+            self.resampling = Resampling("fixed", tuple(self.input_size))
+        self.input_size = self.resampling.input_size if self.resampling.mode == "fixed" else None
 
     @property
     def channels(self) -> int:
-        return len(self.modalities)
+        """Input channels of the model: each modality at ``2 * context_slices + 1`` slices."""
+        return len(self.modalities) * (2 * self.context_slices + 1)
+
+    @property
+    def settings(self) -> dict:
+        """The preprocessing as ``segment.json`` and the model card record it."""
+        r = self.resampling
+        return {"modalities": list(self.modalities), "normalisation": self.normalisation,
+                "input_size": None if self.input_size is None else list(self.input_size),
+                "resample": {"mode": r.mode, "spacing": None if r.spacing is None else list(r.spacing),
+                             "multiple": r.multiple},
+                "context_slices": self.context_slices}
 
     def __call__(self, slices) -> np.ndarray:
         return np.asarray(self.predict_fn(slices), dtype=np.float32)
 
-    def preprocess(self, images: Sequence[np.ndarray]):
-        """One ``[X, Y, Z]`` array per modality (in :attr:`modalities` order) -> slices ``(Z, H, W, C)``."""
-        if len(images) != self.channels:
-            raise InputError(f"the model takes {self.channels} modalities ({', '.join(self.modalities)}), got {len(images)}")
-        return preprocess_volume(images, self.input_size, self.normalisation)
+    def preprocess(self, images: Sequence[np.ndarray], voxel_size: Optional[Sequence[float]] = None):
+        """One ``[X, Y, Z]`` array per modality (in :attr:`modalities` order) -> slices ``(Z, H, W, C)``.
+
+        ``voxel_size``: the volume's voxel size in mm along the canonical axes (``Volume.spacing``);
+        needed in ``spacing`` mode only.
+        """
+        if len(images) != len(self.modalities):
+            raise InputError(f"the model takes {len(self.modalities)} modalities ({', '.join(self.modalities)}), "
+                             f"got {len(images)}")
+        self._check_voxel_size(voxel_size)
+        return preprocess_volume(images, method=self.normalisation, resampling=self.resampling,
+                                 voxel_size=voxel_size, context=self.context_slices)
+
+    def restore(self, probabilities, volume_shape: Sequence[int], voxel_size: Optional[Sequence[float]] = None):
+        """Model outputs ``(Z, H, W, 1)`` -> probabilities ``[X, Y, Z]`` on the volume's grid (a tensor)."""
+        self._check_voxel_size(voxel_size)
+        return restore_volume(probabilities, volume_shape, resampling=self.resampling, voxel_size=voxel_size)
+
+    def _check_voxel_size(self, voxel_size) -> None:
+        if self.resampling.mode == "spacing" and voxel_size is None:
+            raise InputError(f"{self.source or 'the model'}: resample 'spacing' needs the volume's voxel size in mm")
 
 
 def _keras_predict_fn(model, input_shape):
@@ -74,6 +112,19 @@ def tflite_predict_fn(path: Path):
     return lambda x: runner(slices=x)["probabilities"]
 
 
+def _keras_resampling(spec: ModelSpec, model, in_shape: tuple) -> Resampling:
+    """The source's resampling, checked against the loaded model; for a bare file found only now."""
+    free = in_shape[1:3] == (None, None)
+    if spec.resampling is None:  # the file's config did not tell (e.g. a nested model)
+        from wmhkeras.models.unet import model_depth
+
+        return Resampling("none", multiple=2 ** model_depth(model)) if free else Resampling("fixed", in_shape[1:3])
+    if not free and (spec.resampling.mode != "fixed" or spec.resampling.input_size != tuple(in_shape[1:3])):
+        raise ConfigError(f"{spec.path}: the model takes {in_shape[1:]} inputs, the recorded settings say resample "
+                          f"{spec.resampling.mode!r} at input_size {list(spec.resampling.input_size or ())}")
+    return spec.resampling
+
+
 def _load_keras(spec: ModelSpec) -> Segmenter:
     import keras
 
@@ -87,14 +138,17 @@ def _load_keras(spec: ModelSpec) -> Segmenter:
     if isinstance(getattr(model, "generator", None), keras.Model):
         model = model.generator
     in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
-    if len(in_shape) != 4 or None in in_shape[1:] or out_shape[1:] != (*in_shape[1:3], 1):
+    if (len(in_shape) != 4 or not isinstance(in_shape[3], int) or sum(s is None for s in in_shape[1:3]) == 1
+            or out_shape[1:] != (*in_shape[1:3], 1)):
         raise InputError(f"{spec.path}: expected a model (batch, H, W, C) -> (batch, H, W, 1), got {in_shape} -> {out_shape}")
-    modalities = spec.modalities or modalities_for(in_shape[3], spec.path)
-    if len(modalities) != in_shape[3] or (spec.input_size and tuple(spec.input_size) != in_shape[1:3]):
-        raise ConfigError(f"{spec.path}: the model takes {in_shape[1:]} inputs, the recorded settings say "
-                          f"input_size {list(spec.input_size or ())} with modalities {list(modalities)}")
+    k = spec.context_slices
+    modalities = spec.modalities or modalities_of(in_shape[3], k, spec.path)
+    if len(modalities) * (2 * k + 1) != in_shape[3]:
+        raise ConfigError(f"{spec.path}: the model takes {in_shape[3]} channels, the recorded settings say "
+                          f"modalities {list(modalities)} with context_slices {k}")
+    resampling = _keras_resampling(spec, model, in_shape)
     return Segmenter(_keras_predict_fn(model, in_shape[1:]), tuple(modalities), spec.normalisation,
-                     tuple(in_shape[1:3]), str(spec.source), model)
+                     None, str(spec.source), model, resampling, k)
 
 
 def _load_tflite(spec: ModelSpec) -> Segmenter:
@@ -105,7 +159,7 @@ def _load_tflite(spec: ModelSpec) -> Segmenter:
     except Exception as exc:
         raise InputError(f"{spec.path}: cannot load the TFLite model ({exc.__class__.__name__}: {exc})") from None
     return Segmenter(lambda x: predict(np.asarray(x, np.float32)), spec.modalities, spec.normalisation,
-                     tuple(spec.input_size), str(spec.source))
+                     spec.input_size, str(spec.source), None, spec.resampling, spec.context_slices)
 
 
 def _load_saved_model(spec: ModelSpec) -> Segmenter:
@@ -122,15 +176,19 @@ def _load_saved_model(spec: ModelSpec) -> Segmenter:
     if len(inputs) != 1:
         raise InputError(f"{spec.path}: serving_default must take one input, takes {sorted(inputs)}")
     (name, tensor_spec), = inputs.items()
-    expected = (*spec.input_size, len(spec.modalities))
-    if not tf.TensorShape(tensor_spec.shape[1:]).is_compatible_with(expected):
-        raise InputError(f"{spec.path}: serving_default takes {tensor_spec.shape}, the model card says {expected}")
+    channels = len(spec.modalities) * (2 * spec.context_slices + 1)
+    expected = (*(spec.input_size or (None, None)), channels)
+    shape = tf.TensorShape(tensor_spec.shape[1:])
+    if not shape.is_compatible_with(expected) or spec.input_size is None and shape.as_list()[:2] != [None, None]:
+        raise InputError(f"{spec.path}: serving_default takes {tensor_spec.shape}, the model card says "
+                         f"{list(expected)} (None: any size)")
 
     def predict(x):
         (out,) = fn(**{name: tf.convert_to_tensor(x, tf.float32)}).values()
         return out
 
-    return Segmenter(predict, spec.modalities, spec.normalisation, tuple(spec.input_size), str(spec.source), loaded)
+    return Segmenter(predict, spec.modalities, spec.normalisation, spec.input_size, str(spec.source), loaded,
+                     spec.resampling, spec.context_slices)
 
 
 def load_segmenter(path: str | Path | ModelSpec) -> Segmenter:
@@ -142,6 +200,9 @@ def load_segmenter(path: str | Path | ModelSpec) -> Segmenter:
     spec = path if isinstance(path, ModelSpec) else inspect_model(path)
     loaders = {"saved_model": _load_saved_model, "tflite": _load_tflite}
     segmenter = loaders.get(spec.format, _load_keras)(spec)
-    log.info("loaded %s model %s: modalities %s, normalisation %s, input %s", spec.format, spec.path,
-             ",".join(segmenter.modalities), segmenter.normalisation, "x".join(map(str, segmenter.input_size)))
+    r = segmenter.resampling
+    log.info("loaded %s model %s: modalities %s, normalisation %s, resample %s (%s), context %d", spec.format,
+             spec.path, ",".join(segmenter.modalities), segmenter.normalisation, r.mode,
+             "x".join(map(str, r.input_size or r.spacing or ())) or f"multiple of {r.multiple}",
+             segmenter.context_slices)
     return segmenter

@@ -1,7 +1,9 @@
 """Whole-volume WMH segmentation of many subjects: the library behind ``wmhkeras segment``.
 
-Per subject: :func:`~wmhkeras.inference.predictor.predict_volume` -> a float32 probability map and
-:func:`~wmhkeras.inference.predictor.lesion_mask` -> a uint8 mask, both written with
+Per subject: :func:`~wmhkeras.inference.predictor.predict_maps` -> a float32 probability map (and, with
+flip test-time augmentation, the disagreement map), zeroed outside the brain when a brain mask or
+threshold is given (:func:`~wmhkeras.inference.predictor.brain_region`), and
+:func:`~wmhkeras.inference.predictor.lesion_mask` -> a uint8 mask, all written with
 :func:`~wmhkeras.io.save_like` on the input's exact grid (shape, voxel order, affine, qform/sform codes),
 plus a per-lesion CSV; across subjects one ``summary.csv`` and the run record ``segment.json``.
 
@@ -31,11 +33,11 @@ from wmhkeras.errors import ConfigError, InputError, WmhError
 from wmhkeras.evaluation.metrics import lesion_table
 from wmhkeras.inference.inputs import SegmentInput, load_subject, resolve_inputs
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
-from wmhkeras.inference.predictor import lesion_mask, predict_volume
+from wmhkeras.inference.predictor import brain_region, lesion_mask, predict_maps
 from wmhkeras.inference.sources import ModelSpec, inspect_model
 from wmhkeras.io import save_like
 from wmhkeras.io.files import atomic_write_csv, atomic_write_json
-from wmhkeras.io.naming import LESIONS_SUFFIX, MASK_SUFFIX, PROB_SUFFIX, SUMMARY_NAME
+from wmhkeras.io.naming import LESIONS_SUFFIX, MASK_SUFFIX, PROB_SUFFIX, SUMMARY_NAME, UNCERTAINTY_SUFFIX
 from wmhkeras.io.provenance import package_versions, utc_now
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,9 @@ class SegmentSettings:
     min_lesion_mm3: float = 0.0
     tta_flip: bool = False
     batch_size: int = 8
+    min_lesion_voxels: int = 0
+    uncertainty: bool = False
+    brain_threshold: Optional[float] = None
 
     def check(self) -> None:
         """Raises ConfigError naming the option (and its command-line flag) that is out of range."""
@@ -61,6 +66,17 @@ class SegmentSettings:
             raise ConfigError(f"threshold (--threshold): {self.threshold!r} is not allowed; use a value in (0, 1]")
         if not self.min_lesion_mm3 >= 0.0:
             raise ConfigError(f"min_lesion_mm3 (--min-lesion-mm3): {self.min_lesion_mm3!r} is not allowed; use 0 or more")
+        if isinstance(self.min_lesion_voxels, bool) or not isinstance(self.min_lesion_voxels, int) or self.min_lesion_voxels < 0:
+            raise ConfigError(f"min_lesion_voxels (--min-lesion-voxels): {self.min_lesion_voxels!r} is not allowed; "
+                              "use an integer >= 0")
+        if self.min_lesion_mm3 > 0 and self.min_lesion_voxels > 0:
+            raise ConfigError("--min-lesion-mm3 and --min-lesion-voxels both set the minimum lesion size; give one")
+        if self.brain_threshold is not None and not 0.0 <= self.brain_threshold <= 1.0:
+            raise ConfigError(f"brain_threshold (--brain-threshold): {self.brain_threshold!r} is not allowed; "
+                              "use a value in [0, 1] (a fraction of the FLAIR's maximum)")
+        if self.uncertainty and not self.tta_flip:
+            raise ConfigError("uncertainty (--uncertainty) is the flip test-time augmentation's disagreement; "
+                              "it needs tta_flip (--tta)")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(f"batch_size (--batch-size): {self.batch_size!r} is not allowed; use an integer >= 1")
 
@@ -148,25 +164,36 @@ def _load_checked(spec: ModelSpec, items: Sequence[SegmentInput], failures: dict
 # === Writing ===
 
 
-def _output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
-    return {
+def _output_paths(out_dir: Path, subject: str, uncertainty: bool = True) -> dict[str, Path]:
+    paths = {
         "prob": out_dir / f"{subject}{PROB_SUFFIX}",
         "mask": out_dir / f"{subject}{MASK_SUFFIX}",
         "lesions": out_dir / f"{subject}{LESIONS_SUFFIX}",
     }
+    if uncertainty:
+        paths["uncertainty"] = out_dir / f"{subject}{UNCERTAINTY_SUFFIX}"
+    return paths
 
 
 def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settings: SegmentSettings) -> SubjectResult:
-    """Segment one subject and write its three files."""
+    """Segment one subject and write its files (three, four with the uncertainty map)."""
     start = time.perf_counter()
     images, brain = load_subject(item, segmenter.modalities)
     flair = images[0]
-    prob = predict_volume(segmenter, [v.data for v in images], settings.batch_size, settings.tta_flip)
-    mask = lesion_mask(prob, settings.threshold, settings.min_lesion_mm3, flair.voxel_volume_ml * 1000.0)
+    prob, disagreement = predict_maps(segmenter, [v.data for v in images], settings.batch_size, settings.tta_flip,
+                                      flair.spacing)
+    region = brain_region(flair.data, None if brain is None else brain.data, settings.brain_threshold)
+    if region is not None:
+        prob = np.where(region, prob, np.float32(0))
+        disagreement = None if disagreement is None else np.where(region, disagreement, np.float32(0))
+    mask = lesion_mask(prob, settings.threshold, settings.min_lesion_mm3, flair.voxel_volume_ml * 1000.0,
+                       settings.min_lesion_voxels)
     lesions = lesion_table(mask, flair.affine)
-    paths = _output_paths(out_dir, item.subject)
+    paths = _output_paths(out_dir, item.subject, settings.uncertainty)
     save_like(prob, flair, paths["prob"], np.float32)
     save_like(mask, flair, paths["mask"], np.uint8)
+    if settings.uncertainty:
+        save_like(disagreement, flair, paths["uncertainty"], np.float32)
     atomic_write_csv(paths["lesions"], lesions, columns=LESION_COLUMNS)
     return SubjectResult(
         item.subject,
@@ -228,19 +255,29 @@ def _segment_all(segmenter: Optional[Segmenter], items: Sequence[SegmentInput], 
     return results
 
 
-def _write_record(path: Path, spec: Optional[ModelSpec], segmenter: Optional[Segmenter],
-                  modalities: Optional[Sequence[str]], settings: SegmentSettings, results: list[SubjectResult]) -> Path:
-    """``segment.json``: the model (as loaded, else as inspected), the settings, the outcome and the versions."""
+def _model_record(spec: Optional[ModelSpec], segmenter: Optional[Segmenter],
+                  modalities: Optional[Sequence[str]]) -> dict:
+    """The model as loaded (else as inspected): source, format and preprocessing."""
+    record = {"source": str(spec.source) if spec else segmenter.source if segmenter else "",
+              "format": spec.format if spec else "segmenter"}
+    if segmenter is not None:
+        return {**record, **segmenter.settings}
+    r = spec.resampling
+    return {**record, "modalities": list(modalities or ()), "normalisation": spec.normalisation,
+            "input_size": None if spec.input_size is None else list(spec.input_size),
+            "resample": None if r is None else {"mode": r.mode, "spacing": None if r.spacing is None else list(r.spacing),
+                                                "multiple": r.multiple},
+            "context_slices": spec.context_slices}
+
+
+def _write_record(path: Path, model: dict, settings: SegmentSettings, items: Sequence[SegmentInput],
+                  results: list[SubjectResult]) -> Path:
+    """``segment.json``: the model, the settings (every option), brain masks, the outcome and the versions."""
     return atomic_write_json(path, {
         "created": utc_now(),
-        "model": {
-            "source": str(spec.source) if spec else segmenter.source if segmenter else "",
-            "format": spec.format if spec else "segmenter",
-            "modalities": list(segmenter.modalities if segmenter else modalities or ()),
-            "normalisation": segmenter.normalisation if segmenter else spec.normalisation,
-            "input_size": list(segmenter.input_size if segmenter else spec.input_size or ()),
-        },
+        "model": model,
         "settings": asdict(settings),
+        "brain_masks": {i.subject: str(i.brain_mask) for i in items if i.brain_mask is not None},
         "subjects": {"total": len(results), "ok": sum(r.ok for r in results), "failed": sum(not r.ok for r in results)},
         "summary": SUMMARY_NAME,
         "versions": package_versions(),
@@ -261,6 +298,10 @@ def segment(
     brain_mask: Sequence[str | Path] | str | Path | None = None,
     t1: Sequence[str | Path] | str | Path | None = None,
     progress: Callable[..., Iterable] | None = None,
+    *,
+    min_lesion_voxels: int = 0,
+    uncertainty: bool = False,
+    brain_threshold: Optional[float] = None,
 ) -> SegmentResult:
     """Segment every subject of ``inputs`` and write its outputs into ``out_dir``.
 
@@ -269,25 +310,28 @@ def segment(
             (:func:`~wmhkeras.inference.sources.inspect_model`) or a loaded :class:`Segmenter`.
         inputs: FLAIR files, folders or manifest CSVs (rules: :func:`~wmhkeras.inference.inputs.resolve_inputs`).
         threshold: probability at and above which a voxel is lesion, in (0, 1].
-        min_lesion_mm3: 26-connected lesions smaller than this (mm^3) are removed from the mask.
+        min_lesion_mm3, min_lesion_voxels: 26-connected lesions smaller than this volume (mm^3) or voxel
+            count are removed from the mask (one of the two).
         tta_flip: average with the prediction on left-right mirrored slices.
         batch_size: slices per model call.
-        brain_mask, t1: one file per FLAIR file given one by one (or a single path).
+        brain_mask, t1: one file per FLAIR file given one by one (or a single path). Predictions outside
+            the brain mask (voxels <= 0.5) are zeroed and the brain volume is reported.
         progress: wraps the loop over subjects, called as ``progress(iterable, total=n)`` (e.g. ``tqdm``).
+        uncertainty: also write the flip disagreement ``|p - p_flipped|`` (implies ``tta_flip``).
+        brain_threshold: zero predictions where the max-normalised FLAIR is below this fraction.
 
-    Writes, per subject ``s``: ``s_wmh_prob.nii.gz`` (float32), ``s_wmh_mask.nii.gz`` (uint8), on the
-    FLAIR's exact grid, and ``s_lesions.csv``; across subjects ``summary.csv`` (rewritten after every
-    subject) and ``segment.json`` (model, settings, versions). A failed subject has no outputs
-    (stale ones of the same name are removed) and a ``failed`` row with the error in ``summary.csv``.
-
-    Returns:
-        a :class:`SegmentResult`; ``result.n_failed`` subjects failed.
+    Writes, per subject ``s``: ``s_wmh_prob.nii.gz`` (float32), ``s_wmh_mask.nii.gz`` (uint8), with
+    ``uncertainty`` ``s_wmh_uncertainty.nii.gz`` (float32), on the FLAIR's exact grid, and
+    ``s_lesions.csv``; across subjects ``summary.csv`` (rewritten after every subject) and ``segment.json``
+    (model, settings, versions). A failed subject has no outputs (stale ones of the same name are
+    removed) and a ``failed`` row with the error in ``summary.csv``.
 
     Raises:
         InputError / ConfigError: before anything is read or written - a bad model source, inputs that
             do not exist or do not pair, a model that needs T1 for a subject without one, bad options.
     """
-    settings = SegmentSettings(threshold, min_lesion_mm3, tta_flip, batch_size)
+    settings = SegmentSettings(threshold, min_lesion_mm3, tta_flip or uncertainty, batch_size, min_lesion_voxels,
+                               uncertainty, brain_threshold)
     settings.check()
     spec = None if isinstance(model, Segmenter) else inspect_model(model)
     items = resolve_inputs(inputs, _as_list(t1), _as_list(brain_mask))
@@ -299,5 +343,6 @@ def segment(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = _segment_all(segmenter, items, failures, out_dir, settings, progress)
-    record_json = _write_record(out_dir / RUN_RECORD_NAME, spec, segmenter, modalities, settings, results)
+    record = _model_record(spec, segmenter, modalities)
+    record_json = _write_record(out_dir / RUN_RECORD_NAME, record, settings, items, results)
     return SegmentResult(out_dir, results, out_dir / SUMMARY_NAME, record_json)

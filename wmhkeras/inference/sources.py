@@ -2,23 +2,27 @@
 
 A model source is a ``.keras`` file, a training run folder (its ``checkpoints/best.keras`` or
 ``last.keras`` and its ``config.yaml``), an exported SavedModel folder or an export's ``.tflite`` file
-(both with the export's ``model_card.json``). :func:`inspect_model` reads the modalities, normalisation
-and input size of each, so that a wrong source costs nothing before the model is loaded
-(:func:`wmhkeras.inference.loaders.load_segmenter`).
+(both with the export's ``model_card.json``). :func:`inspect_model` reads the modalities, normalisation,
+resampling (:class:`~wmhkeras.data.preprocessing.Resampling`) and 2.5D context of each, so that a wrong
+source costs nothing before the model is loaded (:func:`wmhkeras.inference.loaders.load_segmenter`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from wmhkeras.config import load_config
+from wmhkeras.data.preprocessing import Resampling, resampling_for
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.io.model_card import MODEL_CARD_NAME, ModelCard, modalities_for
 from wmhkeras.io.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
 
 _EXPECTED = "expected a .keras file, a run folder, a SavedModel folder or a .tflite file"
 
@@ -29,7 +33,10 @@ class ModelSpec:
 
     ``format``: ``keras`` (a ``.keras`` file), ``run`` (a training run folder), ``saved_model`` or
     ``tflite``. ``path``: the ``.keras``, SavedModel folder or ``.tflite`` file that is loaded.
-    ``modalities`` and ``input_size`` are ``None`` when only loading the model can tell.
+    ``input_size``: the model's fixed slice size, ``None`` for a model that takes any size.
+    ``resampling``: how slices reach the model's grid; ``context_slices``: ``k`` of the 2.5D input (the
+    model takes ``len(modalities) * (2k + 1)`` channels). ``modalities`` and ``resampling`` are ``None``
+    when only loading the model can tell.
     """
 
     source: Path
@@ -38,29 +45,43 @@ class ModelSpec:
     modalities: Optional[tuple[str, ...]]
     normalisation: str
     input_size: Optional[tuple[int, int]]
+    resampling: Optional[Resampling] = None
+    context_slices: int = 0
 
 
-def _keras_input_shape(path: Path) -> Optional[tuple[int, ...]]:
-    """``(height, width, channels)`` from the ``config.json`` inside a ``.keras`` zip, without Keras.
+@dataclass(frozen=True)
+class KerasInfo:
+    """What a ``.keras`` file's ``config.json`` tells: ``shape`` ``(height, width, channels)`` of its one
+    input (height and width ``None`` for a model that takes any size; ``None`` when the config does not
+    name exactly one input) and ``depth``, its number of ``MaxPooling2D`` layers."""
 
-    Returns None when the config does not name exactly one input shape (e.g. a nested model); the
-    model is then checked after loading.
-    """
+    shape: Optional[tuple[Optional[int], Optional[int], int]]
+    depth: int
+
+    @property
+    def free(self) -> bool:
+        return self.shape is not None and self.shape[:2] == (None, None)
+
+
+def keras_info(path: Path) -> KerasInfo:
+    """Read a ``.keras`` zip's ``config.json`` without Keras (see :class:`KerasInfo`)."""
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
     except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .keras model file ({exc.__class__.__name__}: {exc})") from None
 
-    shapes = set()
+    shapes, pools = set(), [0]
 
     def walk(node) -> None:
         if isinstance(node, dict):
+            cfg = node.get("config") or {}
             if node.get("class_name") == "InputLayer":
-                cfg = node.get("config") or {}
                 shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
                 if shape:
                     shapes.add(tuple(shape[1:]))
+            elif node.get("class_name") == "MaxPooling2D":
+                pools[0] += 1
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -68,17 +89,26 @@ def _keras_input_shape(path: Path) -> Optional[tuple[int, ...]]:
                 walk(value)
 
     walk(config)
-    if len(shapes) == 1:
-        shape = next(iter(shapes))
-        if len(shape) == 3 and all(isinstance(s, int) for s in shape):
-            return shape
-    return None
+    shape = next(iter(shapes)) if len(shapes) == 1 else None
+    ok = shape is not None and len(shape) == 3 and isinstance(shape[2], int) and (
+        all(isinstance(s, int) for s in shape[:2]) or shape[:2] == (None, None))
+    return KerasInfo(shape if ok else None, pools[0])
 
 
-def _run_config_settings(config_path: Path) -> tuple[tuple[str, ...], str, tuple[int, ...]]:
-    """``(modalities, normalisation, input_size)`` of a run's ``config.yaml``."""
-    cfg = load_config(config_path)
-    return tuple(cfg.data.modalities), cfg.data.normalisation, tuple(cfg.model.input_size)
+def modalities_of(channels: int, context_slices: int, where) -> tuple[str, ...]:
+    """The modalities of a model with ``channels`` input channels and ``context_slices`` k."""
+    per = 2 * context_slices + 1
+    if channels % per:
+        raise InputError(f"{where}: the model takes {channels} input channels, not a multiple of "
+                         f"2 * context_slices + 1 = {per}")
+    return modalities_for(channels // per, where)
+
+
+def card_resampling(card: ModelCard) -> Resampling:
+    """The :class:`Resampling` a model card records (``fixed`` at ``input_size`` when it records none)."""
+    r = card.resample or {"mode": "fixed", "spacing": None, "multiple": 1}
+    return Resampling(r["mode"], card.input_size if r["mode"] == "fixed" else None,
+                      tuple(r["spacing"]) if r["mode"] == "spacing" else None, int(r["multiple"]))
 
 
 def _exported(path: Path, folder: Path, fmt: str) -> ModelSpec:
@@ -88,24 +118,57 @@ def _exported(path: Path, folder: Path, fmt: str) -> ModelSpec:
         raise InputError(f"{folder}: SavedModel without {MODEL_CARD_NAME} (looked inside and beside it); "
                          "it records the modalities, normalisation and input size")
     card = ModelCard.read(card_path)
-    return ModelSpec(path, fmt, path, card.modalities, card.normalisation, card.input_size)
+    size = card.input_size if card.mode == "fixed" else None
+    return ModelSpec(path, fmt, path, card.modalities, card.normalisation, size, card_resampling(card),
+                     card.context_slices)
 
 
-def _keras_file(path: Path) -> tuple[ModelSpec, Optional[tuple[int, ...]]]:
+def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info: KerasInfo) -> ModelSpec:
+    """A checkpoint with the settings of its run's ``config.yaml``, checked against the checkpoint."""
+    cfg = load_config(config_path)
+    modalities, k = tuple(cfg.data.modalities), cfg.data.context_slices
+    resampling = resampling_for(cfg.data, cfg.model)
+    where = f"{checkpoint}: the model takes {info.shape} inputs but the run config says"
+    if info.shape is not None:
+        if info.shape[2] != len(modalities) * (2 * k + 1):
+            raise ConfigError(f"{where} modalities {list(modalities)} with context_slices {k}")
+        fixed_size = None if info.free else tuple(info.shape[:2])
+        if fixed_size and resampling.mode != "fixed":
+            if cfg.data.resample is not None or fixed_size != tuple(cfg.model.input_size):
+                raise ConfigError(f"{where} resample {resampling.mode!r}, which needs a model that takes "
+                                  "slices of any size")
+            log.warning("%s takes %s slices only (trained before free-size generators): fixed resampling",
+                        checkpoint, "x".join(map(str, fixed_size)))
+            resampling = Resampling("fixed", fixed_size, multiple=resampling.multiple)
+        if fixed_size and fixed_size != resampling.input_size:
+            raise ConfigError(f"{where} input_size {list(cfg.model.input_size)}")
+    size = resampling.input_size if resampling.mode == "fixed" else None
+    return ModelSpec(source, fmt, checkpoint, modalities, cfg.data.normalisation, size, resampling, k)
+
+
+def _bare_keras(path: Path, info: KerasInfo) -> ModelSpec:
+    """A ``.keras`` file outside a run: fixed resampling at its size, or ``none`` for a free-size model."""
+    if info.shape is None:
+        return ModelSpec(path, "keras", path, None, "max", None)
+    modalities = modalities_for(info.shape[2], path)
+    if info.free:
+        return ModelSpec(path, "keras", path, modalities, "max", None, Resampling("none", multiple=2**info.depth))
+    size = tuple(info.shape[:2])
+    return ModelSpec(path, "keras", path, modalities, "max", size, Resampling("fixed", size))
+
+
+def _keras_file(path: Path) -> ModelSpec:
     """A ``.keras`` file: settings of its run folder when it sits in ``checkpoints/``, else from the file."""
     if path.suffix != ".keras":
         raise InputError(f"{path}: not a model; {_EXPECTED}")
-    shape = _keras_input_shape(path)
+    info = keras_info(path)
     run = RunFolder(path.parent.parent)
     if path.parent.name == "checkpoints" and run.config.is_file():
-        modalities, normalisation, size = _run_config_settings(run.config)
-    else:
-        modalities = modalities_for(shape[2], path) if shape else None
-        normalisation, size = "max", shape[:2] if shape else None
-    return ModelSpec(path, "keras", path, modalities, normalisation, size), shape
+        return _run_spec(path, "keras", path, run.config, info)
+    return _bare_keras(path, info)
 
 
-def _run_folder(path: Path) -> tuple[ModelSpec, Optional[tuple[int, ...]]]:
+def _run_folder(path: Path) -> ModelSpec:
     """A training run folder: its best (else last) checkpoint with the settings of its ``config.yaml``."""
     run = RunFolder(path)
     checkpoint = next((c for c in (run.best, run.last) if c.is_file()), None)
@@ -113,18 +176,20 @@ def _run_folder(path: Path) -> tuple[ModelSpec, Optional[tuple[int, ...]]]:
         raise InputError(f"{path}: run folder without checkpoints/best.keras or checkpoints/last.keras")
     if not run.config.is_file():
         raise InputError(f"{path}: run folder without config.yaml (it records the model's preprocessing)")
-    modalities, normalisation, size = _run_config_settings(run.config)
-    return ModelSpec(path, "run", checkpoint, modalities, normalisation, size), _keras_input_shape(checkpoint)
+    return _run_spec(path, "run", checkpoint, run.config, keras_info(checkpoint))
 
 
 def inspect_model(path: str | Path) -> ModelSpec:
     """Identify a model source and read its preprocessing settings, without TensorFlow.
 
     - ``*.keras`` file: the input size and channels are read from the file's config; normalisation
-      is ``max`` (the paper's) unless the file sits in a run folder's ``checkpoints/``, whose
-      ``config.yaml`` is then used.
+      is ``max`` (the paper's), no context; a fixed-size model resamples ``fixed`` to its size, a
+      free-size one (``(None, None, C)``) runs on the native grid (``none``) padded to ``2**depth``
+      (``depth``: its ``MaxPooling2D`` layers). A file in a run folder's ``checkpoints/`` uses the run's
+      ``config.yaml`` instead.
     - run folder (holds ``checkpoints/`` or ``config.yaml``): ``checkpoints/best.keras``, else
-      ``checkpoints/last.keras``; modalities, normalisation and input size from ``config.yaml``.
+      ``checkpoints/last.keras``; modalities, normalisation, ``data.resample``/``data.spacing``
+      (:func:`~wmhkeras.data.preprocessing.resampling_for`) and ``data.context_slices`` from ``config.yaml``.
     - SavedModel folder (holds ``saved_model.pb``), or an export folder holding ``saved_model/``:
       settings from ``model_card.json`` inside or beside the SavedModel.
     - ``*.tflite`` file of an export (``tflite/model_<variant>.tflite``): settings from the export's
@@ -142,16 +207,9 @@ def inspect_model(path: str | Path) -> ModelSpec:
     if path.is_file() and path.suffix == ".tflite":
         return _exported(path, path.parent, "tflite")
     if path.is_file():
-        spec, shape = _keras_file(path)
-    elif (path / "saved_model.pb").is_file():
+        return _keras_file(path)
+    if (path / "saved_model.pb").is_file():
         return _exported(path, path, "saved_model")
-    elif (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
-        spec, shape = _run_folder(path)
-    else:
-        raise InputError(f"{path}: folder is not a model; expected a run folder (with checkpoints/) or a SavedModel (saved_model.pb)")
-    if shape and spec.modalities and (tuple(shape[:2]) != tuple(spec.input_size) or shape[2] != len(spec.modalities)):
-        raise ConfigError(
-            f"{spec.path}: the model takes {shape} inputs but the run config says input_size {list(spec.input_size)} "
-            f"with modalities {list(spec.modalities)}"
-        )
-    return spec
+    if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
+        return _run_folder(path)
+    raise InputError(f"{path}: folder is not a model; expected a run folder (with checkpoints/) or a SavedModel (saved_model.pb)")

@@ -13,6 +13,8 @@ from typing import Optional
 #: Suffixes of the output files of one subject, after ``<subject>``.
 PROB_SUFFIX = "_wmh_prob.nii.gz"
 MASK_SUFFIX = "_wmh_mask.nii.gz"
+#: The flip test-time augmentation's disagreement ``|p - p_flipped|`` (``wmhkeras segment --uncertainty``).
+UNCERTAINTY_SUFFIX = "_wmh_uncertainty.nii.gz"
 LESIONS_SUFFIX = "_lesions.csv"
 SUMMARY_NAME = "summary.csv"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -227,7 +227,9 @@ def count_flops(model: keras.Model, input_size: Sequence[int] | None = None) -> 
     """
     if input_size is not None:
         channels = model.input_shape[-1]
-        model = keras.models.clone_model(model, input_tensors=keras.Input(shape=(*map(int, input_size), channels)))
+        inputs = keras.Input(shape=(*map(int, input_size), channels))
+        # a model loaded from a .keras file keeps its inputs as a list: clone_model wants the same structure
+        model = keras.models.clone_model(model, input_tensors=[inputs] if isinstance(model.input, list) else inputs)
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):

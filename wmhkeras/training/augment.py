@@ -55,23 +55,27 @@ class Augmenter:
         seed: the run seed; batch ``b`` uses the stateless seed ``(seed, b)``.
         normalisation: ``max`` (images in [0, 1], clipped back to [0, 1] after intensity changes) or
             ``zscore`` (no clipping; gamma is refused, it is not defined for negative values).
+        context: ``data.context_slices`` ``k``: the channels are modality-major groups of ``2k + 1``
+            neighbouring slices, and the slices of one modality share its intensity draws (they come
+            from one scan).
 
     Per sample: a rotation angle uniform in ``[-rotation_degrees, rotation_degrees]`` about the slice
     centre (bilinear, zero fill outside the slice); with ``flip``, a left-right mirror (the X axis,
     i.e. the height axis, the anatomically plausible flip of an axial slice) with probability 1/2; per
-    channel, a factor uniform in ``[1 - intensity_scale, 1 + intensity_scale]`` and then a gamma uniform
+    modality, a factor uniform in ``[1 - intensity_scale, 1 + intensity_scale]`` and then a gamma uniform
     in ``[1 - gamma, 1 + gamma]`` (``x ** gamma``), image only. A sample whose rotation would erase all
     its lesion voxels (a one-voxel lesion whose bilinear weights all fall below 0.5) stays unrotated, so
     lesion samples keep their lesion and the configured lesion fraction holds after augmentation.
     """
 
-    def __init__(self, cfg: AugmentConfig, seed: int = 0, normalisation: str = "max"):
+    def __init__(self, cfg: AugmentConfig, seed: int = 0, normalisation: str = "max", context: int = 0):
         if cfg.gamma > 0 and normalisation != "max":
             raise ConfigError(f"augment.gamma: {cfg.gamma} needs data.normalisation 'max' (images in [0, 1]); "
                               f"got {normalisation!r}; set augment.gamma to 0")
         self.cfg = cfg
         self.seed = int(seed)
         self.normalisation = normalisation
+        self.group = 2 * int(context) + 1
 
     @property
     def active(self) -> bool:
@@ -86,9 +90,10 @@ class Augmenter:
         mask = tf.convert_to_tensor(mask, tf.float32)
         batch = tf.shape(x)[0]
         channels = x.shape[-1]
+        modalities = channels // self.group
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(batch_index, tf.int64)])
-        # One draw per sample: angle, flip, then (scale, gamma) per channel.
-        u = tf.random.stateless_uniform(tf.stack([batch, 2 + 2 * channels]), seed=seed)
+        # One draw per sample: angle, flip, then (scale, gamma) per modality.
+        u = tf.random.stateless_uniform(tf.stack([batch, 2 + 2 * modalities]), seed=seed)
 
         if c.rotation_degrees > 0 or c.flip:
             both = tf.concat([x, mask], axis=-1)
@@ -111,11 +116,11 @@ class Augmenter:
             mask = tf.cast(both[..., channels:] >= MASK_THRESHOLD, tf.float32)
 
         if c.intensity_scale > 0:
-            scale = 1.0 + (2.0 * u[:, 2:2 + channels] - 1.0) * c.intensity_scale
-            x = x * scale[:, None, None, :]
+            scale = 1.0 + (2.0 * u[:, 2:2 + modalities] - 1.0) * c.intensity_scale
+            x = x * tf.repeat(scale, self.group, axis=1)[:, None, None, :]
         if c.gamma > 0:
-            gamma = 1.0 + (2.0 * u[:, 2 + channels:] - 1.0) * c.gamma
-            x = tf.pow(tf.maximum(x, 0.0), gamma[:, None, None, :])
+            gamma = 1.0 + (2.0 * u[:, 2 + modalities:] - 1.0) * c.gamma
+            x = tf.pow(tf.maximum(x, 0.0), tf.repeat(gamma, self.group, axis=1)[:, None, None, :])
         if self.normalisation == "max" and (c.intensity_scale > 0 or c.gamma > 0):
             x = tf.clip_by_value(x, 0.0, 1.0)
         return x, mask

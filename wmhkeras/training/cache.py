@@ -34,6 +34,7 @@ import numpy as np
 
 from wmhkeras.config import Config
 from wmhkeras.data.datasets import Subject
+from wmhkeras.data.preprocessing import resample_mode
 from wmhkeras.errors import InputError
 from wmhkeras.io.files import atomic_path, atomic_write_json
 
@@ -53,9 +54,12 @@ LESION_BIT, BRAIN_BIT, BACKGROUND_BIT = 1, 2, 4
 class CachedSubject:
     """One preprocessed subject: ``x`` ``(Z, H, W, C)`` float32 and labels ``(Z, H, W)`` uint8 (bits).
 
-    ``lesion``/``brain``/``background``: per-slice voxel counts at the stored resolution (brain counts at
-    native resolution in slices mode, where they only decide which slices contain brain; background:
-    patches mode, the voxels that can centre a lesion-free background patch).
+    ``x_shape``: the stored, resampled size (``data.resample``), which may differ between subjects
+    (``spacing``, ``none``). ``lesion``/``brain``/``background``: per-slice voxel counts at the stored
+    resolution (slices mode: lesion counted inside the ``model.input_size`` canvas the sample is cut
+    to, brain at native resolution, where it only decides which slices contain brain; background:
+    patches mode, the voxels that can centre a lesion-free background patch). ``brain_fraction``: the
+    share of brain voxels of each native slice.
     """
 
     subject: str
@@ -204,35 +208,55 @@ def cache_key(cfg: Config, subject: Subject) -> str:
             raise InputError(f"{path}: file not found (subject {subject.subject})") from None
         files.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns])
     d = cfg.data
+    resample = resample_mode(d.resample, d.sampling)
     settings = {
         "version": CACHE_VERSION, "subject": subject.subject, "site": subject.site, "files": files,
         "modalities": d.modalities, "normalisation": d.normalisation, "sampling": d.sampling,
+        # slices: the fixed size or the canvas (lesion counts); patches: the patch labels (and a fixed size)
         "size": cfg.model.input_size if d.sampling == "slices" else [d.patch_size, d.background],
+        "resample": [resample, d.spacing if resample == "spacing" else None,
+                     cfg.model.input_size if resample == "fixed" else None],
+        "context": d.context_slices,
         "brain": [BRAIN_THRESHOLD, MIN_BRAIN_FRACTION],
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def estimate_cache_bytes(cfg: Config, subjects: list[Subject]) -> int:
-    """Bytes of preprocessed data for ``subjects``, from the NIfTI headers only (no voxel is read)."""
-    channels = len(cfg.data.modalities)
+    """Bytes of preprocessed data for ``subjects``, from the NIfTI headers only (no voxel is read).
+
+    Exact for every ``data.resample`` mode: the resampled in-plane size is computed from the header's
+    grid and voxel size as :meth:`~wmhkeras.data.preprocessing.Resampling.grid` does.
+    """
+    d = cfg.data
+    channels = len(d.modalities) * (2 * d.context_slices + 1)
+    mode = resample_mode(d.resample, d.sampling)
     total = 0
     for s in subjects:
         try:
             img = nib.load(str(s.flair))
         except Exception as exc:
             raise InputError(f"{s.flair}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from None
-        shape = img.shape[:3]
-        axes = nib.orientations.io_orientation(img.affine)[:, 0].astype(int)
-        canonical = [0, 0, 0]
-        for native_axis, out_axis in enumerate(axes):
-            canonical[out_axis] = shape[native_axis]
-        if cfg.data.sampling == "slices":
+        shape, voxel = _canonical_grid(img)
+        if mode == "fixed":
             h, w = cfg.model.input_size
-            total += canonical[2] * h * w * (4 * channels + 1)
+        elif mode == "spacing":
+            h, w = (max(int(np.round(shape[i] * voxel[i] / d.spacing[i])), 1) for i in (0, 1))
         else:
-            total += int(np.prod(canonical)) * (4 * channels + 1)
+            h, w = shape[:2]
+        total += shape[2] * int(h) * int(w) * (4 * channels + 1)
     return total
+
+
+def _canonical_grid(img) -> tuple[list[int], list[float]]:
+    """The ``[X, Y, Z]`` shape and voxel size (mm) of a NIfTI image in canonical (RAS) axis order."""
+    axes = nib.orientations.io_orientation(img.affine)[:, 0].astype(int)
+    sizes = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+    shape, voxel = [0, 0, 0], [0.0, 0.0, 0.0]
+    for native_axis, out_axis in enumerate(axes):
+        shape[out_axis] = int(img.shape[native_axis])
+        voxel[out_axis] = float(sizes[native_axis])
+    return shape, voxel
 
 
 def choose_cache_mode(cfg: Config, subjects: list[Subject]) -> str:

@@ -186,7 +186,8 @@ class ImageSummary(keras.callbacks.Callback):
 
     Args:
         generator: the segmentation model.
-        preview: a fixed ``(x, y)`` batch, ``x`` ``(batch, H, W, C)``, ``y`` ``(batch, H, W, 2)``.
+        preview: a fixed ``(x, y)`` batch, ``x`` ``(batch, H, W, C)``, ``y`` ``(batch, H, W, 2)`` (mask and
+            the FLAIR of the slice, which is shown).
         log_dir: folder of the event file.
         every: period in epochs; 0 turns the summaries off.
         epochs: the last epoch of the run (always summarised).
@@ -208,7 +209,8 @@ class ImageSummary(keras.callbacks.Callback):
         if self.writer is None:
             self.writer = tf.summary.create_file_writer(self.log_dir)
         prediction = self.generator(self.x, training=False)
-        images = overlay(self.x, self.y, keras.ops.convert_to_numpy(prediction))
+        # y's channel 1 is the FLAIR of the slice itself (x's first channel is slice z - k with 2.5D context)
+        images = overlay(self.y[..., 1:2], self.y, keras.ops.convert_to_numpy(prediction))
         with self.writer.as_default():
             tf.summary.image("preview", images, step=done, max_outputs=len(images),
                              description="FLAIR; ground truth green, prediction red, overlap yellow")

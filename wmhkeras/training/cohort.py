@@ -6,8 +6,9 @@ raise :class:`~wmhkeras.errors.InputError` before any training) and, given a cac
 the shared :mod:`wmhkeras.data.preprocessing` functions (:func:`preprocess_subject`) into that cache.
 
 Lesion: label value 1 (label 2, "other pathology" in the MICCAI 2017 data, is not WMH and counts as
-background); for ``sampling: slices`` measured on the mask resized to ``model.input_size`` (the mask the
-model is trained on), for ``patches`` at native resolution.
+background), measured on the mask resampled as the images are (``data.resample``: resized to
+``model.input_size``, resampled to ``data.spacing`` mm, or native), the mask the model is trained on;
+for ``sampling: slices`` counted inside the ``model.input_size`` canvas of each slice.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from scipy import ndimage
 
 from wmhkeras.config import Config
@@ -36,6 +36,7 @@ from wmhkeras.training.cache import (
     cache_key,
     subject_files,
 )
+from wmhkeras.training.sampler import fit_canvas
 
 log = logging.getLogger(__name__)
 
@@ -43,34 +44,64 @@ log = logging.getLogger(__name__)
 def preprocess_subject(cfg: Config, subject: Subject, images, label) -> tuple[CachedSubject, np.ndarray, np.ndarray]:
     """One subject's cached arrays from its checked volumes (canonical ``[X, Y, Z]``).
 
-    Returns ``(record, x, labels)``: ``x`` ``(Z, H, W, C)`` float32 (resized to ``model.input_size`` for
-    slices, native in-plane size for patches), ``labels`` ``(Z, H, W)`` uint8 with bit 0 = lesion and,
-    for patches, bit 1 = brain, bit 2 = a centre whose ``data.patch_size`` patch holds no lesion (and
-    is brain, unless ``data.background`` is ``any``).
+    Every mode goes through the shared preprocessing (:func:`~wmhkeras.data.preprocessing.preprocess_volume`)
+    with the training cache's :class:`~wmhkeras.data.preprocessing.Resampling` (``data.resample``,
+    unpadded): ``fixed`` resizes each slice to ``model.input_size``, ``spacing`` resamples it to
+    ``data.spacing`` mm, ``none`` keeps the native grid. The lesion mask goes through the same
+    resampling (binary), the brain mask is the resampled max-normalised FLAIR above
+    :data:`~wmhkeras.training.cache.BRAIN_THRESHOLD`; patch labels are computed on the resampled grid.
+
+    Returns ``(record, x, labels)``: ``x`` ``(Z, H, W, C * (2k + 1))`` float32 (``k``:
+    ``data.context_slices``), ``labels`` ``(Z, H, W)`` uint8 with bit 0 = lesion and, for patches, bit 1
+    = brain, bit 2 = a centre whose ``data.patch_size`` patch holds no lesion (and is brain, unless
+    ``data.background`` is ``any``).
     """
     channels = [v.data for v in images]
+    voxel = images[0].spacing
+    resampling = pp.resampling_for(cfg.data, cfg.model, multiple=1)
+    x = pp.preprocess_volume(channels, resampling=resampling, voxel_size=voxel, method=cfg.data.normalisation,
+                             context=cfg.data.context_slices).numpy()
     lesion = (label.data == 1).astype(np.float32)
-    brain = pp.normalise(channels[0], "max").numpy() > BRAIN_THRESHOLD
-    brain_fraction = brain.mean(axis=(0, 1))
+    lesion_slices = resampling.to_model(pp.volume_to_slices(lesion), voxel, masks=True).numpy()[..., 0] > 0
+    flair = pp.normalise(channels[0], "max")
+    brain_native = flair.numpy() > BRAIN_THRESHOLD
+    # "a slice contains brain" is measured on the native slice in every mode (a fraction of its area)
+    brain_fraction = brain_native.mean(axis=(0, 1))
     if cfg.data.sampling == "slices":
-        size = tuple(cfg.model.input_size)
-        x = pp.preprocess_volume(channels, size, cfg.data.normalisation).numpy()
-        labels = pp.resize_masks(pp.volume_to_slices(lesion), size).numpy()[..., 0].astype(np.uint8)
-        brain_count = brain.sum(axis=(0, 1))
+        labels = lesion_slices.astype(np.uint8)
+        brain_count = brain_native.sum(axis=(0, 1))
+        lesion_count = _canvas_lesion(cfg, subject, labels)
     else:
-        stacked = tf.stack([pp.normalise(c, cfg.data.normalisation) for c in channels], axis=-1)
-        x = pp.volume_to_slices(stacked).numpy()
-        brain_slices = np.transpose(brain, (2, 0, 1)) & (brain_fraction >= MIN_BRAIN_FRACTION)[:, None, None]
-        labels = _patch_labels(cfg, np.transpose(lesion, (2, 0, 1)) > 0, brain_slices)
+        brain = resampling.to_model(pp.volume_to_slices(flair), voxel).numpy()[..., 0] > BRAIN_THRESHOLD
+        brain_slices = brain & (brain_fraction >= MIN_BRAIN_FRACTION)[:, None, None]
+        labels = _patch_labels(cfg, lesion_slices, brain_slices)
         brain_count = brain_slices.sum(axis=(1, 2))
+        lesion_count = lesion_slices.sum(axis=(1, 2))
     record = CachedSubject(
         subject=subject.subject, site=subject.site, x_shape=tuple(int(s) for s in x.shape),
-        lesion=((labels & LESION_BIT) > 0).sum(axis=(1, 2)).astype(np.int64),
+        lesion=np.asarray(lesion_count, np.int64),
         brain=np.asarray(brain_count, np.int64), brain_fraction=np.asarray(brain_fraction, np.float64),
         lesion_voxels_native=int(lesion.sum()),
         background=((labels & BACKGROUND_BIT) > 0).sum(axis=(1, 2)).astype(np.int64),
     )
     return record, x.astype(np.float32), labels
+
+
+def _canvas_lesion(cfg: Config, subject: Subject, labels: np.ndarray) -> np.ndarray:
+    """Slices mode: per-slice lesion voxels inside the ``model.input_size`` canvas (what training sees).
+
+    In ``fixed`` mode the slice is the canvas; in ``spacing`` / ``none`` modes a slice larger than the
+    canvas is centre-cropped, and lesion voxels outside the crop are never trained on (a warning).
+    """
+    lesion = (labels & LESION_BIT) > 0
+    total = lesion.sum(axis=(1, 2))
+    inside = fit_canvas(np.moveaxis(lesion, 0, -1), cfg.model.input_size).sum(axis=(0, 1))
+    if inside.sum() < total.sum():
+        log.warning("%s: %d of %d lesion voxels of the resampled slices (%dx%d) lie outside the training "
+                    "canvas model.input_size %s and are never trained on; raise model.input_size",
+                    subject.subject, int(total.sum() - inside.sum()), int(total.sum()), labels.shape[1],
+                    labels.shape[2], list(cfg.model.input_size))
+    return inside
 
 
 def _patch_labels(cfg: Config, lesion_slices: np.ndarray, brain_slices: np.ndarray) -> np.ndarray:
@@ -139,7 +170,7 @@ def _check_one(cfg: Config, subject: Subject, cache) -> CachedSubject:
 
 def _check_training_lesions(cfg: Config, train: list[CachedSubject], cached: bool) -> int:
     """The training subjects' lesion voxels (label 1); InputError when there are none (native, or after
-    resizing to ``model.input_size`` when ``cached``)."""
+    resampling (``data.resample``) when ``cached``)."""
     train_lesion = sum(r.lesion_voxels_native for r in train)
     if train_lesion == 0:
         raise InputError(
@@ -147,8 +178,14 @@ def _check_training_lesions(cfg: Config, train: list[CachedSubject], cached: boo
             "files; training needs lesions (check the label files, or the split)"
         )
     if cached and sum(int(r.lesion.sum()) for r in train) == 0:
+        mode = pp.resample_mode(cfg.data.resample, cfg.data.sampling)
+        where = {"fixed": f"resized to model.input_size {cfg.model.input_size}",
+                 "spacing": f"resampled to data.spacing {cfg.data.spacing} mm",
+                 "none": f"cropped to the model.input_size canvas {cfg.model.input_size}"}[mode]
+        if mode == "spacing" and cfg.data.sampling == "slices":
+            where += f" and cropped to the model.input_size canvas {cfg.model.input_size}"
         raise InputError(
-            f"the training subjects' {train_lesion} lesion voxels all vanish when resized to "
-            f"model.input_size {cfg.model.input_size}; use a larger input size or sampling: patches"
+            f"the training subjects' {train_lesion} lesion voxels all vanish when {where}; use a larger "
+            "input size, a finer data.spacing or sampling: patches"
         )
     return train_lesion

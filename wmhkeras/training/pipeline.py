@@ -17,9 +17,12 @@ Stages (details and the reasons for each choice in ``docs/data_pipeline.md``), o
 Validation and the TensorBoard preview read fixed samples in order (:mod:`wmhkeras.training.validation`).
 This module assembles the ``tf.data`` datasets (:func:`build_datasets`).
 
-Shapes: ``x`` ``(batch, H, W, C)`` float32, C = number of modalities (FLAIR first); ``y`` ``(batch, H,
-W, 2)`` float32, channel 0 the (soft) mask, channel 1 the FLAIR channel of the augmented ``x``. ``H, W``
-= ``model.input_size`` for slices, ``data.patch_size`` for patches.
+Shapes: ``x`` ``(batch, H, W, C)`` float32, C = number of modalities (FLAIR first) times ``2k + 1`` with
+``k = data.context_slices`` (2.5D, modality-major: :func:`~wmhkeras.data.preprocessing.add_context`);
+``y`` ``(batch, H, W, 2)`` float32, channel 0 the (soft) mask, channel 1 the FLAIR of the slice itself
+(:func:`~wmhkeras.training.validation.flair_channel`) of the augmented ``x``. ``H, W`` =
+``model.input_size`` for slices (the canvas each resampled slice is centred on), ``data.patch_size`` for
+patches (cut from the resampled slices).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from wmhkeras.training.augment import Augmenter
 from wmhkeras.training.cache import CachedSubject, ShardCache, open_cache
 from wmhkeras.training.cohort import check_cohort
 from wmhkeras.training.sampler import Sampler
-from wmhkeras.training.validation import preview_batch, read_entries, validation_table
+from wmhkeras.training.validation import flair_channel, preview_batch, read_entries, validation_table
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +81,16 @@ class TrainingData:
 
 
 def input_shape(cfg: Config) -> tuple[int, int, int]:
-    """``(height, width, channels)`` of the training samples: whole slices or patches."""
+    """``(height, width, channels)`` of the training samples: whole slices (on the ``model.input_size``
+    canvas) or patches; channels = modalities x ``(2 * data.context_slices + 1)``."""
     size = cfg.data.patch_size if cfg.data.sampling == "patches" else cfg.model.input_size
-    return (int(size[0]), int(size[1]), len(cfg.data.modalities))
+    return (int(size[0]), int(size[1]), len(cfg.data.modalities) * (2 * cfg.data.context_slices + 1))
 
 
-def pack(x, mask):
-    """``y`` ``(batch, H, W, 2)``: channel 0 the mask, channel 1 the FLAIR channel of ``x``."""
-    return tf.concat([mask, x[..., :1]], axis=-1)
+def pack(x, mask, flair: int = 0):
+    """``y`` ``(batch, H, W, 2)``: channel 0 the mask, channel 1 channel ``flair`` of ``x`` (the FLAIR of
+    the slice itself: :func:`~wmhkeras.training.validation.flair_channel`)."""
+    return tf.concat([mask, x[..., flair:flair + 1]], axis=-1)
 
 
 def build_datasets(cfg: Config, subjects: list[Subject], split: Split | Mapping,
@@ -105,7 +110,8 @@ def build_datasets(cfg: Config, subjects: list[Subject], split: Split | Mapping,
     split = check_split(split, subjects)
     by_id = {s.subject: s for s in subjects}
     cache = open_cache(cfg, [by_id[s] for s in split.train + split.validation], cache_dir)
-    augmenter = Augmenter(cfg.augment, cfg.train.seed, cfg.data.normalisation)  # refuses bad settings before reading
+    augmenter = Augmenter(cfg.augment, cfg.train.seed, cfg.data.normalisation,  # refuses bad settings before reading
+                          context=cfg.data.context_slices)
     records = check_cohort(cfg, subjects, split, cache=cache)
     train_records = [records[s] for s in split.train]
     val_records = [records[s] for s in split.validation]
@@ -135,6 +141,7 @@ def _train_dataset(cfg: Config, sampler: Sampler, augmenter: Augmenter) -> tf.da
     height, width, channels = input_shape(cfg)
     batch = cfg.train.batch_size
     smoothing = cfg.data.label_smoothing
+    flair = flair_channel(cfg)
 
     def train_batch(b):
         x, mask = tf.numpy_function(sampler.batch, [b], (tf.float32, tf.float32), stateful=False)
@@ -142,7 +149,7 @@ def _train_dataset(cfg: Config, sampler: Sampler, augmenter: Augmenter) -> tf.da
         mask = tf.ensure_shape(mask, (batch, height, width, 1))
         x, mask = augmenter(x, mask, b)
         target = pp.soft_labels(mask, *smoothing) if smoothing is not None else mask
-        return x, pack(x, target)
+        return x, pack(x, target, flair)
 
     return (tf.data.Dataset.counter()
             .map(train_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -155,6 +162,7 @@ def _validation_dataset(cfg: Config, cache, records: list[CachedSubject],
     if not records:
         return None, 0
     height, width, channels = input_shape(cfg)
+    flair = flair_channel(cfg)
     batch = cfg.train.batch_size
     n_batches = int(np.ceil(len(table) / batch))
     if not n_batches:
@@ -169,7 +177,7 @@ def _validation_dataset(cfg: Config, cache, records: list[CachedSubject],
         x, mask = tf.numpy_function(read_val, [v], (tf.float32, tf.float32), stateful=False)
         x = tf.ensure_shape(x, (None, height, width, channels))
         mask = tf.ensure_shape(mask, (None, height, width, 1))
-        return x, pack(x, mask)
+        return x, pack(x, mask, flair)
 
     dataset = (tf.data.Dataset.range(n_batches)
                .map(val_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -67,8 +67,32 @@ def crop(a: np.ndarray, r0: int, c0: int, h: int, w: int) -> np.ndarray:
     return out
 
 
+def centre_offset(n: int, size: int) -> int:
+    """The first row (column) of a ``size`` window centred on ``n`` rows: negative when it pads.
+
+    Padding puts ``(size - n) // 2`` zeros before, as :class:`~wmhkeras.data.preprocessing.Resampling`
+    pads slices for segmentation; cropping drops ``(n - size) // 2`` rows before.
+    """
+    return (n - size) // 2 if n >= size else -((size - n) // 2)
+
+
+def fit_canvas(a: np.ndarray, size) -> np.ndarray:
+    """``a`` ``(H, W, ...)`` centred on a ``size = (h, w)`` canvas: zero-padded, or centre-cropped when larger.
+
+    ``a`` itself when it already has that size (``data.resample: fixed``, whose slices are the canvas).
+    """
+    h, w = (int(v) for v in size)
+    if a.shape[:2] == (h, w):
+        return a
+    return crop(a, centre_offset(a.shape[0], h), centre_offset(a.shape[1], w), h, w)
+
+
 class Sampler:
     """Builds batch ``b`` of unaugmented ``(x, mask)`` from ``(seed, b)`` alone (NumPy, thread-safe).
+
+    Whole slices (``sampling: slices``) are centred on the ``model.input_size`` canvas
+    (:func:`fit_canvas`): with ``data.resample`` ``spacing`` or ``none`` slices differ in size between
+    subjects; in ``fixed`` mode they already have that size.
 
     Per sample: with probability ``lesion_fraction`` a lesion sample (a slice with lesion; or a patch
     centred on a lesion voxel drawn uniformly), else a sample without lesion: a lesion-free slice with
@@ -89,6 +113,7 @@ class Sampler:
         self.lesion_fraction = d.lesion_fraction
         self.patches = d.sampling == "patches"
         self.patch_size = tuple(d.patch_size)
+        self.canvas = tuple(cfg.model.input_size)
         self.any_background = d.background == "any"
         rec, k, site, lesion, brain, has_brain, area, background = [], [], [], [], [], [], [], []
         for i, r in enumerate(records):
@@ -153,7 +178,7 @@ class Sampler:
         x, labels = self.cache.read(self.subjects[rec], int(k))
         mask = (labels & LESION_BIT).astype(np.float32)[..., None]
         if not self.patches:
-            return x, mask
+            return fit_canvas(x, self.canvas), fit_canvas(mask, self.canvas)
         h, w = self.patch_size
         r, c = self._centre(labels, category, int(off))
         return crop(x, r - h // 2, c - w // 2, h, w), crop(mask, r - h // 2, c - w // 2, h, w)

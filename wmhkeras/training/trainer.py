@@ -31,7 +31,7 @@ from wmhkeras.io.files import atomic_write_json
 from wmhkeras.io.provenance import package_versions, utc_now
 from wmhkeras.io.run_folder import RunFolder, RunState, RunSummary, Split, staged_run_folder, trim_log
 from wmhkeras.losses import DiceMetric, HybridLoss, LossTermMetric, get_loss
-from wmhkeras.models.unet import build_generator
+from wmhkeras.models.unet import build_generator, check_spatial_size
 from wmhkeras.training.callbacks import ImageSummary, LearningRateLogger, RunCheckpoint
 from wmhkeras.training.multiworker import is_chief, make_strategy, no_empty_replica, prepare_multi_worker_fit
 from wmhkeras.training.pipeline import TrainingData, build_datasets, input_shape
@@ -118,15 +118,21 @@ def build_model(cfg: Config) -> tuple[keras.Model, keras.Model]:
     :class:`~wmhkeras.losses.adversarial.AdversarialContentModel` around it when
     ``loss.finetune_backbone`` is true. The loss (and its backbone) is built first, under float32, so
     the content loss compares features in full precision whatever ``train.precision`` says.
+
+    The generator is fully convolutional (input ``(None, None, channels)``): trained on whole slices or
+    patches of the training sample size, it segments slices of any size divisible by ``2**depth``
+    (``wmhkeras segment`` pads them). The loss is built for the training sample size.
     """
     shape = input_shape(cfg)
+    what = "data.patch_size" if cfg.data.sampling == "patches" else "model.input_size"
+    check_spatial_size(shape[:2], cfg.model.depth, what)
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
         loss = make_loss(cfg, shape[:2])
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    generator = build_generator(cfg.model.arch, input_shape=shape, depth=cfg.model.depth,
+    generator = build_generator(cfg.model.arch, input_shape=(None, None, shape[2]), depth=cfg.model.depth,
                                 base_filters=cfg.model.base_filters, bn_momentum=cfg.model.bn_momentum,
                                 output_prior=cfg.model.output_prior)
     optimizer = keras.optimizers.Adam(make_learning_rate(cfg), beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2)

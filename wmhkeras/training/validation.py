@@ -1,7 +1,8 @@
 """Validation samples and the TensorBoard preview, read from the cache in a fixed order (NumPy only).
 
-Validation covers every brain slice of the validation subjects (``sampling: slices``) or every
-``data.patch_size`` tile with brain (``patches``), in subject / slice / tile order, with hard labels. An
+Validation covers every brain slice of the validation subjects (``sampling: slices``, each centred on
+the ``model.input_size`` canvas as in training) or every ``data.patch_size`` tile with brain
+(``patches``, tiling the resampled slice), in subject / slice / tile order, with hard labels. An
 entry ``(record, slice, row0, col0)`` names one sample: the index of the subject in the record list,
 the slice, and the top-left corner of its tile (``0, 0`` for whole slices).
 """
@@ -11,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from wmhkeras.config import Config
+from wmhkeras.data.preprocessing import center_channels
 from wmhkeras.training.cache import BRAIN_BIT, LESION_BIT, CachedSubject
-from wmhkeras.training.sampler import crop
+from wmhkeras.training.sampler import crop, fit_canvas
 
 #: Largest number of slices in the TensorBoard preview batch.
 PREVIEW_SIZE = 8
@@ -63,6 +65,8 @@ def read_entries(cfg: Config, cache, records: list[CachedSubject], entries) -> t
         if cfg.data.sampling == "patches":
             h, w = cfg.data.patch_size
             x, mask = crop(x, r0, c0, h, w), crop(mask, r0, c0, h, w)
+        else:
+            x, mask = fit_canvas(x, cfg.model.input_size), fit_canvas(mask, cfg.model.input_size)
         xs.append(x)
         masks.append(mask)
     return np.stack(xs), np.stack(masks)
@@ -91,13 +95,21 @@ def preview_entries(cfg: Config, cache, records: list[CachedSubject]) -> list[En
     return entries
 
 
+def flair_channel(cfg: Config) -> int:
+    """The channel of ``x`` holding the FLAIR of the slice itself (the centre slice with 2.5D context)."""
+    return center_channels(len(cfg.data.modalities), cfg.data.context_slices)[0]
+
+
 def preview_batch(cfg: Config, cache, validation: list[CachedSubject],
                   train: list[CachedSubject]) -> tuple[np.ndarray, np.ndarray]:
     """The TensorBoard preview ``(x, y)``: ``y`` ``(n, H, W, 2)`` = hard mask and FLAIR, unaugmented.
+
+    The FLAIR is :func:`flair_channel` of ``x`` (the slice itself, also with 2.5D context).
 
     Validation slices with lesion; training slices when the validation subjects have none (the
     training subjects always have lesion: ``check_cohort``), so the preview is never empty.
     """
     records = validation if any(r.lesion.any() for r in validation) else train
     x, mask = read_entries(cfg, cache, records, preview_entries(cfg, cache, records))
-    return x, np.concatenate([mask, x[..., :1]], axis=-1)
+    c = flair_channel(cfg)
+    return x, np.concatenate([mask, x[..., c:c + 1]], axis=-1)

@@ -1,0 +1,116 @@
+"""The real-data protocol: train on one open_ms_data patient, segment and score the other, both ways.
+
+Every arm is a config (plus ``--set`` overrides) run through the public commands, exactly as a user
+would: ``wmhkeras train`` on one patient (no validation subject: the other patient is the test),
+``wmhkeras segment`` of the left-out patient's FLAIR with the run folder, and ``wmhkeras evaluate``
+against its consensus mask. Wall times are measured around each command. Results go to
+``OUT/results.json`` and ``OUT/results.md`` (copied by hand into ``docs/real_data.md``).
+
+    python scripts/real_data_protocol.py --out runs/real_protocol \\
+        --arm demo=configs/demo.yaml --arm recipe=configs/real_flair.yaml
+
+An arm's value is ``CONFIG[,KEY=VALUE...]``. The data folder comes from ``--data``, else
+``$WMH_SHARED_DATA/open_ms_data``, else ``../shared/data/open_ms_data`` beside the repository; the
+scans are read in place, never copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PATIENTS = ("patient07", "patient26")
+REPORTED = ("dice", "hd95", "avd", "lesion_recall", "lesion_f1")
+
+
+def default_data() -> Path:
+    shared = os.environ.get("WMH_SHARED_DATA")
+    return Path(shared) / "open_ms_data" if shared else REPO.parent / "shared" / "data" / "open_ms_data"
+
+
+def wmhkeras() -> list[str]:
+    exe = Path(sys.executable).with_name("wmhkeras")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "wmhkeras.cli.main"]
+
+
+def write_manifest(data: Path, patient: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = data / patient
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["subject", "site", "flair", "t1", "label"])
+        writer.writerow([patient, "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz", folder / "GOLD_STANDARD.nii.gz"])
+    return path
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command with its output in ``log``; returns the wall time; raises on failure."""
+    start = time.monotonic()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    if proc.returncode not in (0,):
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}; see {log}")
+    return time.monotonic() - start
+
+
+def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path, out: Path) -> dict:
+    config, *overrides = spec.split(",")
+    folder = out / name / f"train-{train_on}"
+    train_manifest = write_manifest(data, train_on, folder / "train_manifest.csv")
+    test_manifest = write_manifest(data, test_on, folder / "test_manifest.csv")
+    sets = [a for o in ["data.split=[1.0, 0.0, 0.0]", *overrides] for a in ("--set", o)]
+    train_s = run([*wmhkeras(), "train", config, "--data", str(train_manifest), "--out", str(folder / "run"),
+                   "--quiet", *sets], folder / "train.log")
+    segment_s = run([*wmhkeras(), "segment", str(folder / "run"), str(test_manifest), "--out", str(folder / "segment")],
+                    folder / "segment.log")
+    run([*wmhkeras(), "evaluate", "--pred", str(folder / "segment"), "--truth", str(test_manifest),
+         "--out", str(folder / "evaluate"), "--no-qc"], folder / "evaluate.log")
+    with open(folder / "evaluate" / "metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    return {"arm": name, "config": spec, "train_on": train_on, "test_on": test_on,
+            "train_s": round(train_s, 1), "segment_s": round(segment_s, 1),
+            "epochs": summary.get("epochs"), **{k: float(row[k]) for k in REPORTED if row.get(k) not in (None, "")}}
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| arm | train on | test on | Dice | HD95 (mm) | AVD (%) | lesion recall | lesion F1 | train (s) | segment (s) |"
+    lines = [head, "|" + " --- |" * 10]
+    for r in rows:
+        cells = [r["arm"], r["train_on"], r["test_on"], *(f"{r.get(k, float('nan')):.3f}" for k in REPORTED),
+                 f"{r['train_s']:.0f}", f"{r['segment_s']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arm", action="append", required=True, metavar="NAME=CONFIG[,KEY=VALUE...]")
+    parser.add_argument("--data", type=Path, default=None, help="the open_ms_data folder")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    data = args.data or default_data()
+    if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
+        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    rows = []
+    for arm in args.arm:
+        name, spec = arm.split("=", 1)
+        for train_on, test_on in (PATIENTS, PATIENTS[::-1]):
+            row = one_direction(name, spec, train_on, test_on, data, args.out)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+            (args.out / "results.md").write_text(markdown(rows))
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
