@@ -133,18 +133,28 @@ def test_run_config_that_disagrees_with_the_checkpoint_is_refused(tmp_path):
     fixed = tmp_path / "b"
     (fixed / "checkpoints").mkdir(parents=True)
     tiny_model_file(fixed / "checkpoints" / "best.keras")  # 32 x 32 only
-
-    def config(data):
-        save_config(config_from_dict({"data": data, "model": {"arch": "unet", "input_size": [32, 32], "depth": 2,
-                                                              "base_filters": 4}}), fixed / "config.yaml")
-
-    config({"resample": "none"})
-    with pytest.raises(ConfigError, match="slices of any size"):
+    save_config(config_from_dict({"data": {"resample": "fixed"}, "model": {"arch": "unet", "input_size": [64, 64],
+                                                                           "depth": 2, "base_filters": 4}}),
+                fixed / "config.yaml")
+    with pytest.raises(ConfigError, match="input_size \\[64, 64\\]"):
         inspect_model(fixed)
-    # a run trained before free-size generators (patches at the model's size, resample unset): fixed, as then
-    config({"sampling": "patches", "patch_size": [32, 32]})
-    spec = inspect_model(fixed)
-    assert (spec.resampling.mode, spec.input_size) == ("fixed", (32, 32))
+
+
+def test_a_checkpoint_built_for_one_size_segments_whole_slices(tmp_path):
+    """A patch-trained checkpoint (32 x 32, e.g. from before free-size generators, or a training-state
+    last.keras) segments a whole 48 x 40 slice natively: it is loaded as its free-size copy."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    tiny_model_file(run / "checkpoints" / "best.keras")
+    save_config(config_from_dict({"data": {"sampling": "patches", "patch_size": [32, 32]},
+                                  "model": {"arch": "unet", "input_size": [32, 32], "depth": 2, "base_filters": 4}}),
+                run / "config.yaml")
+    assert inspect_model(run).resampling.mode == "none"
+    seg = load_segmenter(run)
+    assert tuple(seg.model.input_shape) == (None, None, None, 1)
+    volume = np.random.default_rng(0).random((48, 40, 3)).astype(np.float32)
+    prob = predict_volume(seg, [volume])
+    assert prob.shape == volume.shape and np.isfinite(prob).all()
 
 
 @pytest.mark.parametrize("card, message", [

@@ -165,12 +165,21 @@ def test_spacing_and_context_train_a_free_size_model(manifest, tmp_path):
                    loss={"name": "content"})
     result = train(cfg, tmp_path / "run", split=SPLIT, verbose=0)
     assert result.epochs == 1 and np.isfinite(result.history["loss"][0])
+    from wmhkeras.models.unet import free_size
+
     run = RunFolder(tmp_path / "run")
-    for path in (run.best, run.last):
-        model = load_model(path)
-        assert model.input_shape == (None, None, None, 3)
+    model = load_model(run.best)  # the inference checkpoint: free size
+    assert model.input_shape == (None, None, None, 3)
     out = model.predict(np.zeros((2, 72, 76, 3), np.float32), verbose=0)  # any size divisible by 2^depth
     assert out.shape == (2, 72, 76, 1)
+    # last.keras is the training state (the graph of the sample size, for --resume); its free-size copy
+    # has the same weights and segments any size
+    last = load_model(run.last)
+    assert last.input_shape[1:] == (80, 80, 3)
+    copy = free_size(last)
+    assert copy.input_shape == (None, None, None, 3)
+    np.testing.assert_allclose(copy.predict(np.ones((1, 80, 80, 3), np.float32), verbose=0),
+                               last.predict(np.ones((1, 80, 80, 3), np.float32), verbose=0), atol=1e-5)
 
 
 @pytest.mark.slow

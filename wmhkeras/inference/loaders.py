@@ -119,7 +119,7 @@ def _keras_resampling(spec: ModelSpec, model, in_shape: tuple) -> Resampling:
         from wmhkeras.models.unet import model_depth
 
         return Resampling("none", multiple=2 ** model_depth(model)) if free else Resampling("fixed", in_shape[1:3])
-    if not free and (spec.resampling.mode != "fixed" or spec.resampling.input_size != tuple(in_shape[1:3])):
+    if not free and spec.resampling.mode == "fixed" and spec.resampling.input_size != tuple(in_shape[1:3]):
         raise ConfigError(f"{spec.path}: the model takes {in_shape[1:]} inputs, the recorded settings say resample "
                           f"{spec.resampling.mode!r} at input_size {list(spec.resampling.input_size or ())}")
     return spec.resampling
@@ -137,6 +137,10 @@ def _load_keras(spec: ModelSpec) -> Segmenter:
     # A training wrapper (e.g. the adversarial ablation) holds the segmentation network as .generator.
     if isinstance(getattr(model, "generator", None), keras.Model):
         model = model.generator
+    if spec.resampling is not None and spec.resampling.mode != "fixed":
+        from wmhkeras.models.unet import free_size
+
+        model = free_size(model)  # a checkpoint built for one size segments whole slices of any size
     in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
     if (len(in_shape) != 4 or not isinstance(in_shape[3], int) or sum(s is None for s in in_shape[1:3]) == 1
             or out_shape[1:] != (*in_shape[1:3], 1)):

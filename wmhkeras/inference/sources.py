@@ -132,15 +132,10 @@ def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info:
     if info.shape is not None:
         if info.shape[2] != len(modalities) * (2 * k + 1):
             raise ConfigError(f"{where} modalities {list(modalities)} with context_slices {k}")
+        # A checkpoint built for one size (a training-state last.keras, or a run from before free-size
+        # generators) is loaded as its free-size copy in the spacing and none modes (loaders.py).
         fixed_size = None if info.free else tuple(info.shape[:2])
-        if fixed_size and resampling.mode != "fixed":
-            if cfg.data.resample is not None or fixed_size != tuple(cfg.model.input_size):
-                raise ConfigError(f"{where} resample {resampling.mode!r}, which needs a model that takes "
-                                  "slices of any size")
-            log.warning("%s takes %s slices only (trained before free-size generators): fixed resampling",
-                        checkpoint, "x".join(map(str, fixed_size)))
-            resampling = Resampling("fixed", fixed_size, multiple=resampling.multiple)
-        if fixed_size and fixed_size != resampling.input_size:
+        if fixed_size and resampling.mode == "fixed" and fixed_size != resampling.input_size:
             raise ConfigError(f"{where} input_size {list(cfg.model.input_size)}")
     size = resampling.input_size if resampling.mode == "fixed" else None
     return ModelSpec(source, fmt, checkpoint, modalities, cfg.data.normalisation, size, resampling, k)

@@ -216,6 +216,22 @@ def build_generator(arch: str, **kwargs) -> keras.Model:
     return GENERATORS[arch](**kwargs)
 
 
+def free_size(model: keras.Model) -> keras.Model:
+    """The same generator with a free in-plane size: input ``(None, None, C)``, equal weight values.
+
+    Training runs the graph built for its sample size (static shapes give the same numbers as ever and
+    let the kernels specialise); checkpoints for inference and models loaded for whole-slice
+    segmentation use this copy, which accepts any size divisible by ``2**depth``. A model whose input is
+    already free is returned as it is.
+    """
+    if tuple(model.input_shape[1:3]) == (None, None):
+        return model
+    free = keras.Input(shape=(None, None, model.input_shape[-1]))
+    copy = keras.models.clone_model(model, input_tensors=[free] if isinstance(model.input, (list, tuple)) else free)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def count_flops(model: keras.Model, input_size: Sequence[int] | None = None) -> int:
     """Forward FLOPs of one sample, counted analytically as 2 x multiply-accumulates of the convolutions.
 

@@ -21,17 +21,19 @@ from wmhkeras.evaluation.reports import as_float
 from wmhkeras.io.files import atomic_path
 from wmhkeras.io.provenance import utc_now
 from wmhkeras.io.run_folder import RunFolder, RunState, RunSummary
+from wmhkeras.models.unet import free_size
 
 log = logging.getLogger(__name__)
 
 
 def inference_model(generator: keras.Model) -> keras.Model:
-    """An uncompiled functional view of ``generator`` sharing its layers and weights.
+    """An uncompiled, free-size copy of ``generator`` (:func:`~wmhkeras.models.unet.free_size`).
 
     Saved as ``best.keras``: it carries no optimizer and no loss, so it loads with
-    ``keras.saving.load_model(path)`` without the content loss's backbone weights.
+    ``keras.saving.load_model(path)`` without the content loss's backbone weights, and it segments
+    slices of any size divisible by ``2**depth``.
     """
-    return keras.Model(generator.inputs, generator.outputs, name=generator.name)
+    return free_size(keras.Model(generator.inputs, generator.outputs, name=generator.name))
 
 
 class RunCheckpoint(keras.callbacks.Callback):

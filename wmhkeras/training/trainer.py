@@ -119,9 +119,10 @@ def build_model(cfg: Config) -> tuple[keras.Model, keras.Model]:
     ``loss.finetune_backbone`` is true. The loss (and its backbone) is built first, under float32, so
     the content loss compares features in full precision whatever ``train.precision`` says.
 
-    The generator is fully convolutional (input ``(None, None, channels)``): trained on whole slices or
-    patches of the training sample size, it segments slices of any size divisible by ``2**depth``
-    (``wmhkeras segment`` pads them). The loss is built for the training sample size.
+    The generator is built for the training sample size (static shapes: the same numbers as a fixed
+    model, and kernels specialised to it); ``best.keras`` is saved as its free-size copy
+    (:func:`~wmhkeras.models.unet.free_size`), which segments slices of any size divisible by
+    ``2**depth`` (``wmhkeras segment`` pads them). The loss is built for the training sample size.
     """
     shape = input_shape(cfg)
     what = "data.patch_size" if cfg.data.sampling == "patches" else "model.input_size"
@@ -132,7 +133,7 @@ def build_model(cfg: Config) -> tuple[keras.Model, keras.Model]:
         loss = make_loss(cfg, shape[:2])
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    generator = build_generator(cfg.model.arch, input_shape=(None, None, shape[2]), depth=cfg.model.depth,
+    generator = build_generator(cfg.model.arch, input_shape=shape, depth=cfg.model.depth,
                                 base_filters=cfg.model.base_filters, bn_momentum=cfg.model.bn_momentum,
                                 output_prior=cfg.model.output_prior)
     optimizer = keras.optimizers.Adam(make_learning_rate(cfg), beta_1=cfg.train.beta_1, beta_2=cfg.train.beta_2)
