@@ -2,8 +2,11 @@
 # The main job end to end on built-in synthetic data (run by `make demo`): make a cohort, train with
 # the Siamese content loss, segment, evaluate with the challenge metrics, export (SavedModel + TFLite,
 # verified against Keras), and segment again through the exported SavedModel and a TFLite file.
-# Full-integer int8 is left out of the demo's export: on this small model it misses its 0.95 mask-Dice
-# tolerance (docs/export.md); `wmhkeras export RUN --tflite int8` reports that and exits 1.
+# Full-integer int8 and dynamic-range TFLite are left out of the demo's export: on this small model int8
+# misses its 0.95 mask-Dice tolerance, and dynamic-range sits on the edge of its 0.99 (0.992 on the
+# machine where the demo was first measured, 0.9895 on the current CI machine: the same seeded training
+# gives slightly different weights on different CPUs). `wmhkeras export RUN --tflite int8,dynamic`
+# reports both and exits 1 when one is outside its tolerance (docs/export.md).
 set -euo pipefail
 OUT=${1:-demo_output}
 EXPORT=${EXPORT:-saved_models/demo}
@@ -28,7 +31,7 @@ step "4/6 challenge metrics on the run's hold-out subjects -> $OUT/evaluate"
 $WMH evaluate --pred "$OUT/segment" --truth "$OUT/run" --out "$OUT/evaluate"
 
 step "5/6 export SavedModel + TFLite, each verified against Keras -> $EXPORT"
-$WMH export "$OUT/run" --out "$EXPORT" --tflite fp32,fp16,dynamic --force
+$WMH export "$OUT/run" --out "$EXPORT" --tflite fp32,fp16 --force
 
 first=$(sed -n 2p "$OUT/cohort/manifest.csv" | cut -d, -f3)
 step "6/6 segment $first through the exported SavedModel and the fp16 TFLite model"

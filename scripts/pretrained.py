@@ -1,0 +1,108 @@
+"""Retrain and export the shipped real-data model (``make pretrained``): saved_models/open_ms_flair/.
+
+Trains ``configs/real_flair.yaml`` on both open_ms_data patients (read in place from the shared data
+folder, never copied), exports the SavedModel and the fp16 TFLite file with ``wmhkeras export`` (each
+verified against Keras), and completes the model card with what a user must know: the training data and
+its licence and citation, the input the model expects, what it is for and not for, and the two-patient
+protocol's figures (``--results``: the ``results.json`` of ``scripts/real_data_protocol.py``).
+
+    python scripts/pretrained.py --out saved_models/open_ms_flair --results docs/real_data_results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_data_protocol import PATIENTS, REPO, default_data, wmhkeras, write_manifest  # noqa: E402
+
+from wmhkeras.io.model_card import MODEL_CARD_NAME, ModelCard  # noqa: E402
+
+CITATION = ("Lesjak Z., Galimzianova A., Koren A., Lukin M., Pernus F., Likar B., Spiclin Z. A Novel Public MR "
+            "Image Dataset of Multiple Sclerosis Patients With Lesion Segmentations Based on Multi-rater "
+            "Consensus. Neuroinformatics 16 (2018) 51-63. doi:10.1007/s12021-017-9348-7")
+CARD_TEXT = {
+    "intended_use": (
+        "Research: segmenting white matter hyperintensities (MS lesions) in skull-stripped, bias-corrected "
+        "3D FLAIR of about 1 mm, to try the toolkit on real scans without training first, or as a starting "
+        "point for fine-tuning on your own data."),
+    "not_intended_for": (
+        "Clinical use or any decision about a patient; scans unlike the training data (2D FLAIR with thick "
+        "slices, other contrasts, scans that are not skull-stripped) without checking its output; "
+        "claims about accuracy beyond the figures below, which come from two patients."),
+    "limitations": (
+        "Trained on two MS patients from one centre and scanner. Expect lower accuracy on other scanners, "
+        "on small-vessel-disease WMH, and on scans that are not skull-stripped (bright extra-cerebral "
+        "tissue can be segmented) or not bias-corrected; inspect the masks (wmhkeras segment --qc is "
+        "planned) and use --brain-mask where you have one."),
+    "input_requirements": {
+        "modalities": ["FLAIR"],
+        "skull_stripped": True,
+        "bias_corrected": True,
+        "voxel_size_mm": "about 1 x 1 x 1 (trained on 1 mm isotropic); slices are resampled to 1 x 1 mm in-plane, "
+                         "so other in-plane sizes are accepted, thick slices are not corrected",
+        "orientation": "any: volumes are handled in the closest canonical RAS orientation and written back on the "
+                       "input's own grid",
+    },
+    "training_data": {
+        "dataset": "open_ms_data (University of Ljubljana), patients 07 and 26: 3D FLAIR, 1 mm isotropic, "
+                   "consensus lesion masks",
+        "subjects": list(PATIENTS),
+        "licence": "CC-BY (Creative Commons Attribution)",
+        "citation": CITATION,
+    },
+}
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=None, help="the open_ms_data folder")
+    parser.add_argument("--out", type=Path, default=REPO / "saved_models" / "open_ms_flair")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "pretrained")
+    parser.add_argument("--config", default="configs/real_flair.yaml")
+    parser.add_argument("--results", type=Path, default=None, help="results.json of the two-patient protocol")
+    args = parser.parse_args()
+    data = args.data or default_data()
+    if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
+        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    shutil.rmtree(args.work, ignore_errors=True)
+    manifest = args.work / "manifest.csv"
+    write_manifest(data, PATIENTS[0], manifest)
+    second = write_manifest(data, PATIENTS[1], args.work / "second.csv").read_text().splitlines()[1]
+    with open(manifest, "a") as f:
+        f.write(second + "\n")
+    run([*wmhkeras(), "train", args.config, "--data", str(manifest), "--out", str(args.work / "run"), "--quiet",
+         "--set", "data.split=[1.0, 0.0, 0.0]"])
+    run([*wmhkeras(), "export", str(args.work / "run"), "--out", str(args.out), "--tflite", "fp16", "--force"])
+    card_path = args.out / MODEL_CARD_NAME
+    card = ModelCard.read(card_path)
+    extra = dict(card.extra, **CARD_TEXT)
+    if args.results is not None:
+        extra["evaluation"] = {
+            "protocol": "train on one open_ms_data patient with this config, segment and score the other with "
+                        "wmhkeras evaluate (MICCAI 2017 WMH challenge metrics), both directions "
+                        "(scripts/real_data_protocol.py; docs/real_data.md)",
+            "results": json.loads(args.results.read_text()),
+        }
+    training = dict(card.training_config or {})
+    training.setdefault("data", {})["path"] = "open_ms_data: patient07, patient26"
+    dataclasses.replace(card, extra=extra, training_config=training, source="configs/real_flair.yaml trained on "
+                        "open_ms_data patients 07 and 26").write(card_path)
+    sizes = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"{args.out}: {sizes / 2**20:.1f} MB in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
