@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo_output
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install demo test test-fast bench lint clean experiment-demo
+.PHONY: install demo test test-fast bench lint clean experiment-demo pretrained real-protocol
 
 $(STAMP): setup.py pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ bench: $(STAMP)
 experiment-demo: $(STAMP)
 	$(BIN)/wmhkeras synth demo_experiment/cohort --subjects 24 --sites 3 --seed 0
 	$(BIN)/wmhkeras experiment configs/experiment_demo.yaml --data demo_experiment/cohort --out demo_experiment/run
+
+# The shipped real-data model (saved_models/open_ms_flair): configs/real_flair.yaml trained on both
+# open_ms_data patients (read from ../shared/data or $$WMH_SHARED_DATA), exported, card completed.
+pretrained: $(STAMP)
+	$(BIN)/python scripts/pretrained.py --out saved_models/open_ms_flair --results docs/real_data_results.json
+
+# The two-patient protocol of docs/real_data.md (train on one patient, test on the other, both ways).
+real-protocol: $(STAMP)
+	$(BIN)/python scripts/real_data_protocol.py --out runs/real_protocol \
+		--arm demo=configs/demo.yaml --arm recipe=configs/real_flair.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check wmhkeras cli tests bench

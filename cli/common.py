@@ -8,7 +8,6 @@ import sys
 import click
 
 #: Exit code when everything asked for was done.
-EXIT_OK = 0
 #: Exit code when some subjects failed (the others are complete; each failure is reported).
 EXIT_SOME_FAILED = 1
 #: Exit code of ``wmhkeras export`` when an artifact is outside its tolerance (all files are written).

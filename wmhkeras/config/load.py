@@ -19,6 +19,7 @@ import yaml
 from wmhkeras.config.schema import CONFIG_VERSION, Config, ExperimentConfig
 from wmhkeras.errors import ConfigError
 from wmhkeras.io.files import atomic_write_text
+from wmhkeras.io.model_card import MAX_CONTEXT_SLICES
 
 #: Values in a config file that name a file or folder; a relative one is resolved against the file's folder.
 RELATIVE_PATHS = (("data", "path"), ("experiment", "external"))
@@ -124,7 +125,8 @@ def _check(cfg: Config) -> None:
     need(len(d.patch_size) == 2 and all(p > 0 for p in d.patch_size), "data.patch_size", d.patch_size, "use [height, width] > 0")
     need(d.memory_limit_gb > 0, "data.memory_limit_gb", d.memory_limit_gb, "use a positive number")
     need(len(d.spacing) == 2 and all(s > 0 for s in d.spacing), "data.spacing", d.spacing, "use [x, y] in mm > 0")
-    need(0 <= d.context_slices <= 7, "data.context_slices", d.context_slices, "use 0 (2D) to 7")
+    need(0 <= d.context_slices <= MAX_CONTEXT_SLICES, "data.context_slices", d.context_slices,
+         f"use 0 (2D) to {MAX_CONTEXT_SLICES}")
     need(1 <= m.depth <= 7, "model.depth", m.depth, "use 1 to 7")
     need(m.base_filters >= 1, "model.base_filters", m.base_filters, "use a positive integer")
     need(0 <= m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum, "use a value in [0, 1)")

@@ -28,7 +28,8 @@ class DataConfig:
     #: Input modalities of the model, FLAIR first.
     modalities: list[Literal["flair", "t1"]] = field(default_factory=lambda: ["flair"])
     normalisation: Literal["max", "zscore"] = "max"
-    #: ``slices``: whole axial slices resized to ``model.input_size`` (the paper); ``patches``.
+    #: ``slices``: whole axial slices (resized to ``model.input_size`` in ``fixed`` mode, the paper; else on a
+    #: ``model.input_size`` canvas); ``patches``: ``patch_size`` patches cut after resampling.
     sampling: Literal["slices", "patches"] = "slices"
     patch_size: list[int] = field(default_factory=lambda: [64, 64])
     #: Fraction of training samples that contain lesion voxels (imbalance-aware sampling);

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from wmhkeras.errors import ConfigError
-from wmhkeras.io.model_card import NORMALISATIONS  # noqa: E402  (the names a model card may record)
+from wmhkeras.io.model_card import NORMALISATIONS, RESAMPLE_MODES  # noqa: E402  (the names a model card may record)
 
 
 def _tf():
@@ -137,8 +137,6 @@ def slices_to_volume(slices):
     return tf.transpose(tf.convert_to_tensor(slices), (1, 2, 0, 3))
 
 
-#: How slices are brought to the model's grid (``data.resample``).
-RESAMPLE_MODES = ("fixed", "spacing", "none")
 
 
 @dataclass(frozen=True)

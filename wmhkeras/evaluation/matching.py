@@ -19,7 +19,7 @@ from wmhkeras.config import load_config
 from wmhkeras.data.datasets import MANIFEST_NAME, load_dataset, read_manifest
 from wmhkeras.data.splits import load_split
 from wmhkeras.errors import InputError
-from wmhkeras.io.naming import MASK_SUFFIX, is_nifti, strip_nifti, subject_id
+from wmhkeras.io.naming import MASK_SUFFIX, is_nifti, is_output_map, strip_nifti, subject_id
 from wmhkeras.io.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ TRUTH_TAGS = ("wmh", "GOLD_STANDARD", "labels", "label", "truth", "seg", "mask")
 PRED_TAGS = ("wmh_mask", "mask", "prediction", "pred", "seg")
 #: Tags of image files found beside labels: FLAIR is shown in the QC montage, T1 is skipped.
 IMAGE_TAGS = ("FLAIR", "T1")
-#: Maps written beside the masks by ``wmhkeras segment`` (probability, TTA uncertainty): never predictions.
-MAP_TAGS = ("_wmh_prob", "_wmh_uncertainty")
 #: Column of a prediction manifest CSV that holds the file (``subject,pred``).
 PRED_COLUMNS = ("pred", "prediction", "mask")
 
@@ -148,7 +146,7 @@ def resolve_predictions(path: str | Path) -> dict[str, Path]:
         if masks:
             preds = {p.name[: -len(MASK_SUFFIX)]: p.resolve() for p in masks}
         else:
-            files = [p for p in files if not _has_tag(p, (*MAP_TAGS, *IMAGE_TAGS))]
+            files = [p for p in files if not is_output_map(p) and not _has_tag(p, IMAGE_TAGS)]
             preds = {subject_id(p, PRED_TAGS): p.resolve() for p in files}
     if not preds:
         raise InputError(f"{path}: no prediction found (expected <subject>{MASK_SUFFIX} files)")

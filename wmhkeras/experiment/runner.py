@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from wmhkeras.config import Config, ExperimentConfig, load_config, read_yaml, save_config
+from wmhkeras.config import Config, ExperimentConfig, config_from_dict, load_config, read_yaml, save_config
 from wmhkeras.data.datasets import Subject, check_subject, load_dataset, write_manifest
 from wmhkeras.data.splits import check_split, make_splits
 from wmhkeras.errors import ConfigError, InputError
@@ -176,7 +176,8 @@ def _check_out_dir(out_dir: Path, resolved: dict) -> bool:
     if not path.is_file():
         check_new_folder(out_dir, "it holds no experiment (config.yaml); choose another --out")
         return False
-    before, now = _flat(read_yaml(path)), _flat(resolved)
+    # through the schema, so keys added since (with their defaults) do not count as changes
+    before, now = _flat(config_from_dict(read_yaml(path)).to_dict()), _flat(resolved)
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     if changed:
         key = changed[0]

@@ -13,7 +13,7 @@ from typing import Optional
 from wmhkeras.data.datasets import MANIFEST_NAME, Subject, check_subject, load_dataset, read_manifest
 from wmhkeras.errors import InputError
 from wmhkeras.io import Volume, check_same_grid, load_volume
-from wmhkeras.io.naming import is_nifti, strip_nifti, subject_id, swap_tag
+from wmhkeras.io.naming import OUTPUT_SUFFIXES, is_nifti, is_output_map, strip_nifti, subject_id, swap_tag
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class SegmentInput:
 def _flat_folder(folder: Path) -> list[SegmentInput]:
     """The NIfTI files directly in ``folder`` (rule: see :func:`resolve_inputs`)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
-    files = [p for p in files if not re.search(r"_wmh_(prob|mask|uncertainty)$", strip_nifti(p.name))]
+    files = [p for p in files if not is_output_map(p, OUTPUT_SUFFIXES)]
     flairs = [p for p in files if re.search(r"flair$", strip_nifti(p.name), flags=re.IGNORECASE)]
     if not flairs:
         return [SegmentInput(subject_id(p), p.resolve()) for p in files]

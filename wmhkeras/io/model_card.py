@@ -33,7 +33,7 @@ ORIENTATION = (
 )
 #: Probability at and above which a voxel is lesion.
 THRESHOLD = 0.5
-#: Resampling modes a card may record (``wmhkeras.data.preprocessing.RESAMPLE_MODES``).
+#: How slices are brought to the model's grid (``data.resample``; :class:`wmhkeras.data.preprocessing.Resampling`).
 RESAMPLE_MODES = ("fixed", "spacing", "none")
 #: Largest ``context_slices`` a card may record (``data.context_slices``).
 MAX_CONTEXT_SLICES = 7

@@ -16,6 +16,8 @@ MASK_SUFFIX = "_wmh_mask.nii.gz"
 #: The flip test-time augmentation's disagreement ``|p - p_flipped|`` (``wmhkeras segment --uncertainty``).
 UNCERTAINTY_SUFFIX = "_wmh_uncertainty.nii.gz"
 LESIONS_SUFFIX = "_lesions.csv"
+#: The NIfTI files ``wmhkeras segment`` writes per subject.
+OUTPUT_SUFFIXES = (PROB_SUFFIX, MASK_SUFFIX, UNCERTAINTY_SUFFIX)
 SUMMARY_NAME = "summary.csv"
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -58,3 +60,10 @@ def swap_tag(path: Path, tag: str, new: str) -> Optional[Path]:
     if not match:
         return None
     return path.with_name(stem[: match.start()] + new + path.name[len(stem):])
+
+
+def is_output_map(path: str | Path, suffixes: Sequence[str] = (PROB_SUFFIX, UNCERTAINTY_SUFFIX)) -> bool:
+    """Whether ``path`` is a map written by ``wmhkeras segment`` (default: probability or uncertainty;
+    pass :data:`OUTPUT_SUFFIXES` to include the mask), compared without the NIfTI suffix."""
+    stem = strip_nifti(Path(path).name)
+    return any(stem.endswith(strip_nifti(s)) for s in suffixes)

@@ -30,7 +30,7 @@ def _check_shape(input_shape: Sequence[int | None], depth: int, base_filters: in
     """Validate ``(height, width, channels)`` against the ``depth`` pooling steps; return it as a tuple.
 
     ``height`` and ``width`` may be ``None``: the model is then fully convolutional and accepts any
-    in-plane size divisible by ``2**depth`` (checked when it is called, see :func:`check_spatial_size`).
+    in-plane size divisible by ``2**depth`` (callers pad to it: :class:`~wmhkeras.data.preprocessing.Resampling`).
     """
     if len(input_shape) != 3:
         raise ConfigError(f"input_shape must be (height, width, channels); got {tuple(input_shape)!r}")
@@ -157,8 +157,9 @@ def build_dense_unet(
 
     Args:
         input_shape: ``(height, width, channels)``; height and width must divide by ``2**depth``, or be
-            ``None`` (the default for training: a fully convolutional model that segments slices of
-            any size divisible by ``2**depth``, e.g. trained on patches, applied to whole slices).
+            ``None`` (a fully convolutional model that segments slices of any size divisible by
+            ``2**depth``, e.g. trained on patches, applied to whole slices; :func:`free_size` makes
+            this copy of a model built for one size).
         depth: number of encoder levels (= max-pools = upsample blocks). The paper uses 5.
         base_filters: filters of the first level; level ``i`` has ``base_filters * 2**i`` (32..512 in the
             paper).
@@ -226,10 +227,16 @@ def free_size(model: keras.Model) -> keras.Model:
     """
     if tuple(model.input_shape[1:3]) == (None, None):
         return model
-    free = keras.Input(shape=(None, None, model.input_shape[-1]))
-    copy = keras.models.clone_model(model, input_tensors=[free] if isinstance(model.input, (list, tuple)) else free)
+    copy = _rebuilt(model, (None, None, model.input_shape[-1]))
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _rebuilt(model: keras.Model, shape: tuple) -> keras.Model:
+    """The functional ``model``'s graph rebuilt on an input of ``shape`` (new, unset weights)."""
+    new = keras.Input(shape=shape)
+    # a model loaded from a .keras file keeps its inputs as a list: clone_model wants the same structure
+    return keras.models.clone_model(model, input_tensors=[new] if isinstance(model.input, (list, tuple)) else new)
 
 
 def count_flops(model: keras.Model, input_size: Sequence[int] | None = None) -> int:
@@ -242,10 +249,7 @@ def count_flops(model: keras.Model, input_size: Sequence[int] | None = None) -> 
     ``input_size=(height, width)``: it is counted as a copy built for that size.
     """
     if input_size is not None:
-        channels = model.input_shape[-1]
-        inputs = keras.Input(shape=(*map(int, input_size), channels))
-        # a model loaded from a .keras file keeps its inputs as a list: clone_model wants the same structure
-        model = keras.models.clone_model(model, input_tensors=[inputs] if isinstance(model.input, list) else inputs)
+        model = _rebuilt(model, (*map(int, input_size), model.input_shape[-1]))
     total = 0
     for layer in model.layers:
         if isinstance(layer, keras.Model):

@@ -26,14 +26,18 @@ from wmhkeras.models.unet import free_size
 log = logging.getLogger(__name__)
 
 
-def inference_model(generator: keras.Model) -> keras.Model:
-    """An uncompiled, free-size copy of ``generator`` (:func:`~wmhkeras.models.unet.free_size`).
+def inference_model(generator: keras.Model, free: bool = True) -> keras.Model:
+    """An uncompiled view of ``generator``; with ``free``, its free-size copy
+    (:func:`~wmhkeras.models.unet.free_size`).
 
     Saved as ``best.keras``: it carries no optimizer and no loss, so it loads with
-    ``keras.saving.load_model(path)`` without the content loss's backbone weights, and it segments
-    slices of any size divisible by ``2**depth``.
+    ``keras.saving.load_model(path)`` without the content loss's backbone weights. Runs that resample
+    to the native grid or a spacing save it free (it segments slices of any size divisible by
+    ``2**depth``); ``fixed`` runs keep the training size, which tells any reader of the bare file that
+    slices are resized to it.
     """
-    return free_size(keras.Model(generator.inputs, generator.outputs, name=generator.name))
+    view = keras.Model(generator.inputs, generator.outputs, name=generator.name)
+    return free_size(view) if free else view
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -61,10 +65,11 @@ class RunCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run: RunFolder, generator: keras.Model, monitor: str = "val_dice",
-                 state: RunState | None = None, summary_base: RunSummary | None = None):
+                 state: RunState | None = None, summary_base: RunSummary | None = None, free_size: bool = True):
         super().__init__()
         self.run = run
         self.generator = generator
+        self.free_size = free_size
         self.monitor = monitor
         self.mode = "min" if monitor.endswith("loss") else "max"
         state = state or RunState()
@@ -141,7 +146,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.model.save(tmp)
         if improved:
             with atomic_path(self.run.best) as tmp:
-                inference_model(self.generator).save(tmp)
+                inference_model(self.generator, self.free_size).save(tmp)
             log.info("epoch %d: %s improved to %.4f, saved %s", self.epochs, self.monitor, value, self.run.best)
         # After the checkpoint: a kill in between leaves state.json one epoch behind, never ahead.
         self.run.write_state(self.state(running_epoch=None))

@@ -25,6 +25,7 @@ import numpy as np
 
 from wmhkeras.config import Config, load_config, save_config
 from wmhkeras.data.datasets import Subject, load_dataset
+from wmhkeras.data.preprocessing import resample_mode
 from wmhkeras.data.splits import check_split, load_split, make_split
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.io.files import atomic_write_json
@@ -120,9 +121,10 @@ def build_model(cfg: Config) -> tuple[keras.Model, keras.Model]:
     the content loss compares features in full precision whatever ``train.precision`` says.
 
     The generator is built for the training sample size (static shapes: the same numbers as a fixed
-    model, and kernels specialised to it); ``best.keras`` is saved as its free-size copy
-    (:func:`~wmhkeras.models.unet.free_size`), which segments slices of any size divisible by
-    ``2**depth`` (``wmhkeras segment`` pads them). The loss is built for the training sample size.
+    model, and kernels specialised to it). In the ``spacing`` and ``none`` modes ``best.keras`` is saved
+    as its free-size copy (:func:`~wmhkeras.models.unet.free_size`), which segments slices of any size
+    divisible by ``2**depth`` (``wmhkeras segment`` pads them); ``fixed`` runs keep the training size.
+    The loss is built for the training sample size.
     """
     shape = input_shape(cfg)
     what = "data.patch_size" if cfg.data.sampling == "patches" else "model.input_size"
@@ -291,7 +293,9 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
     _write_run_files(cfg, write, split, resume=resume, initial_epoch=initial_epoch)
 
     base = _summary_base(cfg, write, data, split, replicas, started=state.started or utc_now())
-    checkpoint = RunCheckpoint(write, generator, monitor=_monitor(cfg, data), state=state, summary_base=base)
+    free = resample_mode(cfg.data.resample, cfg.data.sampling) != "fixed"  # best.keras: see inference_model
+    checkpoint = RunCheckpoint(write, generator, monitor=_monitor(cfg, data), state=state, summary_base=base,
+                               free_size=free)
     callbacks = _callbacks(cfg, checkpoint, generator, data.preview, resume=resume, chief=chief)
     log.info("training %s with the %s loss: epochs %d-%d of %d steps, global batch %d over %d replica(s)",
              cfg.model.arch, cfg.loss.name, initial_epoch + 1, t.epochs, t.steps_per_epoch, t.batch_size, replicas)
@@ -326,7 +330,7 @@ def _write_run_files(cfg: Config, run: RunFolder, split: Split, *, resume: bool,
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
     if not resume:
-        split.write(run.split)
+        run.write_split(split)
     atomic_write_json(run.versions, package_versions())
     if resume:
         trim_log(run.log, initial_epoch)
