@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -61,7 +62,8 @@ def run(cmd: list[str], log: Path) -> float:
 
 
 def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path, out: Path) -> dict:
-    config, *overrides = spec.split(",")
+    # Overrides are split before each ",KEY=", so list values such as data.patch_size=[96, 96] stay whole.
+    config, *overrides = re.split(r",\s*(?=[A-Za-z_][\w.]*=)", spec)
     folder = out / name / f"train-{train_on}"
     train_manifest = write_manifest(data, train_on, folder / "train_manifest.csv")
     test_manifest = write_manifest(data, test_on, folder / "test_manifest.csv")

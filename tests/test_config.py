@@ -87,11 +87,14 @@ def test_resolution_keys_default_to_the_paper_behaviour():
     assert (cfg.data.resample, cfg.data.spacing, cfg.data.context_slices) == ("spacing", [0.5, 1.0], 2)
 
 
-def test_cross_field_check_gamma_needs_max_normalisation():
-    assert load_config([], ["augment.gamma=0.2"]).augment.gamma == 0.2
-    assert load_config([], ["data.normalisation=zscore"]).data.normalisation == "zscore"
-    with pytest.raises(ConfigError, match="augment.gamma: 0.2 is not allowed; gamma needs intensities in"):
-        load_config([], ["augment.gamma=0.2", "data.normalisation=zscore"])
+def test_augment_ranges_are_checked_and_gamma_works_with_zscore():
+    cfg = load_config([], ["augment.gamma=0.2", "data.normalisation=zscore", "augment.scale=0.2",
+                           "augment.intensity_shift=0.1", "augment.noise=0.05"])
+    assert (cfg.augment.gamma, cfg.augment.scale, cfg.augment.intensity_shift, cfg.augment.noise) == (0.2, 0.2, 0.1, 0.05)
+    with pytest.raises(ConfigError, match="augment.scale: 1.0 is not allowed"):
+        load_config([], ["augment.scale=1.0"])
+    with pytest.raises(ConfigError, match="augment.noise: -0.1 is not allowed"):
+        load_config([], ["augment.noise=-0.1"])
 
 
 def test_ints_are_accepted_where_floats_are_expected():

@@ -104,11 +104,63 @@ def test_seeded_by_seed_and_batch_index():
     assert not np.array_equal(Augmenter(cfg, seed=0)(mask, mask, 5)[0].numpy(), first)
 
 
-def test_off_is_identity_and_gamma_needs_max_normalisation():
+def test_off_is_identity_and_other_normalisations_are_refused():
     image = np.random.default_rng(0).random((2, 8, 8, 1)).astype(np.float32)
     aug = Augmenter(AugmentConfig(rotation_degrees=0), seed=0)
     assert not aug.active
     x, _ = aug(image, image > 0.5, 0)
     np.testing.assert_array_equal(np.asarray(x), image)
-    with pytest.raises(ConfigError, match="augment.gamma: 0.2 needs data.normalisation 'max'"):
-        Augmenter(AugmentConfig(gamma=0.2), normalisation="zscore")
+    with pytest.raises(ConfigError, match="data.normalisation: 'minmax' is not 'max' or 'zscore'"):
+        Augmenter(AugmentConfig(gamma=0.2), normalisation="minmax")
+
+
+def test_zoom_by_two_about_the_centre():
+    # image value 5 r + c is linear, so bilinear sampling at the input point is exact:
+    # output (r, c) samples input (2 + (r - 2) / 2, 2 + (c - 2) / 2).
+    image = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
+    out = keras.ops.image.affine_transform(image, rotation_transforms([0.0], 5.0, 5.0, zoom=[2.0])).numpy()
+    r, c = np.mgrid[0:5, 0:5]
+    np.testing.assert_allclose(out[0, :, :, 0], 5 * (2 + (r - 2) / 2) + (2 + (c - 2) / 2), atol=1e-4)
+    # rotation and zoom compose: 90 degrees then zoom 1 is rot90
+    out = keras.ops.image.affine_transform(image, rotation_transforms([math.pi / 2], 5.0, 5.0, zoom=[1.0])).numpy()
+    np.testing.assert_allclose(out[0, :, :, 0], np.rot90(image[0, :, :, 0]), atol=1e-4)
+
+
+def test_scale_zooms_image_and_mask_together_within_its_range():
+    mask = np.zeros((8, 33, 33, 1), np.float32)
+    mask[:, 12:21, 12:21] = 1  # a 9 x 9 square about the centre: its area scales with zoom^2
+    x, m = (a.numpy() for a in Augmenter(AugmentConfig(rotation_degrees=0, scale=0.3), seed=0)(mask.copy(), mask, 0))
+    np.testing.assert_array_equal(m, (x >= 0.5).astype(np.float32))
+    zoom = np.sqrt(m.reshape(8, -1).sum(axis=1) / 81.0)
+    assert ((zoom > 0.7 - 0.12) & (zoom < 1.3 + 0.12)).all() and zoom.std() > 0.05
+
+
+def test_shift_and_noise_leave_the_geometry_draws_alone():
+    mask = blobs()
+    base = AugmentConfig(rotation_degrees=30, flip=True, intensity_scale=0.1)
+    more = AugmentConfig(rotation_degrees=30, flip=True, intensity_scale=0.1, intensity_shift=0.3, noise=0.1)
+    x0, m0 = (a.numpy() for a in Augmenter(base, seed=3, normalisation="zscore")(mask, mask, 2))
+    x1, m1 = (a.numpy() for a in Augmenter(more, seed=3, normalisation="zscore")(mask, mask, 2))
+    np.testing.assert_array_equal(m1, m0)
+    residual = x1 - x0  # a constant offset per sample plus zero-mean noise
+    offsets = residual.mean(axis=(1, 2, 3))
+    assert (np.abs(offsets) <= 0.3 + 0.02).all() and offsets.std() > 0
+    assert 0 < (residual - offsets[:, None, None, None]).std() <= 0.1
+
+
+def test_zscore_gamma_keeps_each_samples_range_and_bends_between():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(6, 8, 8, 3)).astype(np.float32)  # zscore: negative values too
+    cfg = AugmentConfig(rotation_degrees=0, gamma=0.4)
+    x = Augmenter(cfg, seed=0, normalisation="zscore", context=1)(image, blobs(6, 8), 0)[0].numpy()
+    low, high = image.min(axis=(1, 2, 3)), image.max(axis=(1, 2, 3))
+    np.testing.assert_allclose(x.min(axis=(1, 2, 3)), low, atol=1e-5)
+    np.testing.assert_allclose(x.max(axis=(1, 2, 3)), high, atol=1e-5)
+    t = (image - low[:, None, None, None]) / (high - low)[:, None, None, None]
+    u = (x - low[:, None, None, None]) / (high - low)[:, None, None, None]
+    inner = (t > 0.05) & (t < 0.95)
+    gammas = np.log(u[inner]) / np.log(t[inner])
+    per_sample = [np.log(u[b][inner[b]]) / np.log(t[b][inner[b]]) for b in range(6)]
+    for g in per_sample:  # one gamma per sample (the context slices of the modality share it)
+        np.testing.assert_allclose(g, g.mean(), rtol=1e-3)
+    assert ((gammas >= 0.6 - 1e-3) & (gammas <= 1.4 + 1e-3)).all()

@@ -144,8 +144,9 @@ def _check(cfg: Config) -> None:
     need(0 <= a.rotation_degrees <= 180, "augment.rotation_degrees", a.rotation_degrees, "use 0 to 180")
     need(0 <= a.intensity_scale < 1, "augment.intensity_scale", a.intensity_scale, "use a value in [0, 1)")
     need(0 <= a.gamma < 1, "augment.gamma", a.gamma, "use a value in [0, 1)")
-    need(a.gamma == 0 or d.normalisation == "max", "augment.gamma", a.gamma,
-         "gamma needs intensities in [0, 1]: use 0 with data.normalisation: zscore")
+    need(0 <= a.scale < 1, "augment.scale", a.scale, "use a value in [0, 1)")
+    need(0 <= a.intensity_shift <= 1, "augment.intensity_shift", a.intensity_shift, "use a value in [0, 1]")
+    need(0 <= a.noise <= 1, "augment.noise", a.noise, "use a value in [0, 1]")
     need(t.epochs >= 1, "train.epochs", t.epochs, "use at least 1")
     need(t.steps_per_epoch >= 1, "train.steps_per_epoch", t.steps_per_epoch, "use at least 1")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "use at least 1")

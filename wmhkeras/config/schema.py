@@ -101,6 +101,12 @@ class AugmentConfig:
     flip: bool = False
     intensity_scale: float = 0.0
     gamma: float = 0.0
+    #: Zoom: a factor uniform in ``[1 - scale, 1 + scale]`` (lesions of other sizes), with the rotation.
+    scale: float = 0.0
+    #: Brightness: an offset uniform in ``[-intensity_shift, intensity_shift]`` (z units, or of [0, 1]).
+    intensity_shift: float = 0.0
+    #: Gaussian noise: a standard deviation uniform in ``[0, noise]`` per sample (z units, or of [0, 1]).
+    noise: float = 0.0
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Training augmentation applied identically to image and mask, with Keras 3 built-in ops.
 
 The paper (Mac et al., MIDL 2020, section 3.2) augments with random rotations up to 30 degrees. The
-toolkit adds optional left-right flips, intensity scaling and gamma. Geometry is applied once to the
+toolkit adds optional left-right flips, zoom, and image-only intensity changes (scale, shift, gamma,
+Gaussian noise: the nnU-Net set, which is what lets one scanner's training data meet another's). Geometry is applied once to the
 image and mask *concatenated* along the channel axis, so both see exactly the same transform; the mask
 channel is interpolated bilinearly with the image and re-binarised at 0.5 (labels must stay binary
 before soft-labelling), which keeps it aligned with the interpolated image to the voxel.
@@ -31,14 +32,17 @@ from wmhkeras.errors import ConfigError
 MASK_THRESHOLD = 0.5
 
 
-def rotation_transforms(angles, height: int, width: int):
+def rotation_transforms(angles, height: int, width: int, zoom=None):
     """Projective transforms ``(batch, 8)`` rotating each image by ``angles`` (radians) about its centre.
 
-    In ``keras.ops.image.affine_transform``'s convention each row maps an *output* pixel ``(x, y)``
-    (x along width, y along height) to the input point it is sampled from.
+    With ``zoom`` (one factor per image, > 1 magnifies) the rotation is followed by a zoom about the
+    same centre. In ``keras.ops.image.affine_transform``'s convention each row maps an *output* pixel
+    ``(x, y)`` (x along width, y along height) to the input point it is sampled from:
+    ``input = centre + R (output - centre) / zoom``.
     """
     angles = tf.convert_to_tensor(angles, tf.float32)
-    cos, sin = tf.cos(angles), tf.sin(angles)
+    inverse = tf.ones_like(angles) if zoom is None else 1.0 / tf.convert_to_tensor(zoom, tf.float32)
+    cos, sin = tf.cos(angles) * inverse, tf.sin(angles) * inverse
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     zeros = tf.zeros_like(angles)
     return tf.stack(
@@ -50,28 +54,39 @@ class Augmenter:
     """Seeded, stateless augmentation of a batch: ``augmenter(x, mask, batch_index) -> (x, mask)``.
 
     Args:
-        cfg: the ``augment`` config section (``rotation_degrees``, ``flip``, ``intensity_scale``,
-            ``gamma``).
+        cfg: the ``augment`` config section (``rotation_degrees``, ``flip``, ``scale``,
+            ``intensity_scale``, ``intensity_shift``, ``gamma``, ``noise``).
         seed: the run seed; batch ``b`` uses the stateless seed ``(seed, b)``.
         normalisation: ``max`` (images in [0, 1], clipped back to [0, 1] after intensity changes) or
-            ``zscore`` (no clipping; gamma is refused, it is not defined for negative values).
+            ``zscore`` (no clipping; gamma acts on each sample rescaled to [0, 1] by its own minimum
+            and maximum and is mapped back, as nnU-Net does, so it is defined for negative values).
         context: ``data.context_slices`` ``k``: the channels are modality-major groups of ``2k + 1``
             neighbouring slices, and the slices of one modality share its intensity draws (they come
             from one scan).
 
     Per sample: a rotation angle uniform in ``[-rotation_degrees, rotation_degrees]`` about the slice
-    centre (bilinear, zero fill outside the slice); with ``flip``, a left-right mirror (the X axis,
-    i.e. the height axis, the anatomically plausible flip of an axial slice) with probability 1/2; per
-    modality, a factor uniform in ``[1 - intensity_scale, 1 + intensity_scale]`` and then a gamma uniform
-    in ``[1 - gamma, 1 + gamma]`` (``x ** gamma``), image only. A sample whose rotation would erase all
-    its lesion voxels (a one-voxel lesion whose bilinear weights all fall below 0.5) stays unrotated, so
-    lesion samples keep their lesion and the configured lesion fraction holds after augmentation.
+    centre and, with ``scale``, a zoom uniform in ``[1 - scale, 1 + scale]`` about it (bilinear, zero
+    fill outside the slice); with ``flip``, a left-right mirror (the X axis, i.e. the height axis, the
+    anatomically plausible flip of an axial slice) with probability 1/2. Then, image only and per
+    modality: a factor uniform in ``[1 - intensity_scale, 1 + intensity_scale]``; an offset uniform in
+    ``[-intensity_shift, intensity_shift]``; a gamma uniform in ``[1 - gamma, 1 + gamma]``
+    (``x ** gamma`` for ``max``; for ``zscore``, on the sample rescaled to [0, 1] by its own range and
+    back); and Gaussian noise whose standard deviation is uniform in ``[0, noise]`` per sample. A sample
+    whose rotation or zoom would erase all its lesion voxels (a one-voxel lesion whose bilinear weights
+    all fall below 0.5) stays untransformed, so lesion samples keep their lesion and the configured
+    lesion fraction holds after augmentation.
+
+    The draws of the options the paper's set lacks (``scale``, ``intensity_shift``, ``noise``, and
+    gamma under ``zscore``) come from a second stateless stream, so switching them on leaves every
+    other draw, and so older seeded runs, unchanged.
     """
 
+    #: Added to the seed's first word for the second stream of draws.
+    EXTRA_STREAM = 7919
+
     def __init__(self, cfg: AugmentConfig, seed: int = 0, normalisation: str = "max", context: int = 0):
-        if cfg.gamma > 0 and normalisation != "max":
-            raise ConfigError(f"augment.gamma: {cfg.gamma} needs data.normalisation 'max' (images in [0, 1]); "
-                              f"got {normalisation!r}; set augment.gamma to 0")
+        if normalisation not in ("max", "zscore"):
+            raise ConfigError(f"data.normalisation: {normalisation!r} is not 'max' or 'zscore'")
         self.cfg = cfg
         self.seed = int(seed)
         self.normalisation = normalisation
@@ -80,7 +95,8 @@ class Augmenter:
     @property
     def active(self) -> bool:
         c = self.cfg
-        return c.rotation_degrees > 0 or c.flip or c.intensity_scale > 0 or c.gamma > 0
+        return (c.rotation_degrees > 0 or c.flip or c.scale > 0 or c.intensity_scale > 0 or c.gamma > 0
+                or c.intensity_shift > 0 or c.noise > 0)
 
     def __call__(self, x, mask, batch_index):
         if not self.active:
@@ -89,38 +105,67 @@ class Augmenter:
         x = tf.convert_to_tensor(x, tf.float32)
         mask = tf.convert_to_tensor(mask, tf.float32)
         batch = tf.shape(x)[0]
-        channels = x.shape[-1]
-        modalities = channels // self.group
+        modalities = x.shape[-1] // self.group
         seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(batch_index, tf.int64)])
         # One draw per sample: angle, flip, then (scale, gamma) per modality.
         u = tf.random.stateless_uniform(tf.stack([batch, 2 + 2 * modalities]), seed=seed)
+        # The second stream: zoom, noise level, then (shift, zscore gamma) per modality.
+        v = tf.random.stateless_uniform(tf.stack([batch, 2 + 2 * modalities]),
+                                        seed=seed + tf.constant([self.EXTRA_STREAM, 0], tf.int64))
 
-        if c.rotation_degrees > 0 or c.flip:
-            both = tf.concat([x, mask], axis=-1)
-            if c.flip:
-                flip = (u[:, 1] < 0.5)[:, None, None, None]
-                both = tf.where(flip, keras.ops.flip(both, axis=1), both)
-            if c.rotation_degrees > 0:
-                angles = (2.0 * u[:, 0] - 1.0) * (c.rotation_degrees * math.pi / 180.0)
-                height, width = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
-                rotated = keras.ops.image.affine_transform(
-                    both, rotation_transforms(angles, height, width), interpolation="bilinear",
-                    fill_mode="constant", fill_value=0,
-                )
-                # A rotation can erase a one-voxel lesion (its bilinear weights all fall below 0.5); such a
-                # sample stays unrotated, so that every lesion sample still holds lesion.
-                had = tf.reduce_max(both[..., channels:], axis=(1, 2, 3)) >= MASK_THRESHOLD
-                has = tf.reduce_max(rotated[..., channels:], axis=(1, 2, 3)) >= MASK_THRESHOLD
-                both = tf.where((had & ~has)[:, None, None, None], both, rotated)
-            x = both[..., :channels]
-            mask = tf.cast(both[..., channels:] >= MASK_THRESHOLD, tf.float32)
-
-        if c.intensity_scale > 0:
-            scale = 1.0 + (2.0 * u[:, 2:2 + modalities] - 1.0) * c.intensity_scale
-            x = x * tf.repeat(scale, self.group, axis=1)[:, None, None, :]
-        if c.gamma > 0:
-            gamma = 1.0 + (2.0 * u[:, 2 + modalities:] - 1.0) * c.gamma
-            x = tf.pow(tf.maximum(x, 0.0), tf.repeat(gamma, self.group, axis=1)[:, None, None, :])
-        if self.normalisation == "max" and (c.intensity_scale > 0 or c.gamma > 0):
+        if c.rotation_degrees > 0 or c.flip or c.scale > 0:
+            x, mask = self._geometry(x, mask, u, v)
+        x = self._intensity(x, u, v, modalities)
+        if c.noise > 0:
+            sigma = v[:, 1] * c.noise
+            x = x + sigma[:, None, None, None] * tf.random.stateless_normal(
+                tf.shape(x), seed=seed + tf.constant([2 * self.EXTRA_STREAM, 0], tf.int64))
+        if self.normalisation == "max" and (c.intensity_scale > 0 or c.gamma > 0 or c.intensity_shift > 0
+                                            or c.noise > 0):
             x = tf.clip_by_value(x, 0.0, 1.0)
         return x, mask
+
+    def _geometry(self, x, mask, u, v):
+        """Flip, rotation and zoom of image and mask together (one transform per sample)."""
+        c = self.cfg
+        channels = x.shape[-1]
+        both = tf.concat([x, mask], axis=-1)
+        if c.flip:
+            flip = (u[:, 1] < 0.5)[:, None, None, None]
+            both = tf.where(flip, keras.ops.flip(both, axis=1), both)
+        if c.rotation_degrees > 0 or c.scale > 0:
+            angles = (2.0 * u[:, 0] - 1.0) * (c.rotation_degrees * math.pi / 180.0)
+            zoom = 1.0 + (2.0 * v[:, 0] - 1.0) * c.scale if c.scale > 0 else None
+            height, width = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
+            moved = keras.ops.image.affine_transform(
+                both, rotation_transforms(angles, height, width, zoom), interpolation="bilinear",
+                fill_mode="constant", fill_value=0,
+            )
+            # A rotation or zoom can erase a one-voxel lesion (its bilinear weights all fall below 0.5);
+            # such a sample stays untransformed, so that every lesion sample still holds lesion.
+            had = tf.reduce_max(both[..., channels:], axis=(1, 2, 3)) >= MASK_THRESHOLD
+            has = tf.reduce_max(moved[..., channels:], axis=(1, 2, 3)) >= MASK_THRESHOLD
+            both = tf.where((had & ~has)[:, None, None, None], both, moved)
+        return both[..., :channels], tf.cast(both[..., channels:] >= MASK_THRESHOLD, tf.float32)
+
+    def _intensity(self, x, u, v, modalities: int):
+        """Scale, shift and gamma per modality (the context slices of a modality share the draws)."""
+        c = self.cfg
+        per_channel = lambda draws: tf.repeat(draws, self.group, axis=1)[:, None, None, :]  # noqa: E731
+        if c.intensity_scale > 0:
+            x = x * per_channel(1.0 + (2.0 * u[:, 2:2 + modalities] - 1.0) * c.intensity_scale)
+        if c.intensity_shift > 0:
+            x = x + per_channel((2.0 * v[:, 2:2 + modalities] - 1.0) * c.intensity_shift)
+        if c.gamma > 0 and self.normalisation == "max":
+            gamma = 1.0 + (2.0 * u[:, 2 + modalities:] - 1.0) * c.gamma
+            x = tf.pow(tf.maximum(x, 0.0), per_channel(gamma))
+        elif c.gamma > 0:
+            gamma = per_channel(1.0 + (2.0 * v[:, 2 + modalities:] - 1.0) * c.gamma)
+            # Each modality's range over the sample (all its context slices), broadcast to its channels.
+            shape = tf.shape(x)
+            grouped = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2], modalities, self.group]))
+            low = tf.reduce_min(grouped, axis=(1, 2, 4))
+            high = tf.reduce_max(grouped, axis=(1, 2, 4))
+            low, span = per_channel(low), per_channel(tf.maximum(high - low, 1e-6))
+            x = low + span * tf.pow(tf.clip_by_value((x - low) / span, 0.0, 1.0), gamma)
+        return x
