@@ -2,6 +2,7 @@
 
     python bench/segment.py --out bench/results/segment.json            # the full run (minutes)
     python bench/segment.py --out /tmp/quick.json --quick               # a smoke run
+    python bench/segment.py --out /tmp/n.json --quick --skip-volume --native RUN_FOLDER   # native section, smoke
 
 What it measures, on the real 182 x 218 x 182 FLAIR of ``$WMH_SHARED_DATA/open_ms_data/patient07``:
 
@@ -19,6 +20,16 @@ What it measures, on the real 182 x 218 x 182 FLAIR of ``$WMH_SHARED_DATA/open_m
 4. ``evaluate``: ``wmhkeras.evaluation.evaluate.evaluate`` per 1 mm subject (two subjects, with and without QC
    montages; a realistic prediction: the truth dilated by one voxel) and the start-up time of
    ``wmhkeras evaluate --help``.
+5. ``native``: the real-data path of ``wmhkeras segment``: the whole FLAIR through ``segment`` with a
+   trained model (``--native MODEL``: a run folder, ``.keras`` or SavedModel; default
+   ``saved_models/open_ms_flair/saved_model`` when it exists, ``--native none`` skips it), which for a
+   ``spacing`` / free-size model runs on the padded 1 mm grid, once without and once with ``tta_flip``
+   (``--quick``: without only), each in a fresh process. Every model call goes through the segmenter's
+   ``predict_fn`` (also on this path), which is wrapped to count the slice-calls, time them and read the
+   in-plane size the model saw; FLOPs per slice are counted at that size (a SavedModel via the Keras
+   checkpoint its model card names, else ``null``), and the fractions of the matmul peak are taken as
+   for ``whole_volume``. ``targets``: fraction of the matmul peak >= 0.4 and peak RSS under 3 GB
+   (3000 MB as this script counts them), for every row measured.
 
 Timings on a shared machine are noisy: the load average is recorded at the start and the end.
 """
@@ -41,6 +52,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
 PAPER_MODEL = {"arch": "dense_unet", "input_shape": (224, 224, 1), "depth": 5, "base_filters": 32}
+NATIVE_DEFAULT = REPO / "saved_models" / "open_ms_flair" / "saved_model"
+FRACTION_TARGET, RSS_TARGET_MB = 0.4, 3000.0
 
 
 def _peak_rss_mb() -> float:
@@ -60,42 +73,101 @@ def _build_model(path: Path) -> int:
 
 
 def _child(args) -> dict:
-    """Runs in a fresh process: whole-volume segmentation, or model throughput with given threads."""
+    """Runs in a fresh process: whole-volume segmentation (paper model or native), or model throughput."""
     import tensorflow as tf
 
     if args.intra:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
         tf.config.threading.set_inter_op_parallelism_threads(args.inter or 1)
     from wmhkeras.inference.loaders import load_segmenter
-    from wmhkeras.inference.segment import segment
 
     seg = load_segmenter(args.model)
     if args.child == "throughput":
         x = tf.random.uniform((args.slices, *seg.input_size, 1), seed=0)
         return {"intra_op_threads": args.intra, "inter_op_threads": args.inter or 1,
                 **_throughput(seg.predict_fn, x, args.batch_size), "peak_rss_mb": _peak_rss_mb()}
+    row = _timed_segment(seg, args.flair, args.batch_size, args.tta)
+    if args.child == "native":  # counted after the peak RSS was read: the copy it builds is not the run's
+        row.update(_native_flops(seg, args.model, row["model_input_size"]))
+    return row
 
-    raw, model_seconds, model_cpu = seg.predict_fn, [0.0], [0.0]
+
+def _timed_segment(seg, flair: Path, batch_size: int, tta_flip: bool = False) -> dict:
+    """``segment`` of one FLAIR with ``seg``, every model call timed by wrapping ``seg.predict_fn``.
+
+    ``predict_maps`` (all resampling modes, TTA included) calls the model only as ``segmenter.predict_fn``;
+    ``every_slice_timed`` checks that the wrapper saw each preprocessed slice (twice with ``tta_flip``).
+    """
+    import numpy as np
+
+    from wmhkeras.inference.segment import segment
+
+    raw_predict, raw_preprocess = seg.predict_fn, seg.preprocess
+    seen = {"seconds": 0.0, "cpu": 0.0, "calls": 0, "slices": 0, "sizes": set(), "volume_slices": 0}
 
     def timed(batch):
         start, cpu_start = time.perf_counter(), time.process_time()
-        out = raw(batch).numpy()  # materialise, so the time is the model's
-        model_seconds[0] += time.perf_counter() - start
-        model_cpu[0] += time.process_time() - cpu_start
+        out = np.asarray(raw_predict(batch))  # materialise, so the time is the model's
+        seen["seconds"] += time.perf_counter() - start
+        seen["cpu"] += time.process_time() - cpu_start
+        seen["calls"] += 1
+        seen["slices"] += int(batch.shape[0])
+        seen["sizes"].add(tuple(int(v) for v in batch.shape[1:3]))
         return out
 
-    seg.predict_fn = timed
+    def preprocess(*a, **kw):
+        slices = raw_preprocess(*a, **kw)
+        seen["volume_slices"] += int(slices.shape[0])
+        return slices
+
+    seg.predict_fn, seg.preprocess = timed, preprocess
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = segment(seg, [args.flair], tmp, batch_size=args.batch_size)
+        result = segment(seg, [flair], tmp, batch_size=batch_size, tta_flip=tta_flip)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         subject = result.subjects[0]
         if not subject.ok:
             raise RuntimeError(subject.error)
-    return {"seconds_per_volume": wall, "cpu_seconds_all_threads": cpu, "model_seconds": model_seconds[0],
-            "model_cpu_seconds": model_cpu[0],
-            "peak_rss_mb": _peak_rss_mb(),
-            "batch_size": args.batch_size}
+    sizes = sorted(seen["sizes"])
+    return {"seconds_per_volume": wall, "cpu_seconds_all_threads": cpu, "model_seconds": seen["seconds"],
+            "model_cpu_seconds": seen["cpu"], "peak_rss_mb": _peak_rss_mb(), "batch_size": batch_size,
+            "tta_flip": tta_flip, "model_calls": seen["calls"], "model_slice_calls": seen["slices"],
+            "volume_slices": seen["volume_slices"],
+            "every_slice_timed": seen["slices"] == seen["volume_slices"] * (2 if tta_flip else 1),
+            "model_input_size": list(sizes[0]) if len(sizes) == 1 else [list(v) for v in sizes]}
+
+
+def _native_flops(seg, source: Path, size: list) -> dict:
+    """FLOPs per slice of the segmenter's model at the in-plane ``size`` it saw (``null`` with a reason
+    when no Keras model can be had: a SavedModel / TFLite source counts the checkpoint its card names)."""
+    import keras
+
+    from wmhkeras.models.unet import count_flops
+
+    model, note = seg.model, None
+    if not isinstance(model, keras.Model):
+        model, note = _card_checkpoint_model(source)
+    if model is None or not size or isinstance(size[0], list):
+        reason = note if model is None else f"the model saw several in-plane sizes {size}"
+        return {"flops_per_slice": None, "flops_note": reason}
+    return {"flops_per_slice": count_flops(model, input_size=size), "flops_note": note}
+
+
+def _card_checkpoint_model(source: Path):
+    """``(Keras model, note)`` of the checkpoint an export's model card names as its source, else ``(None, why)``."""
+    from wmhkeras.inference.loaders import load_segmenter
+    from wmhkeras.inference.sources import inspect_model
+    from wmhkeras.io.model_card import ModelCard
+
+    spec = inspect_model(source)
+    card_path = ModelCard.find(spec.path if spec.path.is_dir() else spec.path.parent)
+    checkpoint = ModelCard.read(card_path).source if card_path else None
+    if not checkpoint or not Path(checkpoint).exists():
+        return None, f"{spec.format} source without a Keras model; its model card names no checkpoint found here ({checkpoint})"
+    try:
+        return load_segmenter(checkpoint).model, f"counted on the export's source checkpoint {checkpoint}"
+    except Exception as exc:  # report, do not fail the benchmark
+        return None, f"the export's source checkpoint {checkpoint} did not load ({exc.__class__.__name__}: {exc})"
 
 
 def _throughput(fn, x, batch_size: int, repeats: int = 2) -> dict:
@@ -211,8 +283,103 @@ def _evaluate_timing() -> dict:
     return out
 
 
+def _whole_volume(args, model_path: Path) -> dict:
+    """The paper-sized model through ``segment`` on the whole FLAIR, in a fresh process."""
+    import nibabel as nib
+
+    vol = _run_child(["--child", "volume", "--model", str(model_path), "--flair", str(args.flair),
+                      "--batch-size", str(args.batch_size)])
+    vol["slices"] = int(nib.load(str(args.flair)).shape[2])
+    vol["slices_per_second"] = vol["slices"] / vol["model_seconds"]
+    vol["slices_per_cpu_second"] = vol["slices"] / vol["model_cpu_seconds"]
+    vol["model_share_of_wall"] = vol["model_seconds"] / vol["seconds_per_volume"]
+    print(f"whole volume: {vol['seconds_per_volume']:.1f} s, {vol['slices_per_second']:.3f} slices/s, "
+          f"peak RSS {vol['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    return {"flair": str(args.flair), **vol}
+
+
+def _native_model(value: str | None) -> Path | None:
+    """The ``--native`` model: ``none`` skips; by default the repo's SavedModel when there is one."""
+    if value is not None and value.lower() == "none":
+        return None
+    path = Path(value).resolve() if value else NATIVE_DEFAULT
+    if not path.exists():
+        if value:
+            raise SystemExit(f"--native {value}: not found")
+        print(f"native: skipped, {path.relative_to(REPO)} does not exist (pass --native MODEL)", file=sys.stderr)
+        return None
+    return path
+
+
+def _native(args) -> dict | None:
+    """Section 5: a trained model through ``segment`` on the whole FLAIR, without and with flip TTA."""
+    model = _native_model(args.native)
+    if model is None:
+        return None
+    section: dict = {"model": str(model), "flair": str(args.flair)}
+    for name, tta in (("without_tta", False), ("with_tta", True)):
+        if tta and args.quick:
+            section[name] = None  # --quick: one child only
+            continue
+        row = _run_child(["--child", "native", "--model", str(model), "--flair", str(args.flair),
+                          "--batch-size", str(args.batch_size), *(["--tta"] if tta else [])])
+        row["slices_per_second"] = row["model_slice_calls"] / row["model_seconds"]
+        row["slices_per_cpu_second"] = row["model_slice_calls"] / row["model_cpu_seconds"]
+        row["model_share_of_wall"] = row["model_seconds"] / row["seconds_per_volume"]
+        section[name] = row
+        flops = row["flops_per_slice"]
+        print(f"native ({name.replace('_', ' ')}): {row['seconds_per_volume']:.1f} s/volume, model "
+              f"{row['model_seconds']:.1f} s, {row['model_slice_calls']} slice-calls at "
+              f"{row['model_input_size']}, {'?' if flops is None else f'{flops / 1e9:.2f}'} GFLOP/slice, "
+              f"peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    return section
+
+
+def _add_fractions(row: dict, flops: int | None, peak: float, peak_cpu: float) -> None:
+    """Achieved FLOP/s (wall and per CPU second) of a row with ``slices_per_second``, and its fractions."""
+    known = flops is not None
+    row["flops_per_second"] = flops * row["slices_per_second"] if known else None
+    row["fraction_of_matmul_peak"] = row["flops_per_second"] / peak if known else None
+    row["flops_per_cpu_second"] = flops * row["slices_per_cpu_second"] if known else None
+    row["fraction_of_matmul_peak_cpu"] = row["flops_per_cpu_second"] / peak_cpu if known else None
+
+
+def _native_targets(section: dict, peak: float, peak_cpu: float) -> None:
+    """Fractions of the native rows, the section's ``targets`` (every measured row) and the summary line."""
+    rows = {k: section[k] for k in ("without_tta", "with_tta") if section.get(k)}
+    for row in rows.values():
+        _add_fractions(row, row["flops_per_slice"], peak, peak_cpu)
+    fractions = [r["fraction_of_matmul_peak"] for r in rows.values()]
+    fractions_cpu = [r["fraction_of_matmul_peak_cpu"] for r in rows.values()]
+    section["targets"] = {
+        "rows": list(rows),
+        "fraction_of_matmul_peak_ge_0_4": None if None in fractions else min(fractions) >= FRACTION_TARGET,
+        "fraction_of_matmul_peak_cpu_ge_0_4": None if None in fractions_cpu else min(fractions_cpu) >= FRACTION_TARGET,
+        "peak_rss_under_3gb": max(r["peak_rss_mb"] for r in rows.values()) < RSS_TARGET_MB,
+    }
+    for name, row in rows.items():
+        fraction, fraction_cpu = row["fraction_of_matmul_peak"], row["fraction_of_matmul_peak_cpu"]
+        print(f"native ({name.replace('_', ' ')}): " + ("FLOPs unknown" if fraction is None else
+              f"{fraction:.2f} of the matmul peak ({peak / 1e9:.1f} GFLOP/s), {fraction_cpu:.2f} per CPU second"),
+              file=sys.stderr)
+    targets = section["targets"]
+    print(f"native targets ({', '.join(rows)}): fraction >= {FRACTION_TARGET}: {targets['fraction_of_matmul_peak_ge_0_4']} "
+          f"(per CPU second: {targets['fraction_of_matmul_peak_cpu_ge_0_4']}), peak RSS < {RSS_TARGET_MB:.0f} MB: "
+          f"{targets['peak_rss_under_3gb']}", file=sys.stderr)
+
+
+def _quick_levers(model_path: Path) -> list[dict]:
+    import tensorflow as tf
+
+    from wmhkeras.inference.loaders import load_segmenter
+
+    seg = load_segmenter(model_path)
+    row = _throughput(seg.predict_fn, tf.random.uniform((4, 224, 224, 1)), 4, repeats=1)
+    return [{"lever": "tf.function, fixed signature", **row}]
+
+
 def _segment_benchmark(args, report: dict) -> None:
-    """Whole-volume run, levers and matmul peak (TensorFlow); fills ``report`` in place."""
+    """Whole-volume run, native section, levers and matmul peak (TensorFlow); fills ``report`` in place."""
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "paper.keras"
         flops = _build_model(model_path)
@@ -223,30 +390,15 @@ def _segment_benchmark(args, report: dict) -> None:
         print(f"matmul: {peaks[0][0] / 1e9:.1f} GFLOP/s, {peaks[0][1] / 1e9:.1f} GFLOP/CPU-s; "
               f"model: {flops / 1e9:.1f} GFLOP/slice", file=sys.stderr)
         if not args.skip_volume:
-            import nibabel as nib
-
-            vol = _run_child(["--child", "volume", "--model", str(model_path), "--flair", str(args.flair),
-                              "--batch-size", str(args.batch_size)])
-            vol["slices"] = int(nib.load(str(args.flair)).shape[2])
-            vol["slices_per_second"] = vol["slices"] / vol["model_seconds"]
-            vol["slices_per_cpu_second"] = vol["slices"] / vol["model_cpu_seconds"]
-            vol["model_share_of_wall"] = vol["model_seconds"] / vol["seconds_per_volume"]
-            report["whole_volume"] = {"flair": str(args.flair), **vol}
-            print(f"whole volume: {vol['seconds_per_volume']:.1f} s, {vol['slices_per_second']:.3f} slices/s, "
-                  f"peak RSS {vol['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            report["whole_volume"] = _whole_volume(args, model_path)
             peaks.append(_matmul_peak(n))
-        if args.quick:
-            import tensorflow as tf
-
-            from wmhkeras.inference.loaders import load_segmenter
-
-            seg = load_segmenter(model_path)
-            row = _throughput(seg.predict_fn, tf.random.uniform((4, 224, 224, 1)), 4, repeats=1)
-            report["levers"] = [{"lever": "tf.function, fixed signature", **row}]
-        else:
-            report["levers"] = _levers(model_path, args.lever_slices)
+        native = _native(args)
+        if native:
+            report["native"] = native
+            peaks.append(_matmul_peak(n))
+        report["levers"] = _quick_levers(model_path) if args.quick else _levers(model_path, args.lever_slices)
         peaks.append(_matmul_peak(n))
-    # The machine's peak is the best matmul rate seen (measured at the start, middle and end of the run).
+    # The machine's peak is the best matmul rate seen (measured at the start, between sections and at the end).
     # On a shared machine wall rates depend on the other jobs; rates per CPU second (all threads) do not,
     # so both fractions are reported.
     peak, peak_cpu = max(p[0] for p in peaks), max(p[1] for p in peaks)
@@ -254,15 +406,14 @@ def _segment_benchmark(args, report: dict) -> None:
                              "measurements": [{"flops_per_second": w, "flops_per_cpu_second": c} for w, c in peaks]}
     for row in [report.get("whole_volume"), *report["levers"]]:
         if row:
-            row["flops_per_second"] = flops * row["slices_per_second"]
-            row["fraction_of_matmul_peak"] = row["flops_per_second"] / peak
-            row["flops_per_cpu_second"] = flops * row["slices_per_cpu_second"]
-            row["fraction_of_matmul_peak_cpu"] = row["flops_per_cpu_second"] / peak_cpu
+            _add_fractions(row, flops, peak, peak_cpu)
     if "whole_volume" in report:
         vol = report["whole_volume"]
         print(f"whole volume: {vol['fraction_of_matmul_peak']:.2f} of the matmul peak ({peak / 1e9:.1f} GFLOP/s), "
               f"{vol['fraction_of_matmul_peak_cpu']:.2f} per CPU second ({peak_cpu / 1e9:.1f} GFLOP/CPU-s)",
               file=sys.stderr)
+    if native:
+        _native_targets(native, peak, peak_cpu)
 
 
 def main() -> None:
@@ -272,11 +423,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of the whole-volume run")
     parser.add_argument("--lever-slices", type=int, default=16, help="slices per lever measurement")
     parser.add_argument("--matmul-n", type=int, default=4096)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 4 lever slices, 1024 matmul, no thread children")
-    parser.add_argument("--skip-volume", action="store_true", help="skip the whole-volume run")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 lever slices, 1024 matmul, no thread children, native without TTA only")
+    parser.add_argument("--skip-volume", action="store_true", help="skip the whole-volume run of the paper model")
+    parser.add_argument("--native", metavar="MODEL", help="trained model (run folder, .keras, SavedModel) for the "
+                        "native-resolution section; default saved_models/open_ms_flair/saved_model if it exists; none: skip")
     parser.add_argument("--evaluate-only", action="store_true", help="only the evaluate timings (no TensorFlow)")
     # internal: child processes
-    parser.add_argument("--child", choices=("volume", "throughput"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("volume", "native", "throughput"), help=argparse.SUPPRESS)
+    parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--inter", type=int, default=0, help=argparse.SUPPRESS)
