@@ -68,8 +68,15 @@ def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path,
     train_manifest = write_manifest(data, train_on, folder / "train_manifest.csv")
     test_manifest = write_manifest(data, test_on, folder / "test_manifest.csv")
     sets = [a for o in ["data.split=[1.0, 0.0, 0.0]", *overrides] for a in ("--set", o)]
-    train_s = run([*wmhkeras(), "train", config, "--data", str(train_manifest), "--out", str(folder / "run"),
-                   "--quiet", *sets], folder / "train.log")
+    # A finished training (summary.json and its measured time) is reused, so a protocol interrupted
+    # after training resumes at segmentation.
+    timing = folder / "train_seconds.txt"
+    if (folder / "run" / "summary.json").is_file() and timing.is_file():
+        train_s = float(timing.read_text())
+    else:
+        train_s = run([*wmhkeras(), "train", config, "--data", str(train_manifest), "--out", str(folder / "run"),
+                       "--quiet", *sets], folder / "train.log")
+        timing.write_text(f"{train_s:.1f}\n")
     segment_s = run([*wmhkeras(), "segment", str(folder / "run"), str(test_manifest), "--out", str(folder / "segment")],
                     folder / "segment.log")
     run([*wmhkeras(), "evaluate", "--pred", str(folder / "segment"), "--truth", str(test_manifest),

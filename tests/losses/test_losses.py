@@ -11,6 +11,7 @@ from wmhkeras.losses import (
     LOSSES,
     BinaryCrossentropyLoss,
     BinaryFocalLoss,
+    DiceBCELoss,
     DiceLoss,
     DiceMetric,
     GeneralizedDiceLoss,
@@ -101,11 +102,11 @@ def test_dice_metric_pools_counts_over_the_epoch():
 # === Registry ===
 
 def test_get_loss_registry():
-    assert set(LOSSES) == {"content", "dice", "tversky", "generalized_dice", "focal", "bce", "hybrid"}
+    assert set(LOSSES) == {"content", "dice", "dice_bce", "tversky", "generalized_dice", "focal", "bce", "hybrid"}
     assert isinstance(get_loss("tversky", alpha=0.5), TverskyLoss)
     hybrid = get_loss("hybrid", overlap="tversky", weight=0.5, weights="random")
     assert isinstance(hybrid.overlap, TverskyLoss) and hybrid.weight == 0.5
-    with pytest.raises(ConfigError, match="unknown loss 'dicee'; known: content, dice, tversky"):
+    with pytest.raises(ConfigError, match="unknown loss 'dicee'; known: content, dice, dice_bce, tversky"):
         get_loss("dicee")
     with pytest.raises(ConfigError, match="bad arguments for loss 'dice'"):
         get_loss("dice", alpha=0.3)
@@ -194,11 +195,30 @@ def test_hybrid_is_content_plus_weighted_overlap(content_pair):
     assert per_sample(focal, y_true, y_pred).shape == (2,)
 
 
+def test_dice_bce_is_batch_dice_plus_per_sample_cross_entropy():
+    # Two 1x2 samples: g = [1, 0] and [0, 0]; p = [0.8, 0.2] and [0.1, 0.1].
+    # Batch Dice loss: 1 - (2 * 0.8 + 1) / (1 + 1.2 + 1) = 1 - 2.6 / 3.2 = 0.1875, the same for both samples.
+    # Cross-entropy: -(ln 0.8 + ln 0.8) / 2 and -(ln 0.9 + ln 0.9) / 2.
+    g = np.array([[[1, 0]], [[0, 0]]], "float32")[..., None]
+    p = np.array([[[0.8, 0.2]], [[0.1, 0.1]]], "float32")[..., None]
+    expected = np.array([0.1875 - np.log(0.8), 0.1875 - np.log(0.9)])
+    for target in (g, packed(g)):
+        np.testing.assert_allclose(per_sample(DiceBCELoss(), target, p), expected, rtol=1e-5)
+    # A lesion-free sample's false positives keep a gradient (per-sample Dice saturates there).
+    empty, fp = np.zeros((1, 8, 8, 1), "float32"), tf.Variable(np.full((1, 8, 8, 1), 0.9, "float32"))
+    for loss, has_gradient in ((DiceLoss(), False), (DiceBCELoss(), True)):
+        with tf.GradientTape() as tape:
+            value = tf.reduce_mean(loss.call(tf.constant(empty), fp))
+        grad = np.abs(tape.gradient(value, fp).numpy()).max()
+        assert (grad > 1e-2) == has_gradient, (type(loss).__name__, grad)
+    assert isinstance(get_loss("dice_bce"), DiceBCELoss)
+
+
 # === Serialisation ===
 
 @pytest.mark.parametrize("obj", [
     DiceLoss(epsilon=0.5), TverskyLoss(alpha=0.4, beta=0.6), GeneralizedDiceLoss(),
-    BinaryCrossentropyLoss(label_smoothing=0.1), BinaryFocalLoss(gamma=3.0),
+    BinaryCrossentropyLoss(label_smoothing=0.1), BinaryFocalLoss(gamma=3.0), DiceBCELoss(epsilon=0.5),
     SiameseContentLoss(backbone="vgg19", layers=["block1_pool"], weights="random",
                        reduction_mode="per_layer_mean", input_size=None),
     HybridLoss(SiameseContentLoss(weights="random"), TverskyLoss(alpha=0.2), weight=0.25),

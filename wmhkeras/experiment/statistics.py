@@ -17,6 +17,7 @@ from wmhkeras.evaluation.reports import as_float, describe, summarize
 #: Display names of the losses in the tables (the paper's wording where it has one).
 LOSS_LABELS = {
     "dice": "Dice loss",
+    "dice_bce": "batch Dice + cross-entropy",
     "tversky": "Tversky",
     "generalized_dice": "Generalised Dice",
     "content": "Siamese content loss",

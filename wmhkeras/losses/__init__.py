@@ -19,6 +19,7 @@ from wmhkeras.losses.metrics import DiceMetric, LossTermMetric
 from wmhkeras.losses.overlap import (
     BinaryCrossentropyLoss,
     BinaryFocalLoss,
+    DiceBCELoss,
     DiceLoss,
     GeneralizedDiceLoss,
     HybridLoss,
@@ -27,7 +28,7 @@ from wmhkeras.losses.overlap import (
 )
 
 __all__ = [
-    "LOSSES", "REDUCTION_MODES", "BinaryCrossentropyLoss", "BinaryFocalLoss", "DiceLoss", "DiceMetric",
+    "LOSSES", "REDUCTION_MODES", "BinaryCrossentropyLoss", "BinaryFocalLoss", "DiceBCELoss", "DiceLoss", "DiceMetric",
     "GeneralizedDiceLoss", "HybridLoss", "LossTermMetric", "SiameseContentLoss", "TverskyLoss", "get_loss",
     "unpack_target",
 ]
@@ -47,6 +48,7 @@ def _hybrid(overlap: str | keras.losses.Loss = "dice", weight: float = 1.0,
 LOSSES: dict[str, Callable[..., keras.losses.Loss]] = {
     "content": SiameseContentLoss,
     "dice": DiceLoss,
+    "dice_bce": DiceBCELoss,
     "tversky": TverskyLoss,
     "generalized_dice": GeneralizedDiceLoss,
     "focal": BinaryFocalLoss,
@@ -58,7 +60,7 @@ LOSSES: dict[str, Callable[..., keras.losses.Loss]] = {
 def get_loss(name: str, **kwargs) -> keras.losses.Loss:
     """Build a loss by name; ``kwargs`` go to its constructor.
 
-    Names: ``content``, ``dice``, ``tversky``, ``generalized_dice``, ``focal``, ``bce``, ``hybrid``
+    Names: ``content``, ``dice``, ``dice_bce``, ``tversky``, ``generalized_dice``, ``focal``, ``bce``, ``hybrid``
     (``hybrid`` takes ``overlap='dice'``, ``weight=1.0``, ``overlap_kwargs=None`` and the content loss's
     arguments).
 
