@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 #: Current config schema version; :func:`load_config` refuses files written for a newer one.
 CONFIG_VERSION = 1
 #: The loss names ``loss.name`` accepts.
-LossName = Literal["content", "dice", "tversky", "generalized_dice", "focal", "bce", "hybrid"]
+LossName = Literal["content", "dice", "dice_bce", "tversky", "generalized_dice", "focal", "bce", "hybrid"]
 #: PCD bin edges (%) of the paper's Figure 5: the default of ``experiment.pcd_bins``.
 PCD_BIN_EDGES = (0.0, 0.03, 0.06, 0.09, 0.15, 0.25, 0.35, 0.45, 0.55)
 
