@@ -8,6 +8,31 @@ here = Path(__file__).parent
 version = {}
 exec((here / "wmhkeras" / "__init__.py").read_text().split("#:")[0], version)
 
+# Runtime requirements: compatible ranges. Each lower bound is the oldest minor release the test suite has
+# run against (requirements.lock on Python 3.11, or the newest release still published for Python 3.10,
+# the oldest Python TensorFlow 2.21 has wheels for); each upper bound is the next major release, or the
+# next minor one for TensorFlow and TensorBoard, which are released in step. `make` installs the exact
+# pinned set of requirements.lock (-c); tests/test_packaging.py checks every range admits those pins.
+# Keras: TensorFlow 2.21 needs >= 3.12; the multi-worker workaround (wmhkeras/training/multiworker.py)
+# is tied to Keras 3.15.1 and refuses any other version at run time, the rest of the package is not.
+# h5py is not listed: wmhkeras never imports it; Keras and TensorFlow require it with their own ranges.
+INSTALL_REQUIRES = [
+    "tensorflow>=2.21,<2.22",
+    "keras>=3.12,<4",
+    "tensorboard>=2.21,<2.22",
+    "numpy>=2.2,<3",
+    "scipy>=1.15,<2",
+    "nibabel>=5.4,<6",
+    "matplotlib>=3.10,<4",
+    "click>=8.5,<9",
+    "PyYAML>=6.0,<7",
+    "tqdm>=4.70,<5",
+]
+# scikit-image is the reference the preprocessing's resize is tested against (tests/data/), used by no
+# library code: lesion labelling, properties and boundaries are scipy.ndimage (the challenge's definitions).
+# bids-validator and bidsschematools check the BIDS names of tests/io and tests/cli/test_bids* (docs/bids.md).
+TEST_REQUIRES = ["pytest>=9.2,<10", "scikit-image>=0.25,<1", "bids-validator>=1.14,<2", "bidsschematools>=2,<3"]
+
 setup(
     name="wmhkeras",
     version=version["__version__"],
@@ -15,28 +40,19 @@ setup(
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.11,<3.12",
+    # Every Python that TensorFlow 2.21.0 publishes wheels for: 3.10, 3.11, 3.12, 3.13 (none for 3.14).
+    python_requires=">=3.10,<3.14",
+    classifiers=[f"Programming Language :: Python :: 3.{minor}" for minor in (10, 11, 12, 13)],
     # The top-level cli/ folder is installed as wmhkeras.cli: no package named `cli` in site-packages.
     packages=find_packages(include=["wmhkeras", "wmhkeras.*"]) + ["wmhkeras.cli"],
     package_dir={"wmhkeras.cli": "cli"},
-    install_requires=[
-        "tensorflow==2.21.0",
-        "keras==3.15.1",
-        "tensorboard==2.21.0",
-        "numpy==2.4.6",
-        "scipy==1.17.1",
-        "nibabel==5.4.2",
-        "scikit-image==0.26.0",
-        "matplotlib==3.11.2",
-        "click==8.5.1",
-        "PyYAML==6.0.4",
-        "tqdm==4.70.1",
-        "h5py==3.14.0",
-    ],
+    install_requires=INSTALL_REQUIRES,
     extras_require={
-        "litert": ["ai-edge-litert==2.3.0"],
-        "gpu": ["tensorflow[and-cuda]==2.21.0"],
-        "dev": ["pytest==9.2.0", "ruff==0.17.6"],
+        "litert": ["ai-edge-litert>=2.3,<3"],
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+        "test": TEST_REQUIRES,
+        # the linter stays pinned: another ruff release checks other rules
+        "dev": [*TEST_REQUIRES, "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["wmhkeras=wmhkeras.cli.main:main"]},
 )

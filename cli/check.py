@@ -19,7 +19,12 @@ from wmhkeras.cli.common import EXIT_BAD_INPUT, handle_errors
 @click.option("--labels/--no-labels", default=False, help="Require a label for every subject.")
 @handle_errors
 def check_command(data: str, t1: bool, labels: bool) -> None:
-    """Validate a dataset (manifest CSV or MICCAI-layout folder) without changing anything."""
+    """Validate a dataset without changing anything.
+
+    DATA is a manifest CSV, a folder with manifest.csv, a MICCAI 2017 layout folder, or a BIDS dataset root
+    (labels: the WMH masks of its only derivatives pipeline) or ROOT/derivatives/PIPELINE (that pipeline's
+    masks); see docs/bids.md.
+    """
     from wmhkeras.data.datasets import check_subject, load_dataset
     from wmhkeras.errors import InputError
 

@@ -18,9 +18,11 @@ from wmhkeras.cli.common import EXIT_SOME_FAILED, handle_errors
 
 @click.command("evaluate")
 @click.option("--pred", required=True, type=click.Path(path_type=Path),
-              help="Predictions: a segment output folder, a NIfTI file, a folder of them, or a CSV (subject,pred).")
+              help="Predictions: a segment output folder (flat or BIDS derivatives), a NIfTI file, a folder of them, "
+                   "or a CSV (subject,pred).")
 @click.option("--truth", required=True, type=click.Path(path_type=Path),
-              help="Ground truth: a label file, a folder, a manifest CSV, or a training run folder (its hold-out).")
+              help="Ground truth: a label file, a folder, a manifest CSV, a BIDS root or ROOT/derivatives/PIPELINE "
+                   "(its WMH masks), or a training run folder (its hold-out).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder for metrics.csv, summary.json, table.md, report.md and the PNGs.")
 @click.option("--model-name", default=None, help="Model row label in table.md (default: the name of --pred).")
@@ -32,7 +34,7 @@ def evaluate_command(pred: Path, truth: Path, out_dir: Path, model_name: str | N
     """Score WMH segmentations with the MICCAI 2017 WMH challenge metrics.
 
     Predictions are matched to ground-truth subjects by subject id (<subject>_wmh_mask.nii.gz as written
-    by `wmhkeras segment`). Exit code 1 when some subjects failed, 2 when nothing could be evaluated.
+    by `wmhkeras segment`; for BIDS, the entities of the names, e.g. sub-01_ses-02). Exit code 1 when some subjects failed, 2 when nothing could be evaluated.
     """
     from tqdm import tqdm
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from wmhkeras.cli.common import handle_errors
+from wmhkeras.cli.common import handle_errors, start_tensorflow, threads_option
 
 
 @click.command("experiment")
@@ -19,15 +19,18 @@ from wmhkeras.cli.common import handle_errors
               help="Site-stratified K-fold cross-validation instead of one hold-out split.")
 @click.option("--leave-one-site-out", is_flag=True, default=False, help="Train on all sites but one, test on it; each site.")
 @click.option("--quiet", is_flag=True, default=False, help="No per-epoch training lines.")
+@threads_option
 @handle_errors
 def experiment(configs: tuple[str, ...], overrides: tuple[str, ...], data_path: str | None, out_dir: str,
-               folds: int | None, leave_one_site_out: bool, quiet: bool) -> None:
+               folds: int | None, leave_one_site_out: bool, quiet: bool, threads: int | None) -> None:
     """Train one generator per loss on one split, evaluate each on the hold-out (and external) set.
 
     CONFIGS: experiment config YAML file(s), e.g. configs/paper_miccai2017.yaml. Writes OUT/table.md,
     table.csv, figure5.png, per_subject.csv, wilcoxon.csv/.md and one run folder per arm in OUT/arms/.
     """
     from wmhkeras.experiment.runner import run_experiment
+
+    start_tensorflow(threads)
 
     overrides = list(overrides)
     if folds is not None:

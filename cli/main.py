@@ -7,33 +7,31 @@ Every :class:`~wmhkeras.errors.WmhError` becomes a one-line message on stderr an
 
 from __future__ import annotations
 
-import logging
-import os
-
 import click
 
 from wmhkeras.cli.check import check_command
+from wmhkeras.cli.common import configure_logging
 from wmhkeras.cli.config import show_config
 from wmhkeras.cli.evaluate import evaluate_command
 from wmhkeras.cli.experiment import experiment
 from wmhkeras.cli.export import export_command
 from wmhkeras.cli.segment import segment_command
+from wmhkeras.cli.summarize import summarize_command
 from wmhkeras.cli.synth import synth_command
 from wmhkeras.cli.train import train_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wmhkeras")
-@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More log output (-v info, -vv debug and TensorFlow's own messages, hidden otherwise).")
 def main(verbose: int) -> None:
     """wmhkeras: segment white matter hyperintensities in FLAIR MRI (Siamese content loss)."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configure_logging(verbose)
 
 
-for _command in (synth_command, show_config, check_command, train_command, segment_command, evaluate_command,
-                 export_command, experiment):
+for _command in (synth_command, show_config, check_command, train_command, segment_command, summarize_command,
+                 evaluate_command, export_command, experiment):
     main.add_command(_command)
 
 

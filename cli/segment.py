@@ -2,18 +2,29 @@
 
 Exit codes: 0 every subject segmented; 1 some subjects failed (the others are complete, each failure
 is listed in ``summary.csv`` and on stderr); 2 invalid model, inputs or options, found before any work
-(nothing is written).
+(nothing is written). ``--shard`` values are checked by click, ``--skip-existing`` against the folder's
+``segment.json`` before the model is loaded.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
-from wmhkeras.cli.common import EXIT_SOME_FAILED, handle_errors
+from wmhkeras.cli.common import EXIT_SOME_FAILED, handle_errors, progress_bar, start_tensorflow, threads_option
+
+
+def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``--shard i/n`` checked before any work (exit 2 when malformed)."""
+    from wmhkeras.errors import ConfigError
+    from wmhkeras.inference.batch import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
 
 
 @click.command("segment")
@@ -38,32 +49,55 @@ from wmhkeras.cli.common import EXIT_SOME_FAILED, handle_errors
                    "volume is reported in summary.csv.")
 @click.option("--brain-threshold", default=None, type=click.FloatRange(0, 1), metavar="T",
               help="Zero predictions where the FLAIR divided by its maximum is below T (a brain mask without a file).")
+@click.option("--bids-out/--flat-out", "bids_out", default=None,
+              help="Write BIDS derivatives (sub-X[/ses-Y]/anat/<key>_space-orig_label-WMH_{probseg,mask}.nii.gz, JSON "
+                   "sidecars, dataset_description.json) or flat <subject>_wmh_* files. Default: BIDS when every "
+                   "INPUT is a BIDS dataset.")
+@click.option("--skip-existing", is_flag=True,
+              help="Keep the subjects whose outputs in --out are complete (an ok row in summary.csv, every file "
+                   "there and readable) and segment the others; summary.csv keeps the earlier rows. Resumes an "
+                   "interrupted run; --out must have been made with the same model and settings.")
+@click.option("--shard", default=None, callback=_shard, metavar="I/N",
+              help="Segment only shard I of N (1-based): every N-th subject of the subjects sorted by id, from the "
+                   "I-th. Give each shard its own --out; `wmhkeras summarize` combines their summaries.")
+@click.option("--qc", is_flag=True,
+              help="Also write qc/<subject>.png (FLAIR with the predicted outlines) and qc.html, every subject "
+                   "with its montage, lesion count and volume, outliers first.")
+@threads_option
 @handle_errors
 def segment_command(model: Path, inputs: tuple[Path, ...], out_dir: Path, t1: tuple[Path, ...], threshold: float,
                     min_lesion_mm3: float, min_lesion_voxels: int, tta: bool, uncertainty: bool, batch_size: int,
-                    brain_mask: tuple[Path, ...], brain_threshold: float | None) -> None:
+                    brain_mask: tuple[Path, ...], brain_threshold: float | None, bids_out: bool | None,
+                    skip_existing: bool, shard: tuple[int, int] | None, qc: bool, threads: int | None) -> None:
     """Segment WMH in FLAIR images.
 
     MODEL is a .keras file, a training run folder, an exported SavedModel folder or an export's .tflite file;
     its resampling (fixed size, mm spacing or native grid) and 2.5D context come with it. INPUT is a FLAIR
-    file (.nii/.nii.gz), a folder of them, or a manifest CSV. Writes <subject>_wmh_prob.nii.gz,
-    <subject>_wmh_mask.nii.gz and <subject>_lesions.csv per subject, on the input's own grid, and
-    summary.csv. Exit code 1 when some subjects failed, 2 when nothing could start.
+    file (.nii/.nii.gz), a folder of them, a BIDS dataset root (docs/bids.md) or a manifest CSV. Writes
+    <subject>_wmh_prob.nii.gz, <subject>_wmh_mask.nii.gz and <subject>_lesions.csv per subject, on the
+    input's own grid (BIDS derivatives for BIDS input), and summary.csv (with --qc, qc/ and qc.html).
+    Exit code 1 when some subjects failed, 2 when nothing could start.
     """
-    from tqdm import tqdm
-
+    from wmhkeras.inference.qc import QC_HTML_NAME
     from wmhkeras.inference.segment import segment
 
+    start_tensorflow(threads)
     result = segment(model, inputs, out_dir, threshold=threshold, min_lesion_mm3=min_lesion_mm3, tta_flip=tta,
                      batch_size=batch_size, brain_mask=brain_mask, t1=t1,
-                     progress=functools.partial(tqdm, unit="subject", disable=None),
-                     min_lesion_voxels=min_lesion_voxels, uncertainty=uncertainty, brain_threshold=brain_threshold)
+                     progress=progress_bar("subject"),
+                     min_lesion_voxels=min_lesion_voxels, uncertainty=uncertainty, brain_threshold=brain_threshold,
+                     bids_out=bids_out, skip_existing=skip_existing, shard=shard, qc=qc)
     for r in result.subjects:
         if r.ok:
-            click.echo(f"{r.subject}: {r.lesion_count} lesions, {r.lesion_volume_ml:.2f} mL")
+            kept = " (complete from an earlier run)" if r.skipped else ""
+            click.echo(f"{r.subject}: {r.lesion_count} lesions, {r.lesion_volume_ml:.2f} mL{kept}")
         else:
             click.echo(f"failed: {r.subject}: {r.error}", err=True)
-    n = len(result.subjects)
-    click.echo(f"segmented {n - result.n_failed} of {n} subjects; summary: {result.summary_csv}")
+    n, kept = len(result.subjects), sum(r.skipped for r in result.subjects)
+    kept_note = f" ({kept} kept from an earlier run)" if kept else ""
+    shard_note = f" in shard {shard[0]}/{shard[1]}" if shard else ""
+    click.echo(f"segmented {n - result.n_failed} of {n} subjects{shard_note}{kept_note}; summary: {result.summary_csv}")
+    if qc:
+        click.echo(f"QC index: {result.out_dir / QC_HTML_NAME}")
     if result.n_failed:
         sys.exit(EXIT_SOME_FAILED)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from wmhkeras.cli.common import handle_errors
+from wmhkeras.cli.common import handle_errors, start_tensorflow, threads_option
 
 
 def default_run_dir(configs: tuple[str, ...]) -> Path:
@@ -21,7 +21,8 @@ def default_run_dir(configs: tuple[str, ...]) -> Path:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. train.epochs=5 (repeatable).")
 @click.option("--data", "data_path", type=click.Path(), default=None,
-              help="Dataset: manifest CSV, folder with manifest.csv, or MICCAI 2017 layout (default: data.path).")
+              help="Dataset: manifest CSV, folder with manifest.csv, MICCAI 2017 layout, BIDS root or "
+                   "ROOT/derivatives/PIPELINE (labels from that pipeline; docs/bids.md) (default: data.path).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="New run folder (default: runs/<config name>-<date-time>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
@@ -29,9 +30,10 @@ def default_run_dir(configs: tuple[str, ...]) -> Path:
 @click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
               help="Reuse a split.json (e.g. another run's) instead of making a new split.")
 @click.option("--quiet", is_flag=True, default=False, help="One line per epoch instead of the progress bar.")
+@threads_option
 @handle_errors
 def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_path: str | None, out_dir: str | None,
-                  resume_dir: str | None, split_file: str | None, quiet: bool) -> None:
+                  resume_dir: str | None, split_file: str | None, quiet: bool, threads: int | None) -> None:
     """Train a segmentation model; CONFIGS are YAML files deep-merged in order (e.g. configs/demo.yaml).
 
     Writes the run folder: config.yaml, split.json, versions.json, summary.json, log.csv,
@@ -58,7 +60,8 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
         target = Path(out_dir) if out_dir else default_run_dir(configs)
         click.echo(f"training into {target.resolve()} (once every input is checked)")
 
-    from wmhkeras.training.trainer import train  # TensorFlow: only once the arguments are valid
+    start_tensorflow(threads)  # TensorFlow: only once the arguments are valid
+    from wmhkeras.training.trainer import train
 
     result = train(cfg, target, data_path=data_path, resume=resume_dir is not None, split=split_file,
                    verbose=2 if quiet else 1)

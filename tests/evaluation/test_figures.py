@@ -38,3 +38,19 @@ def test_qc_montage_png(tmp_path):
     assert mpimg.imread(path).shape[:2] == (30, 90)
     with pytest.raises(InputError, match="shape"):
         figures.qc_montage(flair, truth[:-1], pred, tmp_path / "bad.png")
+
+
+def test_figure5_has_an_open_last_bin_so_no_subject_is_dropped(tmp_path, caplog):
+    # 0.2 is the last edge: 0.2 and 3.0 fall in ">= 0.2"; the NaN subject alone is left out.
+    pcd = [0.05, 0.15, 0.2, 3.0, float("nan")]
+    avd = [10.0, 20.0, 30.0, 50.0, 1.0]
+    labels, means, counts = figures.open_bins(pcd, avd, [0.0, 0.1, 0.2])
+    assert labels == ["0-0.1", "0.1-0.2", ">= 0.2"]
+    assert counts.tolist() == [1, 1, 2]
+    np.testing.assert_allclose(means, [10.0, 20.0, 40.0])
+    # the default (the paper's) edges end at 0.55 %: a subject at 2 % used to vanish from the figure
+    labels, _, counts = figures.open_bins([0.01, 2.0], [5.0, 7.0])
+    assert labels[-1] == ">= 0.55" and counts[-1] == 1 and counts.sum() == 2
+    with caplog.at_level("INFO", logger="wmhkeras.evaluation.figures"):
+        figures.plot_avd_vs_pcd({"dice": ([0.01, 2.0], [5.0, 7.0])}, tmp_path / "fig5.png", dpi=30)
+    assert "subjects per bin [1, 0, 0, 0, 0, 0, 0, 0, 1]" in caplog.text

@@ -53,3 +53,20 @@ def test_library_calls_are_reachable_from_the_package():
     from wmhkeras.export.runner import export
 
     assert package.export is export and package.DEFAULT_TOLERANCES is options.DEFAULT_TOLERANCES
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--serving-name", "wmh"], "--serving-name needs --serving-version"),
+    (["--serving-version", "0"], "0 is not in the range x>=1"),
+    (["--serving-version", "1", "--serving-name", "tflite"], "serving name (--serving-name): 'tflite' is not allowed"),
+    (["--serving-version", "1", "--serving-name", "a/b"], "'a/b' is not allowed"),
+    (["--card-info", "{info}"], "info.yaml: 'licence' is not a card-info key"),
+    (["--metrics", "{info}"], "info.yaml: cannot read"),
+])
+def test_cli_card_and_serving_options_are_checked_before_any_work(tmp_path, bare_keras, args, message):
+    info = tmp_path / "info.yaml"
+    info.write_text("licence: MIT\n")
+    args = [a.replace("{info}", str(info)) for a in args]
+    result = CliRunner().invoke(export_command, [str(bare_keras), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "o").exists()

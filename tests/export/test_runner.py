@@ -51,8 +51,8 @@ def test_run_folder_export_verifies_every_artifact(exported, tiny_run):
     assert card["signatures"]["segment_volume"]["inputs"]["flair"]["dtype"] == "float32"
     assert card["orientation"].startswith("RAS")
     assert card["training_config"]["model"]["arch"] == "unet"
-    assert card["data"]["subjects"] == {k: len(v) for k, v in split.to_dict().items()}
-    assert card["data"]["sites"]["train"] == ["siteA", "siteB"]
+    assert card["training_data"]["subjects"] == {k: len(v) for k, v in split.to_dict().items()}
+    assert card["training_data"]["sites"]["train"] == ["siteA", "siteB"]
     assert card["validation_metrics"]["best_val_dice"] == 0.93
     assert card["versions"]["tensorflow"] == tf.__version__ and card["created"]
     assert set(card["tflite"]) == set(TFLITE_VARIANTS)
@@ -70,7 +70,9 @@ def test_non_default_input_size_exports_and_verifies(tmp_path):
     assert [a.name for a in report.artifacts] == ["keras", "saved_model", "segment_volume", "fp32"]
     assert "synthetic" in report.verification["source"]
     card = json.loads((tmp_path / "out" / "model_card.json").read_text())
-    assert card["input_size"] == [48, 64] and card["training_config"] is None and card["data"] is None
+    assert card["input_size"] == [48, 64] and card["training_config"] is None
+    assert card["training_data"]["subjects"] == {} and card["training_data"]["dataset"] is None
+    assert card["input_requirements"]["voxel_size_mm"] is None and card["holdout_metrics"] is None
     loaded = tf.saved_model.load(str(tmp_path / "out" / "saved_model"))
     spec = loaded.signatures["serving_default"].structured_input_signature[1]["slices"]
     assert spec.shape.as_list() == [None, 48, 64, 1]

@@ -1,6 +1,7 @@
 """Model sources: a run folder, an exported SavedModel or TFLite file and its model card, each loaded and checked."""
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -176,3 +177,40 @@ def test_card_of_a_free_model_with_context(tmp_path):
     spec = inspect_model(_export_layout(tmp_path / "exported", card) / "tflite" / "model_fp32.tflite")
     assert (spec.input_size, spec.context_slices, spec.modalities) == (None, 2, ("flair", "t1"))
     assert (spec.resampling.mode, spec.resampling.spacing, spec.resampling.multiple) == ("spacing", (1.0, 1.0), 32)
+
+
+# === Where the card of an exported model is found ===
+
+
+def test_card_inside_the_saved_model_travels_with_it(tmp_path):
+    """The card in ``saved_model/assets.extra/`` wins over the one beside it, and a copied SavedModel folder
+    alone still carries its settings; an older export (card beside only) still reads."""
+    export = _export_layout(tmp_path / "exported", {"modalities": ["flair"], "normalisation": "max",
+                                                    "input_size": [32, 32]})
+    inside = export / "saved_model" / "assets.extra" / "model_card.json"
+    assert inspect_model(export).input_size == (32, 32)  # older export
+    inside.parent.mkdir()
+    inside.write_text(json.dumps({"modalities": ["flair", "t1"], "normalisation": "zscore", "input_size": [64, 48]}))
+    spec = inspect_model(export / "saved_model")
+    assert (spec.modalities, spec.input_size, spec.card.normalisation) == (("flair", "t1"), (64, 48), "zscore")
+    copy = tmp_path / "copied"
+    shutil.copytree(export / "saved_model", copy)
+    assert inspect_model(copy).input_size == (64, 48)
+    (copy / "assets.extra" / "model_card.json").unlink()
+    with pytest.raises(InputError, match="looked in its assets.extra/, inside and beside it"):
+        inspect_model(copy)
+
+
+def test_serving_layout_is_found_from_the_export_and_the_base_folder(tmp_path):
+    """``--serving-version``: the SavedModel at ``<export>/<name>/<N>/``; the export folder finds it through
+    its card, the serving base folder ``<export>/<name>`` by its highest version."""
+    card = {"modalities": ["flair"], "normalisation": "max", "input_size": [32, 32], "saved_model": "wmh/10"}
+    export = tmp_path / "exported"
+    for version in (2, 10):
+        (export / "wmh" / str(version) / "assets.extra").mkdir(parents=True)
+        (export / "wmh" / str(version) / "saved_model.pb").write_bytes(b"")
+        (export / "wmh" / str(version) / "assets.extra" / "model_card.json").write_text(json.dumps(card))
+    (export / "model_card.json").write_text(json.dumps(card))
+    for path in (export, export / "wmh", export / "wmh" / "10"):
+        spec = inspect_model(path)
+        assert (spec.format, spec.path) == ("saved_model", export / "wmh" / "10"), path

@@ -1,4 +1,4 @@
-"""Datasets: a manifest CSV, or a folder in the MICCAI 2017 WMH challenge layout.
+"""Datasets: a manifest CSV, a folder in the MICCAI 2017 WMH challenge layout, or a BIDS dataset.
 
 Manifest: a CSV with the header ``subject,site,flair,t1,label``; ``t1`` and ``label`` may be empty;
 paths may be relative to the manifest's folder.
@@ -6,7 +6,12 @@ paths may be relative to the manifest's folder.
 MICCAI 2017 layout (as downloaded): ``<root>/<site>/<subject>/pre/FLAIR.nii.gz``,
 ``.../pre/T1.nii.gz`` and ``<root>/<site>/<subject>/wmh.nii.gz`` (labels 0, 1, 2).
 
-No file is opened here beyond the CSV: :func:`check_subject` reads and validates volumes.
+BIDS: a dataset root, or ``<root>/derivatives/<pipeline>`` to name the pipeline whose WMH masks are the
+labels (rules: :mod:`wmhkeras.io.bids`); one subject per FLAIR image, its id the entities of the name
+(``sub-01_ses-02_acq-3d``), its site from ``participants.tsv`` (a ``site`` column) or ``site0``.
+
+No volume is opened here (only the CSV, or a BIDS dataset's JSON/TSV): :func:`check_subject` reads and
+validates volumes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmhkeras.errors import InputError
+from wmhkeras.io.bids import bids_location, read_bids
 from wmhkeras.io.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -114,8 +120,24 @@ def discover_miccai(root: str | Path) -> list[Subject]:
     return subjects
 
 
+def read_bids_dataset(path: str | Path) -> list[Subject]:
+    """The subjects of a BIDS dataset (a root, or ``<root>/derivatives/<pipeline>``), with their labels.
+
+    Each FLAIR image is one subject: sessions of one participant are split independently (a warning says so).
+    """
+    entries = read_bids(path, labels=True)
+    sessions: dict[str, int] = {}
+    for e in entries:
+        sessions[e.participant] = sessions.get(e.participant, 0) + 1
+    repeated = sorted(p for p, n in sessions.items() if n > 1)
+    if repeated:
+        log.warning("%s: participants with several FLAIR images (sessions, acquisitions): %s; each image is a subject "
+                    "of its own, so a split can put one participant's images in different sets", path, ", ".join(repeated[:5]))
+    return [Subject(e.key, e.site, e.flair, e.t1, e.label) for e in entries]
+
+
 def load_dataset(path: str | Path) -> list[Subject]:
-    """Subjects from a manifest CSV, a folder holding ``manifest.csv``, or a MICCAI-layout folder."""
+    """Subjects from a manifest CSV, a folder holding ``manifest.csv``, a BIDS dataset or a MICCAI-layout folder."""
     if path is None:
         raise InputError("no dataset given: set data.path in the config or pass --data PATH")
     path = Path(path)
@@ -125,10 +147,13 @@ def load_dataset(path: str | Path) -> list[Subject]:
         raise InputError(f"{path}: dataset not found (expected a manifest CSV or a folder)")
     if (path / MANIFEST_NAME).is_file():
         return read_manifest(path / MANIFEST_NAME)
+    if bids_location(path) is not None:
+        return read_bids_dataset(path)
     subjects = discover_miccai(path)
     if not subjects:
         raise InputError(
-            f"{path}: no {MANIFEST_NAME} and no MICCAI 2017 layout (<site>/<subject>/pre/FLAIR.nii.gz) found"
+            f"{path}: no {MANIFEST_NAME} and no MICCAI 2017 layout (<site>/<subject>/pre/FLAIR.nii.gz) found, "
+            "nor a BIDS dataset (sub-*/[ses-*/]anat/*_FLAIR.nii.gz)"
         )
     log.info("discovered %d subjects in the MICCAI layout under %s", len(subjects), path)
     return subjects

@@ -26,7 +26,7 @@ from wmhkeras.evaluation import reports
 from wmhkeras.evaluation.figures import plot_avd_vs_pcd, qc_montage
 from wmhkeras.evaluation.matching import TruthCase, match, resolve_predictions, resolve_truth
 from wmhkeras.evaluation.metrics import CHALLENGE_KEYS, METRIC_KEYS, evaluate_arrays
-from wmhkeras.io import check_same_grid, load_volume
+from wmhkeras.io import Volume, check_same_grid, load_volume
 from wmhkeras.io.files import atomic_write_csv, atomic_write_json, atomic_write_text
 from wmhkeras.io.naming import MASK_SUFFIX
 from wmhkeras.io.provenance import package_versions, utc_now
@@ -74,10 +74,17 @@ def load_pair(truth_path: str | Path, pred_path: str | Path):
     return truth, pred
 
 
+def score_volumes(truth: Volume, pred: Volume) -> dict[str, float]:
+    """The challenge metrics of a truth (``kind="label"``) and a prediction on one grid, computed on the
+    truth's own voxel order and affine (:func:`~wmhkeras.evaluation.metrics.evaluate_arrays`)."""
+    check_same_grid(truth, pred)
+    return evaluate_arrays(truth.to_native(truth.data), pred.to_native(pred.data), truth.native_affine)
+
+
 def _score(truth_path, pred_path):
-    """The challenge metrics of a pair on the truth file's own voxel order and affine, and the two Volumes."""
+    """The challenge metrics of a pair of files, and the two Volumes."""
     truth, pred = load_pair(truth_path, pred_path)
-    return evaluate_arrays(truth.to_native(truth.data), pred.to_native(pred.data), truth.native_affine), truth, pred
+    return score_volumes(truth, pred), truth, pred
 
 
 def _qc(case: TruthCase, truth, pred, path: Path) -> Path:

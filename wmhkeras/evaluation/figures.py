@@ -43,6 +43,26 @@ def _save_png(fig, path) -> Path:
 # === Figure 5: AVD against PCD ===
 
 
+def open_bins(pcd, avd, edges: Sequence[float] = PCD_BIN_EDGES) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Figure 5's bins: ``edges`` plus an open-ended last bin ``>= edges[-1]``, so that no subject is dropped.
+
+    Bins are ``[lo, hi)`` (:func:`~wmhkeras.evaluation.reports.bin_means` over ``edges + [inf]``); a subject
+    at or above the last edge falls in the open bin. Only subjects with NaN, or below the first edge, are
+    left out.
+
+    Returns:
+        ``(labels, means, counts)``, one per bin (``len(edges)``): labels ``"0-0.03"`` ... ``">= 0.55"``,
+        the mean AVD (NaN for an empty bin) and the number of subjects.
+    """
+    edges = check_edges(edges)
+    means, counts = bin_means(pcd, avd, np.append(edges, np.inf))
+    return _bin_labels(edges), means, counts
+
+
+def _bin_labels(edges: np.ndarray) -> list[str]:
+    return [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)] + [f">= {edges[-1]:g}"]
+
+
 def plot_avd_vs_pcd(
     series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     path,
@@ -51,14 +71,14 @@ def plot_avd_vs_pcd(
     figsize: tuple[float, float] = (8.0, 5.0),
     dpi: float = 100,
 ) -> Path:
-    """The paper's Figure 5 as a PNG: mean AVD per PCD bin (:func:`~wmhkeras.evaluation.reports.bin_means`),
-    one line per model/loss.
+    """The paper's Figure 5 as a PNG: mean AVD per PCD bin (:func:`open_bins`: the given bins and an
+    open-ended last one, ``>= edges[-1]``), one line per model/loss.
 
     Args:
         series: ``{label: (pcd per subject, avd per subject)}``, e.g. one entry per loss.
         path: the PNG to write (atomically).
         edges: PCD bin edges in %, default :data:`~wmhkeras.evaluation.reports.PCD_BIN_EDGES`
-            (0-0.03, ..., 0.45-0.55).
+            (0-0.03, ..., 0.45-0.55, then >= 0.55).
         figsize, dpi: the image is ``figsize * dpi`` pixels (default 800 x 500).
 
     Returns:
@@ -67,12 +87,12 @@ def plot_avd_vs_pcd(
     edges = check_edges(edges)
     fig = _new_figure(figsize, dpi)
     ax = fig.add_subplot()
-    x = np.arange(edges.size - 1)
+    x = np.arange(edges.size)
     for label, (pcd_values, avd_values) in series.items():
-        means, counts = bin_means(pcd_values, avd_values, edges)
+        _, means, counts = open_bins(pcd_values, avd_values, edges)
         log.info("AVD vs PCD, %s: subjects per bin %s", label, counts.tolist())
         ax.plot(x, means, marker="o", label=label)
-    ax.set_xticks(x, [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)], rotation=30)
+    ax.set_xticks(x, _bin_labels(edges), rotation=30)
     ax.set_xlabel("positive class density, PCD (%)")
     ax.set_ylabel("mean AVD (%)")
     ax.set_title(title)

@@ -1,9 +1,10 @@
 """Which prediction goes with which ground truth: finding the files and pairing them by subject id.
 
 No volume is read here (:func:`wmhkeras.evaluation.evaluate.load_pair` reads and checks a pair). The
-ground truth is a label file, a folder of label files, a manifest, a MICCAI 2017 layout folder or a
-training run folder (its hold-out subjects); the predictions are a ``wmhkeras segment`` output folder,
-a NIfTI file, a folder of them or a CSV.
+ground truth is a label file, a folder of label files, a manifest, a BIDS dataset (its WMH masks under
+``derivatives/``), a MICCAI 2017 layout folder or a training run folder (its hold-out subjects); the
+predictions are a ``wmhkeras segment`` output folder (flat or BIDS derivatives), a NIfTI file, a folder of
+them or a CSV. BIDS subjects are keyed by the entities of their names (``sub-01_ses-02_acq-3d``) on both sides.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from wmhkeras.config import load_config
 from wmhkeras.data.datasets import MANIFEST_NAME, load_dataset, read_manifest
 from wmhkeras.data.splits import load_split
 from wmhkeras.errors import InputError
+from wmhkeras.io.bids import bids_location, find_masks, is_bids_root
 from wmhkeras.io.naming import MASK_SUFFIX, is_nifti, is_output_map, strip_nifti, subject_id
 from wmhkeras.io.run_folder import RunFolder
 
@@ -95,8 +97,10 @@ def resolve_truth(path: str | Path) -> list[TruthCase]:
     ``path`` is one of: a label file (subject id: its name without a trailing ``wmh``/``GOLD_STANDARD``/
     ``label``/``seg``/``mask`` tag, else its folder's name; its FLAIR is the file beside it with that tag
     replaced by ``FLAIR``); a manifest CSV or a folder with ``manifest.csv`` (subjects with a ``label``);
-    a training run folder (``config.yaml`` + ``split.json``: its hold-out subjects); a folder of label
-    files (FLAIR/T1 files beside them are images, not labels); or a MICCAI 2017 layout folder.
+    a training run folder (``config.yaml`` + ``split.json``: its hold-out subjects); a BIDS dataset root or
+    ``<root>/derivatives/<pipeline>`` (:func:`wmhkeras.io.bids.read_bids`: the FLAIR images with a WMH
+    mask); a folder of label files (FLAIR/T1 files beside them are images, not labels); or a MICCAI 2017
+    layout folder.
     """
     path = Path(path)
     if not path.exists():
@@ -112,6 +116,8 @@ def resolve_truth(path: str | Path) -> list[TruthCase]:
         return _holdout(run)
     if (path / MANIFEST_NAME).is_file():
         return _cases(read_manifest(path / MANIFEST_NAME), path / MANIFEST_NAME)
+    if bids_location(path) is not None:
+        return _cases(load_dataset(path), path)
     labels = [p for p in _nifti_files(path) if not _has_tag(p, IMAGE_TAGS)]
     if labels:
         return [TruthCase(subject_id(p, TRUTH_TAGS), p.resolve(), _flair_beside(p)) for p in labels]
@@ -122,7 +128,9 @@ def resolve_predictions(path: str | Path) -> dict[str, Path]:
     """Predictions by subject id from ``path`` (no volume is read here).
 
     ``path`` is one of: a NIfTI file; a ``wmhkeras segment`` output folder (its ``*_wmh_mask.nii.gz``
-    files, subject = the name before the suffix); another folder (every NIfTI file directly inside except
+    files, subject = the name before the suffix); a BIDS derivative folder (its
+    ``sub-*/[ses-*/]anat/*_label-WMH_mask.nii[.gz]`` files, subject = the name's source entities, e.g.
+    ``sub-01_ses-02`` of ``sub-01_ses-02_space-orig_label-WMH_mask.nii.gz``); another folder (every NIfTI file directly inside except
     ``*_wmh_prob``, ``*_wmh_uncertainty`` and FLAIR/T1 files, the id without a trailing ``mask``/``pred``/``seg`` tag); or a CSV
     with the columns ``subject`` and ``pred`` (paths relative to the CSV).
     """
@@ -145,11 +153,14 @@ def resolve_predictions(path: str | Path) -> dict[str, Path]:
         masks = [p for p in files if p.name.endswith(MASK_SUFFIX)]
         if masks:
             preds = {p.name[: -len(MASK_SUFFIX)]: p.resolve() for p in masks}
+        elif is_bids_root(path):
+            preds = find_masks(path)
         else:
             files = [p for p in files if not is_output_map(p) and not _has_tag(p, IMAGE_TAGS)]
             preds = {subject_id(p, PRED_TAGS): p.resolve() for p in files}
     if not preds:
-        raise InputError(f"{path}: no prediction found (expected <subject>{MASK_SUFFIX} files)")
+        raise InputError(f"{path}: no prediction found (expected <subject>{MASK_SUFFIX} files, or BIDS "
+                         "sub-*/[ses-*/]anat/*_label-WMH_mask.nii.gz files)")
     return preds
 
 

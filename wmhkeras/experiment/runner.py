@@ -235,6 +235,7 @@ def _prepare(cfg: Config, out_dir: Path) -> tuple[Cohort, dict[str, str], dict[s
     # The trainer checks its training and validation subjects; the test subjects are checked here, so that
     # a broken or unlabelled file stops the experiment now rather than after hours of training.
     tested = cohort.tested()
+    log.info("checking the files of %d test subjects", len(tested))
     for subject in tested:
         check_subject(subject, cfg.data.modalities, need_label=True)
     log.info("checked the files of %d test subjects", len(tested))

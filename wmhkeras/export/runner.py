@@ -3,15 +3,19 @@
 ``export(model_or_run_dir, out_dir)`` writes (see ``docs/export.md``)::
 
     OUT_DIR/saved_model/             tf.saved_model.load(...) works without wmhkeras or Keras objects
+      assets.extra/model_card.json   the card again, so the SavedModel folder alone carries it
     OUT_DIR/tflite/model_<v>.tflite  fp32, fp16, dynamic (int8 weights), int8 (full integer)
-    OUT_DIR/model_card.json          signatures, orientation, preprocessing, training config, data, metrics
+    OUT_DIR/model_card.json          signatures, preprocessing, intended use, input requirements, data, metrics
     OUT_DIR/export_report.json       how each artifact compares with the Keras model
+
+With ``serving_version=N`` the SavedModel is written at ``OUT_DIR/<name>/<N>/`` instead (TensorFlow
+Serving's layout, :mod:`~wmhkeras.export.serving`), with ``assets.extra/tf_serving_warmup_requests``.
 
 The steps live beside this module: :mod:`~wmhkeras.export.options` (variants, tolerances, the output
 folder), :mod:`~wmhkeras.export.source` (the model and its run folder), :mod:`~wmhkeras.export.verification`
 (calibration and verification slices, the parity check), :mod:`~wmhkeras.export.saved_model` (the two
-signatures), :mod:`~wmhkeras.export.tflite` and :mod:`~wmhkeras.export.report`; the model card is a
-:class:`wmhkeras.io.model_card.ModelCard`.
+signatures), :mod:`~wmhkeras.export.tflite`, :mod:`~wmhkeras.export.serving`, :mod:`~wmhkeras.export.report`
+and :mod:`~wmhkeras.export.card` (the :class:`wmhkeras.io.model_card.ModelCard`).
 
 Every artifact is reloaded and run on slices held back from training before the export is accepted; the
 tolerances are in :data:`~wmhkeras.export.options.DEFAULT_TOLERANCES`. Everything is built in a hidden
@@ -30,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from wmhkeras.errors import InputError
+from wmhkeras.export.card import build_card, find_holdout_summary, read_card_info, write_card
 from wmhkeras.export.options import (
     OUT_DIR_HINT,
     TFLITE_VARIANTS,
@@ -39,12 +44,13 @@ from wmhkeras.export.options import (
 )
 from wmhkeras.export.report import REPORT_NAME, ArtifactCheck, ExportReport
 from wmhkeras.export.saved_model import SAVED_MODEL_NAME, check_saved_model, signatures, write_saved_model
+from wmhkeras.export.serving import serving_layout, write_warmup
 from wmhkeras.export.source import ExportSource, RunSubjects, resolve_source, run_subjects
 from wmhkeras.export.tflite import tflite_entries, write_tflite_variants
 from wmhkeras.export.verification import VerificationVolume, calibration_slices, timed, verification_data
 from wmhkeras.io.files import StagedFolder, atomic_write_json, staged_folder
-from wmhkeras.io.model_card import MODEL_CARD_NAME, MODEL_CARD_VERSION, ORIENTATION, THRESHOLD, ModelCard
-from wmhkeras.io.provenance import package_versions, utc_now
+from wmhkeras.io.model_card import ServingLayout
+from wmhkeras.io.provenance import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -56,52 +62,58 @@ def export(
     force: bool = False,
     tolerances: dict | None = None,
     calibration_data=None,
+    *, card_info: str | Path | None = None, metrics: str | Path | None = None,
+    serving_version: int | None = None, serving_name: str | None = None,
 ) -> ExportReport:
     """Export a generator as a SavedModel and TFLite variants, verify each, and write the model card.
 
     Args:
-        model_or_run_dir: a run folder (``checkpoints/best.keras``, else ``last.keras``; its
-            ``config.yaml``, ``split.json`` and ``summary.json`` feed calibration, verification and the
-            model card), or a ``.keras`` checkpoint (inside ``<run>/checkpoints/`` the run is found). It is
-            loaded and checked exactly as ``wmhkeras segment`` does (:func:`wmhkeras.inference.loaders.load_segmenter`).
+        model_or_run_dir: a run folder (``checkpoints/best.keras``, else ``last.keras``; its ``config.yaml``,
+            ``split.json`` and ``summary.json`` feed calibration, verification and the card), or a ``.keras``
+            file (inside ``<run>/checkpoints/`` the run is found), loaded as ``wmhkeras segment`` does.
         out_dir: the export folder; must not exist or be empty unless ``force``.
         tflite: variants out of :data:`~wmhkeras.export.options.TFLITE_VARIANTS`. ``None`` (default): all
-            four, but ``int8`` is skipped with a warning when no calibration data exists; asking for ``int8``
-            explicitly without calibration data is an error.
+            four, ``int8`` skipped with a warning without calibration data (an error when asked for).
         force: replace a non-empty ``out_dir``.
         tolerances: overrides of :data:`~wmhkeras.export.options.DEFAULT_TOLERANCES`.
-        calibration_data: int8 calibration slices instead of the run's training subjects: preprocessed
-            slices ``(N, H, W, C)`` (array or ``.npy``), or a dataset (manifest CSV or folder) whose volumes
-            are preprocessed with the model's settings.
+        calibration_data: int8 calibration data instead of the run's training subjects: preprocessed slices
+            ``(N, H, W, C)`` (array or ``.npy``), or a dataset (manifest CSV or folder).
+        card_info, metrics: the card's texts, a YAML/JSON file (:func:`~wmhkeras.export.card.read_card_info`),
+            and a ``wmhkeras evaluate`` output of the hold-out subjects (default: ``RUN/evaluate/summary.json``).
+        serving_version, serving_name: write the SavedModel at ``out_dir/<name>/<version>/`` (TensorFlow
+            Serving's layout, with warm-up requests; name default: ``out_dir``'s) instead of ``saved_model/``.
 
     Returns:
-        The :class:`~wmhkeras.export.report.ExportReport` (also written as ``export_report.json``);
-        ``report.passed`` is False when an artifact is outside its tolerance (the files are written all
-        the same, for inspection).
+        The :class:`~wmhkeras.export.report.ExportReport` (also ``export_report.json``); ``passed`` is False
+        when an artifact is outside its tolerance (the files are written all the same, for inspection).
 
     Raises:
-        InputError: missing, unreadable or foreign checkpoint; non-empty ``out_dir``; int8 without data.
-        ConfigError: unknown variant or tolerance.
+        InputError: missing, unreadable or foreign checkpoint; non-empty ``out_dir``; int8 without data;
+            unreadable card info or ``metrics``. ConfigError: unknown variant or tolerance; bad card info or serving.
     """
     requested = parse_variants(tflite)
     limits = resolve_tolerances(tolerances)
     out_dir = check_out_dir(out_dir, force)
+    info = read_card_info(card_info)
+    serving = None if serving_version is None else serving_layout(serving_name or out_dir.name, serving_version)
     src = resolve_source(model_or_run_dir)
+    holdout = find_holdout_summary(metrics, src.run_dir)
     subjects = run_subjects(src)
     variants, skipped, calibration, calibration_desc = _plan_variants(requested, calibration_data, src, subjects)
     slices, volume, verification = verification_data(src, subjects, calibration)
     with _export_folder(out_dir, force) as staged:
-        checks = _write_artifacts(src, staged.path, variants, limits, slices, volume, calibration)
+        saved_model = serving.path if serving else SAVED_MODEL_NAME
+        checks = _write_artifacts(src, staged.path, saved_model, variants, limits, slices, volume, calibration, serving)
         report = ExportReport(out_dir, src.description, utc_now(), checks, skipped, verification,
                               calibration_desc or {})
-        card = _model_card(src, variants, subjects, calibration_desc, report.passed)
-        card.write(staged.path / MODEL_CARD_NAME)
+        write_card(build_card(src, variants=variants, subjects=subjects, calibration=calibration_desc,
+                              passed=report.passed, info=info, holdout_summary=holdout, saved_model=saved_model,
+                              signatures=signatures(src), serving=serving, tflite=_tflite_entries(src, variants)),
+                   staged.path)
         atomic_write_json(staged.path / REPORT_NAME, report.to_dict())
         staged.commit()
-    if report.passed:
-        log.info("exported to %s, every artifact verified", out_dir)
-    else:
-        log.error("exported to %s, outside tolerance: %s", out_dir, ", ".join(report.failures))
+    (log.info if report.passed else log.error)("exported to %s, %s", out_dir, "every artifact verified" if report.passed
+                                               else f"outside tolerance: {', '.join(report.failures)}")
     return report
 
 
@@ -125,6 +137,11 @@ def _plan_variants(requested: tuple[str, ...] | None, calibration_data, src: Exp
     return [v for v in variants if v != "int8"], {"int8": desc}, None, desc
 
 
+def _tflite_entries(src: ExportSource, variants: Sequence[str]) -> dict:
+    """The card's ``tflite`` section: each variant with the input shape of ``serving_default``."""
+    return tflite_entries(variants, signatures(src)["serving_default"]["inputs"]["slices"]["shape"])
+
+
 @contextlib.contextmanager
 def _export_folder(out_dir: Path, force: bool) -> Iterator[StagedFolder]:
     """:func:`~wmhkeras.io.files.staged_folder` for ``out_dir``; if the export fails, the parent folders
@@ -140,55 +157,23 @@ def _export_folder(out_dir: Path, force: bool) -> Iterator[StagedFolder]:
         raise
 
 
-def _write_artifacts(src: ExportSource, folder: Path, variants: Sequence[str], limits: dict[str, dict[str, float]],
-                     slices: np.ndarray, volume: VerificationVolume, calibration: np.ndarray | None) -> list[ArtifactCheck]:
-    """The Keras model as the reference, then the SavedModel and each TFLite variant, written and checked."""
+def _write_artifacts(src: ExportSource, folder: Path, saved_model: str, variants: Sequence[str],
+                     limits: dict[str, dict[str, float]], slices: np.ndarray, volume: VerificationVolume,
+                     calibration: np.ndarray | None, serving: ServingLayout | None) -> list[ArtifactCheck]:
+    """The Keras model as the reference, then the SavedModel (at ``folder/saved_model``, with the serving
+    warm-up requests when ``serving``) and each TFLite variant, written and checked."""
+    log.info("verification: the Keras model on %d held-back slices, then each artifact against it", len(slices))
     ref, keras_ms = timed(src.segmenter, slices)
     size = src.checkpoint.stat().st_size
     checks = [ArtifactCheck("keras", src.description, size, round(keras_ms, 3), 0.0, 1.0, {}, True)]
-    path = folder / SAVED_MODEL_NAME
+    path = folder / saved_model
     log.info("writing the SavedModel")
     write_saved_model(src, path)
+    if serving is not None:
+        write_warmup(path, src, serving.name)
     loaded = tf.saved_model.load(str(path))
-    checks += check_saved_model(loaded, src, path, slices, ref, volume, limits)
+    checks += check_saved_model(loaded, src, path, slices, ref, volume, limits, saved_model)
     checks += write_tflite_variants(loaded, folder, variants, calibration, slices, ref, limits)
     if variants and src.input_size is None:
         log.info("TFLite files take slices of any height and width (the signature runner resizes per call)")
     return checks
-
-
-def _model_card(src: ExportSource, variants: Sequence[str], subjects: RunSubjects | None,
-                calibration_desc: dict | str | None, passed: bool) -> ModelCard:
-    run = src.run
-    return ModelCard(
-        modalities=tuple(src.modalities),
-        normalisation=src.normalisation,
-        input_size=src.input_size,
-        resample=src.segmenter.settings["resample"],
-        context_slices=src.context_slices,
-        format_version=MODEL_CARD_VERSION,
-        created=utc_now(),
-        source=src.description,
-        saved_model=SAVED_MODEL_NAME,
-        signatures=signatures(src),
-        orientation=ORIENTATION,
-        threshold=THRESHOLD,
-        tflite=tflite_entries(variants, signatures(src)["serving_default"]["inputs"]["slices"]["shape"]),
-        calibration=calibration_desc if "int8" in variants else None,
-        training_config=src.config.to_dict() if src.config is not None else None,
-        data=_card_data(src, subjects),
-        validation_metrics=run.read_summary().to_dict() if run is not None and run.summary.is_file() else None,
-        versions=package_versions(extra=("ai-edge-litert",)),
-        verification={"passed": passed, "report": REPORT_NAME},
-    )
-
-
-def _card_data(src: ExportSource, subjects: RunSubjects | None) -> dict | None:
-    """The dataset, subjects per split set and their sites, for a run folder with a ``split.json``."""
-    run = src.run
-    if run is None or not run.split.is_file():
-        return None
-    data = {"dataset": src.config.data.path if src.config else None, "subjects": run.read_split().counts()}
-    if subjects is not None:
-        data["sites"] = {k: sorted({s.site for s in v}) for k, v in subjects.items()}
-    return data

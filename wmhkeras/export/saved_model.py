@@ -93,8 +93,10 @@ def write_saved_model(src: ExportSource, path: Path) -> None:
 
 
 def check_saved_model(loaded, src: ExportSource, path: Path, slices: np.ndarray, ref: np.ndarray,
-                      volume: VerificationVolume, limits: dict[str, dict[str, float]]) -> list[ArtifactCheck]:
-    """Check both signatures of the reloaded SavedModel ``loaded`` (written at ``path``).
+                      volume: VerificationVolume, limits: dict[str, dict[str, float]],
+                      name: str = SAVED_MODEL_NAME) -> list[ArtifactCheck]:
+    """Check both signatures of the reloaded SavedModel ``loaded`` (written at ``path``; ``name``: that path
+    relative to the export folder, for the report).
 
     ``serving_default`` against ``ref`` (the Keras model on ``slices``); ``segment_volume`` on the raw
     ``volume`` channels against the eager pipeline of ``wmhkeras segment`` (preprocess_volume -> Keras
@@ -102,7 +104,7 @@ def check_saved_model(loaded, src: ExportSource, path: Path, slices: np.ndarray,
     """
     serve = loaded.signatures["serving_default"]
     out, ms = timed(lambda x: serve(slices=tf.constant(x))["probabilities"], slices)
-    checks = [check_artifact("saved_model", SAVED_MODEL_NAME, tree_size(path), ms, out, ref, limits["saved_model"])]
+    checks = [check_artifact("saved_model", name, tree_size(path), ms, out, ref, limits["saved_model"])]
 
     segment = loaded.signatures["segment_volume"]
     inputs = volume_inputs(src, volume)
@@ -111,7 +113,7 @@ def check_saved_model(loaded, src: ExportSource, path: Path, slices: np.ndarray,
     vol_out = segment(**inputs)["probabilities"].numpy()
     ms = 1000 * (time.perf_counter() - t) / volume.channels[0].shape[2]
     vol_ref = predict_volume(src.segmenter, volume.channels, batch_size=VOLUME_BATCH, voxel_size=volume.voxel_size)
-    checks.append(check_artifact("segment_volume", SAVED_MODEL_NAME, None, ms, vol_out, vol_ref,
+    checks.append(check_artifact("segment_volume", name, None, ms, vol_out, vol_ref,
                                  limits["segment_volume"]))
     return checks
 

@@ -13,6 +13,7 @@ from typing import Optional
 from wmhkeras.data.datasets import MANIFEST_NAME, Subject, check_subject, load_dataset, read_manifest
 from wmhkeras.errors import InputError
 from wmhkeras.io import Volume, check_same_grid, load_volume
+from wmhkeras.io.bids import bids_key, bids_location, read_bids
 from wmhkeras.io.naming import OUTPUT_SUFFIXES, is_nifti, is_output_map, strip_nifti, subject_id, swap_tag
 
 
@@ -25,6 +26,8 @@ class SegmentInput:
     t1: Optional[Path] = None
     brain_mask: Optional[Path] = None
     site: str = "site0"
+    #: The BIDS dataset root the FLAIR came from (its outputs are then BIDS derivatives by default).
+    bids_root: Optional[Path] = None
 
 
 def _flat_folder(folder: Path) -> list[SegmentInput]:
@@ -59,12 +62,14 @@ def _inputs_of(path: Path) -> list[SegmentInput]:
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file():
             return _manifest_inputs(path / MANIFEST_NAME)
+        if bids_location(path) is not None:
+            return [SegmentInput(e.key, e.flair, e.t1, None, e.site, e.root) for e in read_bids(path, labels=False)]
         return _flat_folder(path) or [SegmentInput(s.subject, s.flair, s.t1, None, s.site) for s in load_dataset(path)]
     if path.suffix.lower() == ".csv":
         return _manifest_inputs(path)
     if is_nifti(path):
         return [SegmentInput(subject_id(path), path.resolve())]
-    raise InputError(f"{path}: not a NIfTI file (.nii, .nii.gz), a folder or a manifest CSV")
+    raise InputError(f"{path}: not a NIfTI file (.nii, .nii.gz), a folder, a BIDS dataset or a manifest CSV")
 
 
 def _pair_files(resolved: list[SegmentInput], inputs: Sequence[str | Path], option: str, key: str,
@@ -90,6 +95,8 @@ def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
 
     - a FLAIR file ``*.nii``/``*.nii.gz``; its subject id is :func:`~wmhkeras.io.naming.subject_id` of it;
     - a manifest CSV (``subject,site,flair,t1,label``, optionally a ``brain_mask`` column);
+    - a BIDS dataset root (``sub-<id>[/ses-<id>]/anat/*_FLAIR.nii.gz``, the ``*_T1w`` of the same folder;
+      :func:`~wmhkeras.io.bids.read_bids`): subject id ``sub-01_ses-02_acq-3d``;
     - a folder: its ``manifest.csv`` if there is one; else the NIfTI files directly inside it, where our
       outputs (``*_wmh_prob``, ``*_wmh_mask``, ``*_wmh_uncertainty``) are skipped and, if some names end
       with ``FLAIR``, only those are FLAIR images and the file with ``FLAIR`` replaced by ``T1`` is the
@@ -103,7 +110,7 @@ def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
             ``t1``/``brain_mask`` lists do not pair with the inputs.
     """
     if not inputs:
-        raise InputError("no input given: name FLAIR files, a folder or a manifest CSV")
+        raise InputError("no input given: name FLAIR files, a folder, a BIDS dataset or a manifest CSV")
     resolved = [item for raw in inputs for item in _inputs_of(Path(raw))]
     resolved = _pair_files(resolved, inputs, "--t1", "t1", t1)
     resolved = _pair_files(resolved, inputs, "--brain-mask", "brain_mask", brain_mask)
@@ -114,6 +121,24 @@ def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
             raise InputError(f"subject id {r.subject!r} is given twice ({seen[r.subject]}, {r.flair}); rename the files or use a manifest")
         seen[r.subject] = r.flair
     return resolved
+
+
+def bids_output(items: Sequence[SegmentInput], requested: Optional[bool] = None) -> bool:
+    """Whether the outputs are BIDS derivatives: ``requested``, else (None) when every input came from a BIDS dataset.
+
+    Raises:
+        InputError: with BIDS output, two subjects would get the same BIDS name (:func:`~wmhkeras.io.bids.bids_key`).
+    """
+    bids = all(i.bids_root is not None for i in items) if requested is None else requested
+    if bids:
+        seen: dict[str, str] = {}
+        for item in items:
+            key = bids_key(item.subject)
+            if key in seen:
+                raise InputError(f"subjects {seen[key]!r} and {item.subject!r} both become {key} in BIDS names; "
+                                 "rename one or write flat outputs (--flat-out)")
+            seen[key] = item.subject
+    return bids
 
 
 def load_subject(item: SegmentInput, modalities: Sequence[str]) -> tuple[list[Volume], Optional[Volume]]:

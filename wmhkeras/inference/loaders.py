@@ -18,7 +18,9 @@ import numpy as np
 
 from wmhkeras.data.preprocessing import Resampling, preprocess_volume, restore_volume
 from wmhkeras.errors import ConfigError, InputError
+from wmhkeras.inference.card_checks import check_voxel_size
 from wmhkeras.inference.sources import ModelSpec, inspect_model, modalities_of
+from wmhkeras.io.model_card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ class Segmenter:
     and out); tests and the export may build a Segmenter around any such function.
     ``resampling`` (default: ``fixed`` at ``input_size``) maps a volume's slices to the model's grid and
     back; ``context_slices`` is the ``k`` of the 2.5D input (``C = len(modalities) * (2k + 1)``).
-    ``input_size`` is the model's slice size in ``fixed`` mode and ``None`` otherwise.
+    ``input_size`` is the model's slice size in ``fixed`` mode and ``None`` otherwise. ``card``: the model
+    card of an exported model (``None`` for Keras sources), for :meth:`warn_voxel_size`.
     """
 
     predict_fn: Callable
@@ -44,6 +47,7 @@ class Segmenter:
     model: Any = None
     resampling: Optional[Resampling] = None
     context_slices: int = 0
+    card: Optional[ModelCard] = None
 
     def __post_init__(self):
         if self.resampling is None:
@@ -87,6 +91,11 @@ class Segmenter:
         """Model outputs ``(Z, H, W, 1)`` -> probabilities ``[X, Y, Z]`` on the volume's grid (a tensor)."""
         self._check_voxel_size(voxel_size)
         return restore_volume(probabilities, volume_shape, resampling=self.resampling, voxel_size=voxel_size)
+
+    def warn_voxel_size(self, voxel_size: Sequence[float], subject: str = "") -> list[str]:
+        """Warn (log) when ``voxel_size`` (mm, canonical X, Y, Z) is far from the training data's voxel size
+        in the model card (:func:`wmhkeras.inference.card_checks.check_voxel_size`); returns the problems."""
+        return check_voxel_size(self.card, voxel_size, subject or self.source)
 
     def _check_voxel_size(self, voxel_size) -> None:
         if self.resampling.mode == "spacing" and voxel_size is None:
@@ -163,7 +172,7 @@ def _load_tflite(spec: ModelSpec) -> Segmenter:
     except Exception as exc:
         raise InputError(f"{spec.path}: cannot load the TFLite model ({exc.__class__.__name__}: {exc})") from None
     return Segmenter(lambda x: predict(np.asarray(x, np.float32)), spec.modalities, spec.normalisation,
-                     spec.input_size, str(spec.source), None, spec.resampling, spec.context_slices)
+                     spec.input_size, str(spec.source), None, spec.resampling, spec.context_slices, spec.card)
 
 
 def _load_saved_model(spec: ModelSpec) -> Segmenter:
@@ -192,7 +201,7 @@ def _load_saved_model(spec: ModelSpec) -> Segmenter:
         return out
 
     return Segmenter(predict, spec.modalities, spec.normalisation, spec.input_size, str(spec.source), loaded,
-                     spec.resampling, spec.context_slices)
+                     spec.resampling, spec.context_slices, spec.card)
 
 
 def load_segmenter(path: str | Path | ModelSpec) -> Segmenter:

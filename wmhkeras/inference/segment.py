@@ -5,7 +5,10 @@ flip test-time augmentation, the disagreement map), zeroed outside the brain whe
 threshold is given (:func:`~wmhkeras.inference.predictor.brain_region`), and
 :func:`~wmhkeras.inference.predictor.lesion_mask` -> a uint8 mask, all written with
 :func:`~wmhkeras.io.save_like` on the input's exact grid (shape, voxel order, affine, qform/sform codes),
-plus a per-lesion CSV; across subjects one ``summary.csv`` and the run record ``segment.json``.
+plus a per-lesion CSV (and with ``qc`` a montage, :mod:`~wmhkeras.inference.qc`); across subjects one
+``summary.csv`` (:mod:`~wmhkeras.inference.summary`), the run record ``segment.json`` and with ``qc`` a
+``qc.html``. Batch runs (:mod:`~wmhkeras.inference.batch`): a shard of the subjects, and resuming a folder
+by keeping the subjects whose outputs are complete.
 
 The package, by concern: :mod:`~wmhkeras.inference.sources` (what a model path is, without TensorFlow),
 :mod:`~wmhkeras.inference.loaders` (the model as a :class:`~wmhkeras.inference.loaders.Segmenter`),
@@ -23,62 +26,37 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from wmhkeras.errors import ConfigError, InputError, WmhError
+from wmhkeras.errors import InputError, WmhError
 from wmhkeras.evaluation.metrics import lesion_table
-from wmhkeras.inference.inputs import SegmentInput, load_subject, resolve_inputs
+from wmhkeras.inference.batch import is_complete, parse_shard, select_shard
+from wmhkeras.inference.inputs import SegmentInput, bids_output, load_subject, resolve_inputs
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
 from wmhkeras.inference.predictor import brain_region, lesion_mask, predict_maps
+from wmhkeras.inference.qc import QC_HTML_NAME, montage_path, volume_range, write_montage, write_qc_html
+from wmhkeras.inference.record import (
+    RUN_RECORD_NAME,
+    SegmentSettings,
+    check_previous_record,
+    model_record,
+    write_record,
+)
 from wmhkeras.inference.sources import ModelSpec, inspect_model
-from wmhkeras.io import save_like
-from wmhkeras.io.files import atomic_write_csv, atomic_write_json
-from wmhkeras.io.naming import LESIONS_SUFFIX, MASK_SUFFIX, PROB_SUFFIX, SUMMARY_NAME, UNCERTAINTY_SUFFIX
-from wmhkeras.io.provenance import package_versions, utc_now
+from wmhkeras.inference.summary import flag_rows, merge_rows, read_summary, write_summary
+from wmhkeras.io import load_volume, save_like
+from wmhkeras.io.bids import DerivativeOutput, output_paths, write_derivative
+from wmhkeras.io.files import atomic_write_csv
+from wmhkeras.io.naming import SUMMARY_NAME
 
 log = logging.getLogger(__name__)
 
-#: Provenance of a segmentation run (model, settings, versions), written beside the outputs.
-RUN_RECORD_NAME = "segment.json"
 #: Columns of ``<subject>_lesions.csv`` (:func:`wmhkeras.evaluation.metrics.lesion_table`).
 LESION_COLUMNS = ("lesion", "voxels", "volume_ml", "x_mm", "y_mm", "z_mm")
-
-
-@dataclass(frozen=True)
-class SegmentSettings:
-    """The options of :func:`segment` that decide its outputs (recorded in ``segment.json``)."""
-
-    threshold: float = 0.5
-    min_lesion_mm3: float = 0.0
-    tta_flip: bool = False
-    batch_size: int = 8
-    min_lesion_voxels: int = 0
-    uncertainty: bool = False
-    brain_threshold: Optional[float] = None
-
-    def check(self) -> None:
-        """Raises ConfigError naming the option (and its command-line flag) that is out of range."""
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigError(f"threshold (--threshold): {self.threshold!r} is not allowed; use a value in (0, 1]")
-        if not self.min_lesion_mm3 >= 0.0:
-            raise ConfigError(f"min_lesion_mm3 (--min-lesion-mm3): {self.min_lesion_mm3!r} is not allowed; use 0 or more")
-        if isinstance(self.min_lesion_voxels, bool) or not isinstance(self.min_lesion_voxels, int) or self.min_lesion_voxels < 0:
-            raise ConfigError(f"min_lesion_voxels (--min-lesion-voxels): {self.min_lesion_voxels!r} is not allowed; "
-                              "use an integer >= 0")
-        if self.min_lesion_mm3 > 0 and self.min_lesion_voxels > 0:
-            raise ConfigError("--min-lesion-mm3 and --min-lesion-voxels both set the minimum lesion size; give one")
-        if self.brain_threshold is not None and not 0.0 <= self.brain_threshold <= 1.0:
-            raise ConfigError(f"brain_threshold (--brain-threshold): {self.brain_threshold!r} is not allowed; "
-                              "use a value in [0, 1] (a fraction of the FLAIR's maximum)")
-        if self.uncertainty and not self.tta_flip:
-            raise ConfigError("uncertainty (--uncertainty) is the flip test-time augmentation's disagreement; "
-                              "it needs tta_flip (--tta)")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ConfigError(f"batch_size (--batch-size): {self.batch_size!r} is not allowed; use an integer >= 1")
 
 
 @dataclass
@@ -94,6 +72,8 @@ class SubjectResult:
     brain_volume_ml: Optional[float] = None
     files: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Complete from an earlier run (``skip_existing``): kept, not segmented again.
+    skipped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -164,15 +144,10 @@ def _load_checked(spec: ModelSpec, items: Sequence[SegmentInput], failures: dict
 # === Writing ===
 
 
-def _output_paths(out_dir: Path, subject: str, uncertainty: bool = True) -> dict[str, Path]:
-    paths = {
-        "prob": out_dir / f"{subject}{PROB_SUFFIX}",
-        "mask": out_dir / f"{subject}{MASK_SUFFIX}",
-        "lesions": out_dir / f"{subject}{LESIONS_SUFFIX}",
-    }
-    if uncertainty:
-        paths["uncertainty"] = out_dir / f"{subject}{UNCERTAINTY_SUFFIX}"
-    return paths
+def _output_paths(out_dir: Path, subject: str, uncertainty: bool = True, bids: bool = False,
+                  qc: bool = False) -> dict[str, Path]:
+    paths = output_paths(out_dir, subject, uncertainty, bids)
+    return {**paths, "qc": montage_path(out_dir, subject)} if qc else paths
 
 
 def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settings: SegmentSettings) -> SubjectResult:
@@ -180,6 +155,7 @@ def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settin
     start = time.perf_counter()
     images, brain = load_subject(item, segmenter.modalities)
     flair = images[0]
+    segmenter.warn_voxel_size(flair.spacing, item.subject)  # warns when far from the card's training data
     prob, disagreement = predict_maps(segmenter, [v.data for v in images], settings.batch_size, settings.tta_flip,
                                       flair.spacing)
     region = brain_region(flair.data, None if brain is None else brain.data, settings.brain_threshold)
@@ -189,16 +165,19 @@ def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settin
     mask = lesion_mask(prob, settings.threshold, settings.min_lesion_mm3, flair.voxel_volume_ml * 1000.0,
                        settings.min_lesion_voxels)
     lesions = lesion_table(mask, flair.affine)
-    paths = _output_paths(out_dir, item.subject, settings.uncertainty)
+    volume_ml = float(np.count_nonzero(mask) * flair.voxel_volume_ml)
+    paths = _output_paths(out_dir, item.subject, settings.uncertainty, settings.bids_out, settings.qc)
     save_like(prob, flair, paths["prob"], np.float32)
     save_like(mask, flair, paths["mask"], np.uint8)
     if settings.uncertainty:
         save_like(disagreement, flair, paths["uncertainty"], np.float32)
+    if settings.qc:
+        write_montage(flair.data, mask, paths["qc"], _montage_title(item.subject, len(lesions), volume_ml))
     atomic_write_csv(paths["lesions"], lesions, columns=LESION_COLUMNS)
     return SubjectResult(
         item.subject,
         item.flair,
-        lesion_volume_ml=float(np.count_nonzero(mask) * flair.voxel_volume_ml),
+        lesion_volume_ml=volume_ml,
         lesion_count=len(lesions),
         brain_volume_ml=None if brain is None else float(np.count_nonzero(brain.data > 0.5) * brain.voxel_volume_ml),
         files=paths,
@@ -221,67 +200,85 @@ def _segment_or_fail(segmenter: Optional[Segmenter], item: SegmentInput, out_dir
             result = SubjectResult(item.subject, item.flair, "failed", f"{exc.__class__.__name__}: {exc}"
                                    if not isinstance(exc, WmhError) else str(exc))
     if not result.ok:
-        for path in _output_paths(out_dir, item.subject).values():
+        for path in _output_paths(out_dir, item.subject, bids=settings.bids_out, qc=True).values():
             path.unlink(missing_ok=True)
     return result
 
 
-def _write_summary(results: list[SubjectResult], path: Path, with_brain: bool) -> Path:
-    columns = ["subject", "lesion_volume_ml", "lesion_count"] + (["brain_volume_ml"] if with_brain else [])
-    columns += ["status", "error", "flair"]
-    rows = [
-        {
-            "subject": r.subject,
-            "lesion_volume_ml": "" if r.lesion_volume_ml is None else f"{r.lesion_volume_ml:.4f}",
-            "lesion_count": "" if r.lesion_count is None else r.lesion_count,
-            "brain_volume_ml": "" if r.brain_volume_ml is None else f"{r.brain_volume_ml:.4f}",
-            "status": r.status,
-            "error": r.error,
-            "flair": str(r.flair),
-        }
-        for r in results
-    ]
-    return atomic_write_csv(path, rows, columns=columns)
+def _montage_title(subject: str, count: int, volume_ml: float) -> str:
+    return f"{subject}: {count} lesions, {volume_ml:.2f} mL"
+
+
+def _kept(item: SegmentInput, row: dict[str, str], out_dir: Path, settings: SegmentSettings) -> SubjectResult:
+    """A subject complete from an earlier run, as its ``summary.csv`` row says; with ``qc``, a missing
+    montage is drawn from its mask file (no model needed)."""
+    paths = _output_paths(out_dir, item.subject, settings.uncertainty, settings.bids_out, settings.qc)
+    result = SubjectResult(item.subject, item.flair, lesion_volume_ml=float(row["lesion_volume_ml"]),
+                           lesion_count=int(row["lesion_count"]), files=paths, skipped=True,
+                           brain_volume_ml=float(row["brain_volume_ml"]) if row.get("brain_volume_ml") else None)
+    if settings.qc and not paths["qc"].is_file():
+        try:
+            flair = load_subject(item, ("flair",))[0][0]
+            write_montage(flair.data, load_volume(paths["mask"]).data, paths["qc"],
+                          _montage_title(item.subject, result.lesion_count, result.lesion_volume_ml))
+        except Exception as exc:  # the segmentation is complete; only its picture is missing
+            log.warning("%s: no QC montage: %s", item.subject, exc)
+    log.info("%s: complete, kept (%d lesions, %.3f mL)", item.subject, result.lesion_count, result.lesion_volume_ml)
+    return result
+
+
+def _summary_row(r: SubjectResult, with_brain: bool) -> dict[str, str]:
+    """The ``summary.csv`` row of a result (the QC columns are added when the table is written)."""
+    row = {"subject": r.subject, "lesion_volume_ml": "" if r.lesion_volume_ml is None else f"{r.lesion_volume_ml:.4f}",
+           "lesion_count": "" if r.lesion_count is None else str(r.lesion_count),
+           "status": r.status, "error": r.error, "flair": str(r.flair)}
+    if with_brain:
+        row["brain_volume_ml"] = "" if r.brain_volume_ml is None else f"{r.brain_volume_ml:.4f}"
+    return row
+
+
+def _previous(out_dir: Path, items: Sequence[SegmentInput], settings: SegmentSettings,
+              source: str) -> tuple[list[dict[str, str]], dict[str, dict[str, str]]]:
+    """For ``skip_existing``: the rows of the folder's ``summary.csv`` and, by subject, the complete ones
+    (:func:`~wmhkeras.inference.batch.is_complete`); refused when the folder was made with other settings."""
+    check_previous_record(out_dir / RUN_RECORD_NAME, source, asdict(settings))
+    summary = out_dir / SUMMARY_NAME
+    rows = read_summary(summary) if summary.is_file() else []
+    by_subject = {row["subject"]: row for row in rows}
+    complete = {i.subject: by_subject[i.subject] for i in items if is_complete(
+        by_subject.get(i.subject), i.flair, _output_paths(out_dir, i.subject, settings.uncertainty, settings.bids_out))}
+    log.info("%s: %d of %d subjects complete from an earlier run, kept", out_dir, len(complete), len(items))
+    return rows, complete
 
 
 def _segment_all(segmenter: Optional[Segmenter], items: Sequence[SegmentInput], failures: dict[str, str],
-                 out_dir: Path, settings: SegmentSettings, progress: Callable[..., Iterable] | None) -> list[SubjectResult]:
-    """Every subject in order; ``summary.csv`` is rewritten after each one."""
+                 out_dir: Path, settings: SegmentSettings, progress: Callable[..., Iterable] | None,
+                 previous: tuple[list[dict[str, str]], dict[str, dict[str, str]]] = ([], {})) -> list[SubjectResult]:
+    """Every subject in order, a complete one of ``previous`` (rows, complete rows) kept; ``summary.csv``
+    (the earlier rows merged with this run's) is rewritten after each segmented subject and at the end."""
+    old_rows, complete = previous
     with_brain = any(i.brain_mask is not None for i in items)
     results: list[SubjectResult] = []
+
+    def write() -> Path:
+        return write_summary(out_dir / SUMMARY_NAME, merge_rows(old_rows, [_summary_row(r, with_brain) for r in results
+                                                                           if not r.skipped]))
+
     for item in progress(items, total=len(items)) if progress else items:
-        results.append(_segment_or_fail(segmenter, item, out_dir, settings, failures))
-        _write_summary(results, out_dir / SUMMARY_NAME, with_brain)
+        if item.subject in complete:  # its row is in old_rows already
+            results.append(_kept(item, complete[item.subject], out_dir, settings))
+        else:
+            results.append(_segment_or_fail(segmenter, item, out_dir, settings, failures))
+            write()
+    write()  # also for an empty shard, whose empty table `wmhkeras summarize` reads
     return results
 
 
-def _model_record(spec: Optional[ModelSpec], segmenter: Optional[Segmenter],
-                  modalities: Optional[Sequence[str]]) -> dict:
-    """The model as loaded (else as inspected): source, format and preprocessing."""
-    record = {"source": str(spec.source) if spec else segmenter.source if segmenter else "",
-              "format": spec.format if spec else "segmenter"}
-    if segmenter is not None:
-        return {**record, **segmenter.settings}
-    r = spec.resampling
-    return {**record, "modalities": list(modalities or ()), "normalisation": spec.normalisation,
-            "input_size": None if spec.input_size is None else list(spec.input_size),
-            "resample": None if r is None else {"mode": r.mode, "spacing": None if r.spacing is None else list(r.spacing),
-                                                "multiple": r.multiple},
-            "context_slices": spec.context_slices}
-
-
-def _write_record(path: Path, model: dict, settings: SegmentSettings, items: Sequence[SegmentInput],
-                  results: list[SubjectResult]) -> Path:
-    """``segment.json``: the model, the settings (every option), brain masks, the outcome and the versions."""
-    return atomic_write_json(path, {
-        "created": utc_now(),
-        "model": model,
-        "settings": asdict(settings),
-        "brain_masks": {i.subject: str(i.brain_mask) for i in items if i.brain_mask is not None},
-        "subjects": {"total": len(results), "ok": sum(r.ok for r in results), "failed": sum(not r.ok for r in results)},
-        "summary": SUMMARY_NAME,
-        "versions": package_versions(),
-    })
+def _write_qc_index(out_dir: Path) -> Path:
+    """``qc.html`` over every row of the folder's ``summary.csv`` (earlier runs' subjects included)."""
+    rows = flag_rows(read_summary(out_dir / SUMMARY_NAME))
+    return write_qc_html(out_dir / QC_HTML_NAME, rows, {r["subject"]: montage_path(out_dir, r["subject"]) for r in rows},
+                         volume_range(rows))
 
 
 # === Many subjects ===
@@ -302,6 +299,10 @@ def segment(
     min_lesion_voxels: int = 0,
     uncertainty: bool = False,
     brain_threshold: Optional[float] = None,
+    bids_out: Optional[bool] = None,
+    skip_existing: bool = False,
+    shard: str | tuple[int, int] | None = None,
+    qc: bool = False,
 ) -> SegmentResult:
     """Segment every subject of ``inputs`` and write its outputs into ``out_dir``.
 
@@ -319,10 +320,20 @@ def segment(
         progress: wraps the loop over subjects, called as ``progress(iterable, total=n)`` (e.g. ``tqdm``).
         uncertainty: also write the flip disagreement ``|p - p_flipped|`` (implies ``tta_flip``).
         brain_threshold: zero predictions where the max-normalised FLAIR is below this fraction.
+        bids_out: write BIDS derivatives (:func:`~wmhkeras.io.bids.output_paths`, a JSON sidecar per map,
+            ``dataset_description.json``); None: when every input is a BIDS dataset.
+        skip_existing: keep the subjects whose outputs in ``out_dir`` are complete
+            (:func:`~wmhkeras.inference.batch.is_complete`) and merge ``summary.csv``'s earlier rows with
+            this run's (one row per subject, the new one wins); ``out_dir``'s ``segment.json`` must name the
+            same model and settings.
+        shard: ``"i/n"`` (1-based): only every n-th subject of the subjects sorted by id, from the i-th.
+        qc: write a prediction-only montage ``qc/<subject>.png`` per subject and ``qc.html``
+            (:mod:`~wmhkeras.inference.qc`).
 
     Writes, per subject ``s``: ``s_wmh_prob.nii.gz`` (float32), ``s_wmh_mask.nii.gz`` (uint8), with
     ``uncertainty`` ``s_wmh_uncertainty.nii.gz`` (float32), on the FLAIR's exact grid, and
-    ``s_lesions.csv``; across subjects ``summary.csv`` (rewritten after every subject) and ``segment.json``
+    ``s_lesions.csv``; across subjects ``summary.csv`` (sorted by subject, rewritten after every subject,
+    with the cohort QC flags of :func:`~wmhkeras.inference.qc.flag_rows`) and ``segment.json``
     (model, settings, versions). A failed subject has no outputs (stale ones of the same name are
     removed) and a ``failed`` row with the error in ``summary.csv``.
 
@@ -331,18 +342,29 @@ def segment(
             do not exist or do not pair, a model that needs T1 for a subject without one, bad options.
     """
     settings = SegmentSettings(threshold, min_lesion_mm3, tta_flip or uncertainty, batch_size, min_lesion_voxels,
-                               uncertainty, brain_threshold)
+                               uncertainty, brain_threshold, qc=qc)
     settings.check()
+    shard = parse_shard(shard)
     spec = None if isinstance(model, Segmenter) else inspect_model(model)
-    items = resolve_inputs(inputs, _as_list(t1), _as_list(brain_mask))
+    items = select_shard(resolve_inputs(inputs, _as_list(t1), _as_list(brain_mask)), shard)
+    settings = replace(settings, bids_out=bids_output(items, bids_out))
     modalities = model.modalities if isinstance(model, Segmenter) else spec.modalities
     _check_t1(items, modalities)
-    failures = _check_files(items, modalities or ("flair",))
-    segmenter = model if isinstance(model, Segmenter) else _load_checked(spec, items, failures)
-
     out_dir = Path(out_dir)
+    previous = _previous(out_dir, items, settings, str(spec.source) if spec else model.source) if skip_existing else ([], {})
+    todo = [i for i in items if i.subject not in previous[1]]
+    failures = _check_files(todo, modalities or ("flair",))
+    segmenter = model if isinstance(model, Segmenter) else _load_checked(spec, todo, failures)
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = _segment_all(segmenter, items, failures, out_dir, settings, progress)
-    record = _model_record(spec, segmenter, modalities)
-    record_json = _write_record(out_dir / RUN_RECORD_NAME, record, settings, items, results)
+    write_record(out_dir / RUN_RECORD_NAME, model_record(spec, segmenter, modalities), settings, items, [], "running", shard)
+    results = _segment_all(segmenter, items, failures, out_dir, settings, progress, previous)
+    if settings.qc:
+        _write_qc_index(out_dir)
+    record = model_record(spec, segmenter, modalities)
+    if settings.bids_out:
+        roots = {i.subject: i.bids_root for i in items}
+        write_derivative(out_dir, [DerivativeOutput(r.files, r.flair, roots.get(r.subject)) for r in results if r.ok],
+                         record, asdict(settings))
+    record_json = write_record(out_dir / RUN_RECORD_NAME, record, settings, items, results, shard=shard)
     return SegmentResult(out_dir, results, out_dir / SUMMARY_NAME, record_json)

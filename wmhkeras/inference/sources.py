@@ -1,8 +1,9 @@
 """Model sources: what a model path is and which preprocessing it needs, found without TensorFlow.
 
 A model source is a ``.keras`` file, a training run folder (its ``checkpoints/best.keras`` or
-``last.keras`` and its ``config.yaml``), an exported SavedModel folder or an export's ``.tflite`` file
-(both with the export's ``model_card.json``). :func:`inspect_model` reads the modalities, normalisation,
+``last.keras`` and its ``config.yaml``), an exported SavedModel folder (with ``model_card.json`` in its
+``assets.extra/``, or beside it for older exports) or an export's ``.tflite`` file (with the export's
+``model_card.json``). :func:`inspect_model` reads the modalities, normalisation,
 resampling (:class:`~wmhkeras.data.preprocessing.Resampling`) and 2.5D context of each, so that a wrong
 source costs nothing before the model is loaded (:func:`wmhkeras.inference.loaders.load_segmenter`).
 """
@@ -19,6 +20,7 @@ from typing import Optional
 from wmhkeras.config import load_config
 from wmhkeras.data.preprocessing import Resampling, resampling_for
 from wmhkeras.errors import ConfigError, InputError
+from wmhkeras.io.files import read_json
 from wmhkeras.io.model_card import MODEL_CARD_NAME, ModelCard, modalities_for
 from wmhkeras.io.run_folder import RunFolder
 
@@ -36,7 +38,7 @@ class ModelSpec:
     ``input_size``: the model's fixed slice size, ``None`` for a model that takes any size.
     ``resampling``: how slices reach the model's grid; ``context_slices``: ``k`` of the 2.5D input (the
     model takes ``len(modalities) * (2k + 1)`` channels). ``modalities`` and ``resampling`` are ``None``
-    when only loading the model can tell.
+    when only loading the model can tell. ``card``: the model card of an exported model.
     """
 
     source: Path
@@ -47,6 +49,7 @@ class ModelSpec:
     input_size: Optional[tuple[int, int]]
     resampling: Optional[Resampling] = None
     context_slices: int = 0
+    card: Optional[ModelCard] = None
 
 
 @dataclass(frozen=True)
@@ -112,15 +115,28 @@ def card_resampling(card: ModelCard) -> Resampling:
 
 
 def _exported(path: Path, folder: Path, fmt: str) -> ModelSpec:
-    """An exported model (SavedModel or TFLite) with the settings of the model card in or beside ``folder``."""
+    """An exported model (SavedModel or TFLite) with the settings of its model card (:meth:`ModelCard.find`)."""
     card_path = ModelCard.find(folder)
     if card_path is None:
-        raise InputError(f"{folder}: SavedModel without {MODEL_CARD_NAME} (looked inside and beside it); "
-                         "it records the modalities, normalisation and input size")
+        raise InputError(f"{folder}: SavedModel without {MODEL_CARD_NAME} (looked in its assets.extra/, inside "
+                         "and beside it); it records the modalities, normalisation and input size")
     card = ModelCard.read(card_path)
     size = card.input_size if card.mode == "fixed" else None
     return ModelSpec(path, fmt, path, card.modalities, card.normalisation, size, card_resampling(card),
-                     card.context_slices)
+                     card.context_slices, card)
+
+
+def _export_saved_model(folder: Path) -> Optional[Path]:
+    """The SavedModel of an export folder (``saved_model/``, or where its card's ``saved_model`` says, e.g.
+    the serving layout's ``<name>/<N>``), or of a TensorFlow Serving base folder (its highest version)."""
+    if (folder / "saved_model" / "saved_model.pb").is_file():
+        return folder / "saved_model"
+    if (folder / MODEL_CARD_NAME).is_file():
+        recorded = read_json(folder / MODEL_CARD_NAME).get("saved_model")
+        if isinstance(recorded, str) and (folder / recorded / "saved_model.pb").is_file():
+            return folder / recorded
+    versions = [p for p in folder.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    return max(versions, key=lambda p: int(p.name)) if versions else None
 
 
 def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info: KerasInfo) -> ModelSpec:
@@ -185,8 +201,10 @@ def inspect_model(path: str | Path) -> ModelSpec:
     - run folder (holds ``checkpoints/`` or ``config.yaml``): ``checkpoints/best.keras``, else
       ``checkpoints/last.keras``; modalities, normalisation, ``data.resample``/``data.spacing``
       (:func:`~wmhkeras.data.preprocessing.resampling_for`) and ``data.context_slices`` from ``config.yaml``.
-    - SavedModel folder (holds ``saved_model.pb``), or an export folder holding ``saved_model/``:
-      settings from ``model_card.json`` inside or beside the SavedModel.
+    - SavedModel folder (holds ``saved_model.pb``), an export folder holding ``saved_model/`` (or the
+      SavedModel its card names, e.g. ``<name>/<N>/`` of the serving layout), or a TensorFlow Serving base
+      folder of numbered versions (the highest): settings from ``model_card.json`` in the SavedModel's
+      ``assets.extra/``, else inside or beside it.
     - ``*.tflite`` file of an export (``tflite/model_<variant>.tflite``): settings from the export's
       ``model_card.json``; run with ai-edge-litert.
 
@@ -197,8 +215,8 @@ def inspect_model(path: str | Path) -> ModelSpec:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: model not found; {_EXPECTED}")
-    if path.is_dir() and (path / "saved_model" / "saved_model.pb").is_file():
-        path = path / "saved_model"  # the folder `wmhkeras export` writes: saved_model/ + model_card.json
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        path = _export_saved_model(path) or path  # the folder `wmhkeras export` writes
     if path.is_file() and path.suffix == ".tflite":
         return _exported(path, path.parent, "tflite")
     if path.is_file():

@@ -1,27 +1,42 @@
-"""The model card: what an exported model needs and was made from (``model_card.json``).
+"""The model card: what an exported model needs, what it is for, and what it was made from (``model_card.json``).
 
-Written once by ``wmhkeras export`` (:meth:`ModelCard.write`) and read once by every consumer
-(:meth:`ModelCard.read`): ``wmhkeras segment`` takes the modalities, normalisation and input size of a
-SavedModel or TFLite file from it, so an exported model needs no flags. No TensorFlow here.
+Written once by ``wmhkeras export`` (:meth:`ModelCard.write`) into the export folder and into the
+SavedModel itself (``saved_model/assets.extra/model_card.json``, so a copied SavedModel folder keeps it),
+and read by every consumer (:meth:`ModelCard.read`, found by :meth:`ModelCard.find`): ``wmhkeras segment``
+takes the modalities, normalisation and input size of a SavedModel or TFLite file from it, so an exported
+model needs no flags, and warns when an input's voxel size is far from the training data's. No TensorFlow here.
 
-Format version 2 adds ``resample`` (``{mode, spacing, multiple}``: how slices reach the model's grid, see
+Format version 2 added ``resample`` (``{mode, spacing, multiple}``: how slices reach the model's grid, see
 :class:`wmhkeras.data.preprocessing.Resampling`) and ``context_slices`` (2.5D input). A card without them
 (version 1) means ``fixed`` resampling at ``input_size`` and no context; ``input_size`` is ``null`` for a
 model that takes slices of any size (``spacing`` and ``none`` modes).
+
+Format version 3 adds typed sections for people: ``intended_use``, ``not_intended_for``, ``limitations``
+(free text, :data:`NOT_STATED` unless the exporter states them), ``input_requirements``
+(:class:`InputRequirements`: modalities, skull stripping, bias correction, the training voxel sizes),
+``training_data`` (:class:`TrainingData`: dataset, subjects, sites, licence, citation; version 2's ``data``
+is read into it), ``holdout_metrics`` (:class:`HoldoutMetrics`), ``project_version`` and ``serving``
+(:class:`ServingLayout`). Cards of versions 1 and 2 are still read; their keys that version 3 gives a
+typed home (e.g. texts a script added by hand) stay in ``extra`` as they were.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from wmhkeras.errors import InputError
 from wmhkeras.io.files import atomic_write_json, read_json
 
 #: File name of the card, beside (or inside) the exported SavedModel folder.
 MODEL_CARD_NAME = "model_card.json"
-MODEL_CARD_VERSION = 2
+#: Folder of a SavedModel for files that are not part of the graph (TensorFlow Serving's convention); the
+#: card is written there too, so that the SavedModel folder alone carries it.
+ASSETS_EXTRA = "assets.extra"
+MODEL_CARD_VERSION = 3
+#: The value of a free-text field nobody filled in.
+NOT_STATED = "not stated"
 #: Modalities of a model by its number of input channels.
 MODALITIES_BY_CHANNELS = {1: ("flair",), 2: ("flair", "t1")}
 #: Intensity normalisations a model may record (implemented in :mod:`wmhkeras.data.preprocessing`).
@@ -37,6 +52,11 @@ THRESHOLD = 0.5
 RESAMPLE_MODES = ("fixed", "spacing", "none")
 #: Largest ``context_slices`` a card may record (``data.context_slices``).
 MAX_CONTEXT_SLICES = 7
+#: Fields that format version 3 added; in an older card these keys are left in ``extra``.
+V3_FIELDS = ("project_version", "intended_use", "not_intended_for", "limitations", "input_requirements",
+             "training_data", "holdout_metrics", "serving")
+
+Stated = Union[bool, str]
 
 
 def check_modalities(modalities, where: Any) -> tuple[str, ...]:
@@ -54,13 +74,181 @@ def modalities_for(channels: int, where: Any) -> tuple[str, ...]:
     return MODALITIES_BY_CHANNELS[channels]
 
 
+# === Typed sections (format version 3) ===
+
+
+def _check(ok: bool, where: str, value, what: str) -> None:
+    if not ok:
+        raise InputError(f"model card: {where} {value!r} must be {what}")
+
+
+def _text(obj, name: str, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    _check(isinstance(value, str) and bool(value.strip()) or optional and value is None,
+           ".".join(filter(None, (obj.WHERE, name))), value, "a non-empty text" + (" or null" if optional else ""))
+
+
+def _typed(obj, name: str, kind: type) -> None:
+    value = getattr(obj, name)
+    _check(isinstance(value, kind), f"{obj.WHERE}.{name}", value, f"a {'mapping' if kind is dict else 'list'}")
+
+
+def _triple(value, where: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    _check(len(out) == 3 and min(out) > 0, where, value, "[x, y, z] in mm > 0")
+    return out
+
+
+@dataclass(frozen=True)
+class VoxelSize:
+    """Voxel sizes of the training subjects' FLAIR volumes in mm, along the canonical (RAS+) X, Y, Z axes,
+    read from their NIfTI headers at export: the smallest, largest and median per axis, over ``subjects``."""
+
+    min: tuple[float, float, float]
+    max: tuple[float, float, float]
+    median: tuple[float, float, float]
+    subjects: int
+    WHERE = "input_requirements.voxel_size_mm"
+
+    def __post_init__(self):
+        for name in ("min", "max", "median"):
+            object.__setattr__(self, name, _triple(getattr(self, name), f"{self.WHERE}.{name}"))
+        n = self.subjects
+        _check(isinstance(n, int) and not isinstance(n, bool) and n >= 1, f"{self.WHERE}.subjects", n,
+               "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class InputRequirements:
+    """What an input must be like: ``modalities`` (the model's), whether the training scans were
+    ``skull_stripped`` and ``bias_corrected`` (``true``/``false`` or :data:`NOT_STATED`), the training data's
+    voxel sizes (``voxel_size_mm``, ``None`` when the export could not read them) and free-text ``notes``
+    (e.g. what happens with other inputs)."""
+
+    modalities: tuple[str, ...] = ()
+    skull_stripped: Stated = NOT_STATED
+    bias_corrected: Stated = NOT_STATED
+    voxel_size_mm: Optional[VoxelSize] = None
+    notes: str = NOT_STATED
+    WHERE = "input_requirements"
+
+    def __post_init__(self):
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        if self.modalities:
+            check_modalities(self.modalities, f"model card: {self.WHERE}")
+        for name in ("skull_stripped", "bias_corrected"):
+            value = getattr(self, name)
+            _check(isinstance(value, bool) or value == NOT_STATED, f"{self.WHERE}.{name}", value,
+                   f"true, false or {NOT_STATED!r}")
+        object.__setattr__(self, "voxel_size_mm", section(VoxelSize, self.voxel_size_mm, optional=True))
+        _text(self, "notes")
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the model was trained on: ``dataset`` (its path relative to the exporting folder, or a name),
+    subject counts per split set and sites per set (from the run), and what the exporter states:
+    ``description``, ``licence`` and ``citation``."""
+
+    dataset: Optional[str] = None
+    description: str = NOT_STATED
+    subjects: dict = field(default_factory=dict)
+    sites: dict = field(default_factory=dict)
+    licence: str = NOT_STATED
+    citation: str = NOT_STATED
+    WHERE = "training_data"
+
+    def __post_init__(self):
+        _text(self, "dataset", optional=True)
+        for name in ("description", "licence", "citation"):
+            _text(self, name)
+        _typed(self, "subjects", dict)
+        _typed(self, "sites", dict)
+
+
+@dataclass(frozen=True)
+class HoldoutMetrics:
+    """Scores on data the model never trained on: ``source`` (an ``evaluate`` summary, relative, or who
+    stated them), the ``protocol``, and either the ``evaluate`` summary's ``overall`` and ``by_site``
+    statistics (metric -> mean, SD, n, ...) over ``n_subjects``, or rows of a protocol's ``results``."""
+
+    source: str
+    protocol: str = NOT_STATED
+    n_subjects: Optional[int] = None
+    overall: dict = field(default_factory=dict)
+    by_site: dict = field(default_factory=dict)
+    results: list = field(default_factory=list)
+    WHERE = "holdout_metrics"
+
+    def __post_init__(self):
+        _text(self, "source")
+        _text(self, "protocol")
+        n = self.n_subjects
+        _check(n is None or isinstance(n, int) and not isinstance(n, bool) and n >= 0, f"{self.WHERE}.n_subjects", n,
+               "an integer >= 0 or null")
+        _typed(self, "overall", dict)
+        _typed(self, "by_site", dict)
+        _typed(self, "results", list)
+
+
+@dataclass(frozen=True)
+class ServingLayout:
+    """The TensorFlow Serving layout of an export: the SavedModel at ``path`` (``<name>/<version>``,
+    relative to the export folder) with the warm-up requests at ``<path>/<warmup>``."""
+
+    name: str
+    version: int
+    path: str
+    warmup: str
+    WHERE = "serving"
+
+    def __post_init__(self):
+        for name in ("name", "path", "warmup"):
+            _text(self, name)
+        v = self.version
+        _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{self.WHERE}.version", v,
+               "an integer >= 1")
+
+
+def section(cls, data, optional: bool = False, where: Optional[str] = None):
+    """``data`` (a mapping, or already a ``cls``) as the typed section ``cls``; ``None`` stays ``None`` when
+    ``optional``, else gives the defaults.
+
+    Raises:
+        InputError: not a mapping, an unknown key, or a value of the wrong kind.
+    """
+    where = where or cls.WHERE
+    if data is None and optional or isinstance(data, cls):
+        return data
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise InputError(f"model card: {where} must be a mapping, got {type(data).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise InputError(f"model card: {where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(names)}")
+    try:
+        return cls(**data)
+    except TypeError as err:  # a required key is missing
+        raise InputError(f"model card: {where}: {err}") from None
+
+
+# === The card ===
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """The fields of ``model_card.json`` (format version :data:`MODEL_CARD_VERSION`).
 
     ``modalities``, ``normalisation``, ``input_size``, ``resample`` (``{"mode", "spacing", "multiple"}``;
     ``None``: ``fixed`` at ``input_size``) and ``context_slices`` decide the preprocessing and are checked
-    when the card is built or read; the other fields describe the export for people and tools.
+    when the card is built or read; the other fields describe the export for people and tools. Every path
+    in a card is relative: to the export folder for its own files (``saved_model``, ``tflite``), else to
+    the folder the export ran in.
     """
 
     modalities: tuple[str, ...]
@@ -71,18 +259,26 @@ class ModelCard:
     format_version: int = MODEL_CARD_VERSION
     created: Optional[str] = None
     source: Optional[str] = None
+    project_version: Optional[str] = None
+    intended_use: str = NOT_STATED
+    not_intended_for: str = NOT_STATED
+    limitations: str = NOT_STATED
+    input_requirements: InputRequirements = field(default_factory=InputRequirements)
+    training_data: TrainingData = field(default_factory=TrainingData)
+    holdout_metrics: Optional[HoldoutMetrics] = None
     saved_model: str = "saved_model"
+    serving: Optional[ServingLayout] = None
     signatures: dict = field(default_factory=dict)
     orientation: str = ORIENTATION
     threshold: float = THRESHOLD
     tflite: dict = field(default_factory=dict)
     calibration: Optional[dict] = None
     training_config: Optional[dict] = None
-    data: Optional[dict] = None
     validation_metrics: Optional[dict] = None
     versions: dict = field(default_factory=dict)
     verification: Optional[dict] = None
     extra: dict = field(default_factory=dict)
+    WHERE = None
 
     def __post_init__(self):
         where = "model card"
@@ -103,6 +299,17 @@ class ModelCard:
         k = self.context_slices
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_CONTEXT_SLICES:
             raise InputError(f"{where}: context_slices {k!r} must be an integer in [0, {MAX_CONTEXT_SLICES}]")
+        self._check_sections()
+
+    def _check_sections(self) -> None:
+        for name in ("intended_use", "not_intended_for", "limitations"):
+            _text(self, name)
+        _text(self, "project_version", optional=True)
+        req = section(InputRequirements, self.input_requirements)
+        object.__setattr__(self, "input_requirements", req if req.modalities else replace(req, modalities=self.modalities))
+        object.__setattr__(self, "training_data", section(TrainingData, self.training_data))
+        object.__setattr__(self, "holdout_metrics", section(HoldoutMetrics, self.holdout_metrics, optional=True))
+        object.__setattr__(self, "serving", section(ServingLayout, self.serving, optional=True))
 
     @property
     def mode(self) -> str:
@@ -113,14 +320,19 @@ class ModelCard:
     def from_dict(cls, data: dict, source: Any = MODEL_CARD_NAME) -> ModelCard:
         if not isinstance(data, dict):
             raise InputError(f"{source}: expected a JSON object")
-        names = {f.name for f in fields(cls)} - {"extra"}
         missing = [k for k in ("modalities", "normalisation", "input_size") if k not in data]
         if missing:
             raise InputError(f"{source}: expected JSON with modalities, normalisation and input_size "
                              f"(missing {', '.join(missing)})")
-        known = {k: v for k, v in data.items() if k in names}
+        version = data.get("format_version", 1)
+        legacy = not isinstance(version, int) or version < 3
+        names = {f.name for f in fields(cls)} - {"extra"} - (set(V3_FIELDS) if legacy else set())
+        known = {k: v for k, v in data.items() if k in names} | {"format_version": version}
+        extra = {k: v for k, v in data.items() if k not in names and not (legacy and k == "data")}
+        if legacy and isinstance(data.get("data"), dict):  # version 2's data: dataset, subjects, sites
+            known["training_data"] = {k: v for k, v in data["data"].items() if k in ("dataset", "subjects", "sites")}
         try:
-            return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+            return cls(**known, extra=extra)
         except InputError as err:
             raise InputError(f"{source}: {str(err).removeprefix('model card: ')}") from None
 
@@ -140,9 +352,13 @@ class ModelCard:
 
     @staticmethod
     def find(folder: str | Path) -> Optional[Path]:
-        """The card of an exported SavedModel folder: inside it, or beside it (the export's layout)."""
+        """The card of an exported model whose files are in ``folder`` (a SavedModel folder, or an export's
+        ``tflite/``): in the SavedModel's ``assets.extra/`` first, then inside or beside ``folder`` (older
+        exports), then in the ``saved_model/assets.extra/`` of the folder above (a TFLite file's export)."""
         folder = Path(folder)
-        return next((p for p in (folder / MODEL_CARD_NAME, folder.parent / MODEL_CARD_NAME) if p.is_file()), None)
+        candidates = (folder / ASSETS_EXTRA / MODEL_CARD_NAME, folder / MODEL_CARD_NAME,
+                      folder.parent / MODEL_CARD_NAME, folder.parent / "saved_model" / ASSETS_EXTRA / MODEL_CARD_NAME)
+        return next((p for p in candidates if p.is_file()), None)
 
 
 def _check_resample(resample) -> Optional[dict]:

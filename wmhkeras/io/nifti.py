@@ -85,6 +85,13 @@ def load_volume(path: str | Path, kind: str = "image") -> Volume:
         raise InputError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    return image_volume(img, path, kind)
+
+
+def image_volume(img: nib.Nifti1Image | nib.Nifti2Image, path: str | Path, kind: str = "image") -> Volume:
+    """A parsed NIfTI image (from a file or built in memory) as a checked :class:`Volume`: the checks and
+    reorientation of :func:`load_volume` after parsing; ``path`` names the image in messages."""
+    path = Path(path)
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
         pass
@@ -141,6 +148,17 @@ def save_like(array: np.ndarray, reference: Volume, path: str | Path, dtype=np.f
     The output has the reference's shape, voxel order, affine, and qform/sform matrices and codes;
     only the data type and scaling change.
     """
+    img = image_like(array, reference, dtype)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    log.debug("wrote %s", path)
+    return path
+
+
+def image_like(array: np.ndarray, reference: Volume, dtype=np.float32) -> nib.Nifti1Image:
+    """The in-memory image :func:`save_like` writes: a canonical ``[X, Y, Z]`` array on ``reference``'s
+    native grid (shape, voxel order, affine, qform/sform matrices and codes), as ``dtype`` unscaled."""
     array = np.asarray(array)
     if array.shape != reference.data.shape:
         raise ValueError(f"array shape {array.shape} does not match the reference {reference.data.shape}")
@@ -152,11 +170,7 @@ def save_like(array: np.ndarray, reference: Volume, path: str | Path, dtype=np.f
     header.set_slope_inter(None, None)
     qform, qcode = reference.header.get_qform(coded=False), int(reference.header["qform_code"])
     sform, scode = reference.header.get_sform(coded=False), int(reference.header["sform_code"])
-    img = nib.Nifti1Image(native, None, header)
+    img = nib.Nifti1Image(native, reference.native_affine, header)
     img.header.set_qform(qform, code=qcode)
     img.header.set_sform(sform, code=scode)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-    log.debug("wrote %s", path)
-    return path
+    return img

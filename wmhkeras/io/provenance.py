@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from importlib import metadata
 
 #: Packages whose versions are written beside every result.
@@ -26,4 +26,4 @@ def package_versions(extra: Sequence[str] = ()) -> dict[str, str]:
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -5,7 +5,7 @@ lets Keras ``fit`` run under ``MultiWorkerMirroredStrategy`` (keras-team/keras#2
 :func:`prepare_multi_worker_fit` sets private attributes of Keras' TensorFlow trainer
 (``_symbolic_build``, ``_distribute_strategy``), which change between Keras releases without notice. It
 is therefore tied to the Keras version it was written and tested against, :data:`TESTED_KERAS_VERSION`
-(pinned in ``setup.py``): on any other version ``multi_worker`` refuses to run
+(pinned in ``requirements.lock``; ``setup.py`` allows a range): on any other version ``multi_worker`` refuses to run
 (:func:`check_keras_version`, called by :func:`make_strategy` before any work and again by the
 workaround) instead of training a model whose logs or gradients may be silently wrong. Nothing else in
 the package touches Keras internals. ``docs/training.md`` describes the user-visible side.
@@ -24,7 +24,7 @@ from wmhkeras.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: The Keras release the multi-worker workaround is tested with (``keras==`` in setup.py).
+#: The Keras release the multi-worker workaround is tested with (``keras==`` in requirements.lock).
 TESTED_KERAS_VERSION = "3.15.1"
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -197,7 +198,8 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
             on the split in ``split.json``.
         split: for a new run, a given split instead of a new one: a :class:`Split` (or a mapping of
             ``train``, ``validation``, ``holdout`` subject ids), or a ``split.json`` (e.g. another run's).
-        verbose: Keras ``fit`` verbosity (1: progress bar, 2: one line per epoch, 0: silent).
+        verbose: Keras ``fit`` verbosity (1: progress bar, or one line per epoch when standard output is not a
+            terminal or a notebook; 2: one line per epoch; 0: silent).
 
     Returns:
         :class:`TrainResult` (the summary is also in ``out_dir/summary.json``).
@@ -307,7 +309,8 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
         history = model.fit(data.train, epochs=t.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=t.steps_per_epoch,
                             validation_data=validation, validation_steps=t.validation_steps,
-                            callbacks=callbacks, verbose=verbose, shuffle=False)
+                            callbacks=callbacks, shuffle=False,  # a redrawn bar only on a terminal or notebook
+                            verbose=2 if verbose == 1 and not (sys.stdout.isatty() or "ipykernel" in sys.modules) else verbose)
     log.info("trained %d epoch(s) in %.1f s this session", len(history.epoch), time.monotonic() - start)
     return _finish(checkpoint, t.epochs, history)
 

@@ -1,0 +1,180 @@
+"""The Python API: segment and evaluate nibabel images in memory, and load any model source.
+
+Reached lazily from the package (``wmhkeras.segment_image`` imports this module on first use)::
+
+    import nibabel as nib
+    import wmhkeras
+
+    model = wmhkeras.load_model("saved_models/demo/saved_model")  # load once, segment many
+    prob_img, mask_img = wmhkeras.segment_image(nib.load("flair.nii.gz"), model, tta=True)
+    metrics = wmhkeras.evaluate_images(nib.load("wmh.nii.gz"), mask_img)  # {"dice": ..., "hd95": ...}
+
+Every step is the one ``wmhkeras segment`` and ``wmhkeras evaluate`` run on files: images are checked and
+reoriented as :func:`~wmhkeras.io.nifti.load_volume` does (:func:`~wmhkeras.io.nifti.image_volume`), the
+probability map comes from :func:`~wmhkeras.inference.predictor.predict_maps` (the model's own
+preprocessing), brain region and small-lesion removal are :func:`~wmhkeras.inference.predictor.brain_region`
+and :func:`~wmhkeras.inference.predictor.lesion_mask`, the outputs are the images
+:func:`~wmhkeras.io.nifti.save_like` writes (:func:`~wmhkeras.io.nifti.image_like`), and the metrics are
+:func:`~wmhkeras.evaluation.evaluate.score_volumes`. Bad input raises
+:class:`~wmhkeras.errors.InputError` or :class:`~wmhkeras.errors.ConfigError` naming the argument.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import nibabel as nib
+import numpy as np
+
+from wmhkeras.errors import InputError
+from wmhkeras.evaluation.evaluate import score_volumes
+from wmhkeras.inference.loaders import Segmenter, load_segmenter
+from wmhkeras.inference.predictor import brain_region, lesion_mask, predict_maps
+from wmhkeras.inference.record import SegmentSettings
+from wmhkeras.io import Volume, check_same_grid
+from wmhkeras.io.nifti import image_like, image_volume
+
+log = logging.getLogger(__name__)
+
+__all__ = ["evaluate_images", "load_model", "segment_image"]
+
+
+def load_model(path: str | Path) -> Segmenter:
+    """Load a model for :func:`segment_image`, from any source ``wmhkeras segment`` takes.
+
+    Args:
+        path: a ``.keras`` file, a run folder (its ``checkpoints/best.keras`` and ``config.yaml``), an
+            exported SavedModel folder (its ``model_card.json``) or an exported ``.tflite`` file (needs
+            ``pip install 'wmhkeras[litert]'``).
+
+    Returns:
+        a :class:`~wmhkeras.inference.loaders.Segmenter`: the loaded model with the preprocessing it was
+        trained with (``.modalities``, e.g. ``("flair",)`` or ``("flair", "t1")``; ``.settings``, the
+        normalisation, resampling and 2.5D context as ``segment.json`` records them). Called on
+        preprocessed slices ``(batch, H, W, C)`` it returns probabilities; give it to :func:`segment_image`,
+        which does the preprocessing.
+
+    Raises:
+        InputError / ConfigError: the path holds no model, or the model disagrees with its recorded settings.
+    """
+    return load_segmenter(path)
+
+
+def _nifti(img, name: str) -> nib.Nifti1Image | nib.Nifti2Image:
+    """``img`` as a NIfTI image whose header holds ``img.affine``, as saving it would write it."""
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise InputError(f"{name}: expected a nibabel image (e.g. nibabel.load(path)), got {type(img).__name__}")
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        img = nib.Nifti1Image.from_image(img)
+    return type(img)(img.dataobj, img.affine, img.header)
+
+
+def _volume(img, name: str, kind: str = "image") -> Volume:
+    return image_volume(_nifti(img, name), name, kind)
+
+
+def _with_affine(img: nib.Nifti1Image, affine: np.ndarray) -> nib.Nifti1Image:
+    """``img`` carrying the input's affine exactly as given (its header, which stores float32, is unchanged,
+    so saving it writes the same file)."""
+    return nib.Nifti1Image(img.dataobj, affine, img.header)
+
+
+def _model(model: Segmenter | str | Path) -> Segmenter:
+    if isinstance(model, Segmenter):
+        return model
+    if not isinstance(model, (str, Path)):
+        raise InputError(f"model: expected wmhkeras.load_model(path) or a path, got {type(model).__name__}")
+    return load_model(model)
+
+
+def _inputs(flair: Volume, t1_img, brain_mask_img, modalities) -> tuple[list[Volume], Optional[Volume]]:
+    """The model's input volumes (FLAIR first) and the brain mask, all checked to lie on the FLAIR's grid."""
+    images = [flair]
+    if "t1" in modalities:
+        if t1_img is None:
+            raise InputError("t1_img: the model uses FLAIR + T1; pass the T1 image on the FLAIR's grid")
+        images.append(_volume(t1_img, "t1_img"))
+        check_same_grid(images[0], images[1])
+    elif t1_img is not None:
+        log.warning("t1_img is ignored: the model uses %s only", ", ".join(modalities))
+    brain = None
+    if brain_mask_img is not None:
+        brain = _volume(brain_mask_img, "brain_mask_img")
+        check_same_grid(images[0], brain)
+    return images, brain
+
+
+def segment_image(
+    flair_img,
+    model: Segmenter | str | Path,
+    t1_img=None,
+    *,
+    threshold: float = 0.5,
+    tta: bool = False,
+    min_lesion_mm3: float = 0.0,
+    min_lesion_voxels: int = 0,
+    brain_mask_img=None,
+    brain_threshold: Optional[float] = None,
+    batch_size: int = 8,
+) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Segment one FLAIR image in memory: ``(prob_img, mask_img)``, what ``wmhkeras segment`` writes for it.
+
+    Args:
+        flair_img: a 3D nibabel image (or 4D with one volume), in any orientation: it is processed in the
+            closest RAS+ orientation and the outputs are put back on its grid.
+        model: :func:`load_model`'s result (load once, segment many) or a path it accepts.
+        t1_img: the T1 image on the FLAIR's grid, when the model takes FLAIR + T1.
+        threshold: probability at and above which a voxel is lesion, in (0, 1] (``--threshold``).
+        tta: average with the prediction on left-right mirrored slices (``--tta``).
+        min_lesion_mm3, min_lesion_voxels: remove 26-connected lesions smaller than this (one of the two).
+        brain_mask_img: predictions outside it (voxels <= 0.5) are zeroed; on the FLAIR's grid.
+        brain_threshold: zero predictions where the max-normalised FLAIR is below this fraction.
+        batch_size: slices per model call.
+
+    Returns:
+        float32 probabilities and the uint8 mask, each a ``nibabel.Nifti1Image`` with the FLAIR's shape,
+        voxel order, affine and qform/sform matrices and codes; ``nib.save`` writes the files
+        ``wmhkeras segment`` would.
+
+    Raises:
+        InputError: an argument is not a nibabel image, not 3D, empty or not finite, a T1 or brain mask is
+            missing or on another grid, or the model cannot be loaded. ConfigError: an option is out of range.
+    """
+    settings = SegmentSettings(threshold=threshold, min_lesion_mm3=min_lesion_mm3, tta_flip=tta, batch_size=batch_size,
+                               min_lesion_voxels=min_lesion_voxels, brain_threshold=brain_threshold)
+    settings.check()
+    flair_nii = _nifti(flair_img, "flair_img")
+    flair = image_volume(flair_nii, "flair_img")  # a bad image fails before a model is loaded
+    segmenter = _model(model)
+    images, brain = _inputs(flair, t1_img, brain_mask_img, segmenter.modalities)
+    # The per-subject steps of wmhkeras.inference.segment._segment_one, without its files.
+    segmenter.warn_voxel_size(flair.spacing, "flair_img")  # warns when far from the card's training data
+    prob, _ = predict_maps(segmenter, [v.data for v in images], settings.batch_size, settings.tta_flip, flair.spacing)
+    region = brain_region(flair.data, None if brain is None else brain.data, settings.brain_threshold)
+    if region is not None:
+        prob = np.where(region, prob, np.float32(0))
+    mask = lesion_mask(prob, settings.threshold, settings.min_lesion_mm3, flair.voxel_volume_ml * 1000.0,
+                       settings.min_lesion_voxels)
+    return (_with_affine(image_like(prob, flair, np.float32), flair_nii.affine),
+            _with_affine(image_like(mask, flair, np.uint8), flair_nii.affine))
+
+
+def evaluate_images(truth_img, pred_img) -> dict[str, float]:
+    """The MICCAI 2017 WMH challenge metrics of one prediction, as ``wmhkeras evaluate`` computes them.
+
+    Args:
+        truth_img: labels 0, 1 (WMH), 2 (other pathology, ignored), a nibabel image.
+        pred_img: the segmentation on the truth's grid (e.g. :func:`segment_image`'s ``mask_img``); integer
+            images count as lesion where ``>= 1``, floating-point ones where ``>= 0.5``. Never resampled.
+
+    Returns:
+        ``{"dice", "hd95" (mm), "avd" (%), "lesion_recall", "lesion_f1", "precision", "recall",
+        "truth_volume_ml", "pred_volume_ml", "truth_lesions", "pred_lesions", "pcd"}``; undefined values are
+        ``nan`` (see ``docs/metrics.md``). No TensorFlow is imported.
+
+    Raises:
+        InputError: not nibabel images, truth values other than 0/1/2, or the two grids differ.
+    """
+    return score_volumes(_volume(truth_img, "truth_img", "label"), _volume(pred_img, "pred_img", "mask"))
