@@ -11,9 +11,9 @@ Reached lazily from the package (``wmhkeras.segment_image`` imports this module 
 
 Every step is the one ``wmhkeras segment`` and ``wmhkeras evaluate`` run on files: images are checked and
 reoriented as :func:`~wmhkeras.io.nifti.load_volume` does (:func:`~wmhkeras.io.nifti.image_volume`), the
-probability map comes from :func:`~wmhkeras.inference.predictor.predict_maps` (the model's own
-preprocessing), brain region and small-lesion removal are :func:`~wmhkeras.inference.predictor.brain_region`
-and :func:`~wmhkeras.inference.predictor.lesion_mask`, the outputs are the images
+probability map, brain region and small-lesion removal are
+:func:`~wmhkeras.inference.segment.segment_volumes`, the function ``segment`` runs per subject (the
+model's own preprocessing inside), the outputs are the images
 :func:`~wmhkeras.io.nifti.save_like` writes (:func:`~wmhkeras.io.nifti.image_like`), and the metrics are
 :func:`~wmhkeras.evaluation.evaluate.score_volumes`. Bad input raises
 :class:`~wmhkeras.errors.InputError` or :class:`~wmhkeras.errors.ConfigError` naming the argument.
@@ -31,8 +31,8 @@ import numpy as np
 from wmhkeras.errors import InputError
 from wmhkeras.evaluation.evaluate import score_volumes
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
-from wmhkeras.inference.predictor import brain_region, lesion_mask, predict_maps
 from wmhkeras.inference.record import SegmentSettings
+from wmhkeras.inference.segment import segment_volumes
 from wmhkeras.io import Volume, check_same_grid
 from wmhkeras.io.nifti import image_like, image_volume
 
@@ -149,14 +149,8 @@ def segment_image(
     flair = image_volume(flair_nii, "flair_img")  # a bad image fails before a model is loaded
     segmenter = _model(model)
     images, brain = _inputs(flair, t1_img, brain_mask_img, segmenter.modalities)
-    # The per-subject steps of wmhkeras.inference.segment._segment_one, without its files.
-    segmenter.warn_voxel_size(flair.spacing, "flair_img")  # warns when far from the card's training data
-    prob, _ = predict_maps(segmenter, [v.data for v in images], settings.batch_size, settings.tta_flip, flair.spacing)
-    region = brain_region(flair.data, None if brain is None else brain.data, settings.brain_threshold)
-    if region is not None:
-        prob = np.where(region, prob, np.float32(0))
-    mask = lesion_mask(prob, settings.threshold, settings.min_lesion_mm3, flair.voxel_volume_ml * 1000.0,
-                       settings.min_lesion_voxels)
+    # The per-subject steps of wmhkeras segment, without its files.
+    prob, _, mask = segment_volumes(segmenter, images, brain, settings, "flair_img")
     return (_with_affine(image_like(prob, flair, np.float32), flair_nii.affine),
             _with_affine(image_like(mask, flair, np.uint8), flair_nii.affine))
 

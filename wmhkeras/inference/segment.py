@@ -150,12 +150,17 @@ def _output_paths(out_dir: Path, subject: str, uncertainty: bool = True, bids: b
     return {**paths, "qc": montage_path(out_dir, subject)} if qc else paths
 
 
-def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settings: SegmentSettings) -> SubjectResult:
-    """Segment one subject and write its files (three, four with the uncertainty map)."""
-    start = time.perf_counter()
-    images, brain = load_subject(item, segmenter.modalities)
+def segment_volumes(segmenter: Segmenter, images: list, brain, settings: SegmentSettings,
+                    name: str) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+    """The per-subject steps of ``segment`` (and of ``wmhkeras.segment_image``), on loaded volumes.
+
+    ``images`` are the model's modalities (FLAIR first) and ``brain`` an optional brain mask, each a
+    loaded volume (``wmhkeras.io.nifti``) on the FLAIR's grid. Returns ``(prob, disagreement, mask)`` on
+    that grid: probabilities zeroed outside the brain region, the flip disagreement (``None`` without
+    TTA), and the thresholded mask with small lesions removed. ``name`` labels the voxel-size warning.
+    """
     flair = images[0]
-    segmenter.warn_voxel_size(flair.spacing, item.subject)  # warns when far from the card's training data
+    segmenter.warn_voxel_size(flair.spacing, name)  # warns when far from the card's training data
     prob, disagreement = predict_maps(segmenter, [v.data for v in images], settings.batch_size, settings.tta_flip,
                                       flair.spacing)
     region = brain_region(flair.data, None if brain is None else brain.data, settings.brain_threshold)
@@ -164,6 +169,15 @@ def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settin
         disagreement = None if disagreement is None else np.where(region, disagreement, np.float32(0))
     mask = lesion_mask(prob, settings.threshold, settings.min_lesion_mm3, flair.voxel_volume_ml * 1000.0,
                        settings.min_lesion_voxels)
+    return prob, disagreement, mask
+
+
+def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settings: SegmentSettings) -> SubjectResult:
+    """Segment one subject and write its files (three, four with the uncertainty map)."""
+    start = time.perf_counter()
+    images, brain = load_subject(item, segmenter.modalities)
+    flair = images[0]
+    prob, disagreement, mask = segment_volumes(segmenter, images, brain, settings, item.subject)
     lesions = lesion_table(mask, flair.affine)
     volume_ml = float(np.count_nonzero(mask) * flair.voxel_volume_ml)
     paths = _output_paths(out_dir, item.subject, settings.uncertainty, settings.bids_out, settings.qc)
