@@ -3,6 +3,7 @@
     python bench/segment.py --out bench/results/segment.json            # the full run (minutes)
     python bench/segment.py --out /tmp/quick.json --quick               # a smoke run
     python bench/segment.py --out /tmp/n.json --quick --skip-volume --native RUN_FOLDER   # native section, smoke
+    python bench/segment.py --out bench/results/segment_load.json --subjects 200        # load section only (minutes)
 
 What it measures, on the real 182 x 218 x 182 FLAIR of ``$WMH_SHARED_DATA/open_ms_data/patient07``:
 
@@ -30,6 +31,15 @@ What it measures, on the real 182 x 218 x 182 FLAIR of ``$WMH_SHARED_DATA/open_m
    checkpoint its model card names, else ``null``), and the fractions of the matmul peak are taken as
    for ``whole_volume``. ``targets``: fraction of the matmul peak >= 0.4 and peak RSS under 3 GB
    (3000 MB as this script counts them), for every row measured.
+6. ``load`` (``--subjects N``, alone): ``segment`` of N // 10 and of N small synthetic subjects
+   (:func:`wmhkeras.data.synth.make_cohort`, 64 x 64 x 32 voxels) with one tiny model (U-Net depth 2, 4 base
+   filters, 64 x 64, random weights), each run in a fresh process. Per run: the peak RSS, the RSS after
+   every tenth of the subjects, and each subject's time (from the ``progress`` hook of ``segment``).
+   ``targets``: peak RSS at N at most 1.2 x the peak at N // 10, and per-subject time flat: in the
+   N-subject run, the process CPU time per subject (all threads) of the last tenth at most 1.2 x that of
+   the first (medians), and so for its least-squares trend (the first subject, which traces the model,
+   left out). Wall times are reported the same way; on a shared machine they move with the other jobs'
+   load, CPU times hardly do.
 
 Timings on a shared machine are noisy: the load average is recorded at the start and the end.
 """
@@ -416,6 +426,115 @@ def _segment_benchmark(args, report: dict) -> None:
         _native_targets(native, peak, peak_cpu)
 
 
+# === 6. Load: many small subjects ===
+
+LOAD_SHAPE, LOAD_TARGET = (64, 64, 32), 1.2
+
+
+def _rss_mb() -> float:
+    """Resident set size now (Linux ``/proc/self/statm``), in MB as :func:`_peak_rss_mb` counts them."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024.0 / 1024.0
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _trend_ratio(values: list[float]) -> float:
+    """The least-squares line through per-subject times (the first subject, which traces the model, left out):
+    its value at the last subject over its value at the second. Uses every subject, so bursts of load from
+    other jobs on a shared machine average out where the medians of two tenths do not."""
+    y = values[1:]
+    if len(y) < 2:
+        return 1.0
+    mx, my = (len(y) - 1) / 2, sum(y) / len(y)
+    slope = sum((i - mx) * (v - my) for i, v in enumerate(y)) / sum((i - mx) ** 2 for i in range(len(y)))
+    return (my + slope * (len(y) - 1 - mx)) / (my - slope * mx)
+
+
+def _load_child(args) -> dict:
+    """Runs in a fresh process: ``segment`` of every subject of ``args.manifest``, each subject timed."""
+    from wmhkeras.inference.segment import segment
+
+    times, cpu, rss = [], [], []
+
+    def progress(items, total=None):
+        last, last_cpu = time.perf_counter(), time.process_time()
+        for item in items:
+            yield item  # segment works on the subject until it asks for the next one
+            now, now_cpu = time.perf_counter(), time.process_time()
+            times.append(now - last)
+            cpu.append(now_cpu - last_cpu)
+            rss.append(_rss_mb())
+            last, last_cpu = now, now_cpu
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = segment(args.model, [args.manifest], tmp, progress=progress)
+        wall = time.perf_counter() - start
+    if not result.ok:
+        raise RuntimeError(f"{result.n_failed} subjects failed")
+    tenth = max(1, len(times) // 10)
+    return {"subjects": len(times), "seconds_total": wall, "peak_rss_mb": _peak_rss_mb(),
+            "rss_mb_every_tenth": [round(r, 1) for r in rss[tenth - 1::tenth]],
+            "first_tenth_median_s": _median(times[:tenth]), "last_tenth_median_s": _median(times[-tenth:]),
+            "first_tenth_mean_s": sum(times[:tenth]) / tenth, "last_tenth_mean_s": sum(times[-tenth:]) / tenth,
+            "first_tenth_cpu_median_s": _median(cpu[:tenth]), "last_tenth_cpu_median_s": _median(cpu[-tenth:]),
+            "trend_ratio": _trend_ratio(times), "cpu_trend_ratio": _trend_ratio(cpu),
+            "seconds_per_subject": times, "cpu_seconds_per_subject": cpu}
+
+
+def _load_cohort(folder: Path, subjects: int) -> tuple[Path, dict[int, Path]]:
+    """The tiny model and, for N // 10 and N subjects, a manifest of the first ones of one synthetic cohort."""
+    import keras
+
+    from wmhkeras.data.synth import SiteParams, make_cohort
+    from wmhkeras.models import build_generator
+
+    keras.utils.set_random_seed(0)
+    model = folder / "tiny.keras"
+    build_generator("unet", input_shape=(*LOAD_SHAPE[:2], 1), depth=2, base_filters=4).save(model)
+    site = SiteParams("load", (2.0, 2.0, 4.0), LOAD_SHAPE)
+    manifest = make_cohort(folder / "cohort", subjects=subjects, sites=1, seed=0, site_params=[site]).manifest
+    header, *rows = manifest.read_text().splitlines()
+    manifests = {}
+    for n in sorted({max(1, subjects // 10), subjects}):
+        manifests[n] = manifest.with_name(f"manifest_{n}.csv")
+        manifests[n].write_text("\n".join([header, *rows[:n]]) + "\n")
+    return model, manifests
+
+
+def _load(subjects: int) -> dict:
+    """Section 6: peak RSS and per-subject time of ``segment`` at N // 10 and N subjects (fresh processes)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        model, manifests = _load_cohort(Path(tmp), subjects)
+        section: dict = {"volume_shape": list(LOAD_SHAPE), "model": "unet, depth 2, 4 base filters, 64 x 64, random "
+                         "weights", "cohort_seconds": time.perf_counter() - start, "runs": {}}
+        for n, manifest in manifests.items():
+            row = _run_child(["--child", "load", "--model", str(model), "--manifest", str(manifest)])
+            section["runs"][str(n)] = row
+            print(f"load, {n} subjects: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds_total']:.1f} s; per subject "
+                  f"(median) first tenth {row['first_tenth_median_s'] * 1000:.0f} ms, last tenth "
+                  f"{row['last_tenth_median_s'] * 1000:.0f} ms", file=sys.stderr)
+    small, large = (section["runs"][str(n)] for n in manifests)
+    rss_ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+    cpu = large["last_tenth_cpu_median_s"] / large["first_tenth_cpu_median_s"]
+    wall = large["last_tenth_median_s"] / large["first_tenth_median_s"]
+    flat = max(cpu, large["cpu_trend_ratio"]) <= LOAD_TARGET
+    section["targets"] = {"peak_rss_ratio": rss_ratio, "peak_rss_ratio_le_1_2": rss_ratio <= LOAD_TARGET,
+                          "cpu_last_over_first_tenth": cpu, "cpu_trend_ratio": large["cpu_trend_ratio"],
+                          "per_subject_cpu_time_flat": flat,
+                          "wall_last_over_first_tenth": wall, "wall_trend_ratio": large["trend_ratio"]}
+    print(f"load targets: peak RSS ratio {rss_ratio:.3f} (<= {LOAD_TARGET}: {rss_ratio <= LOAD_TARGET}); per-subject "
+          f"CPU time, last over first tenth (medians) {cpu:.3f}, fitted trend {large['cpu_trend_ratio']:.3f} (flat: "
+          f"{flat}); wall time {wall:.3f}, trend {large['trend_ratio']:.3f}", file=sys.stderr)
+    return section
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, help="JSON file to write")
@@ -428,8 +547,11 @@ def main() -> None:
     parser.add_argument("--native", metavar="MODEL", help="trained model (run folder, .keras, SavedModel) for the "
                         "native-resolution section; default saved_models/open_ms_flair/saved_model if it exists; none: skip")
     parser.add_argument("--evaluate-only", action="store_true", help="only the evaluate timings (no TensorFlow)")
+    parser.add_argument("--subjects", type=int, metavar="N", help="only the load section: segment N // 10 and N small "
+                        "synthetic subjects (64 x 64 x 32), each in a fresh process")
     # internal: child processes
-    parser.add_argument("--child", choices=("volume", "native", "throughput"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("volume", "native", "throughput", "load"), help=argparse.SUPPRESS)
+    parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--intra", type=int, default=0, help=argparse.SUPPRESS)
@@ -438,7 +560,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     if args.child:
-        print(json.dumps(_child(args)))
+        print(json.dumps(_load_child(args) if args.child == "load" else _child(args)))
         return
     if args.out is None:
         parser.error("--out FILE.json is required")
@@ -447,6 +569,10 @@ def main() -> None:
 
     report: dict = {"created": utc_now(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
                     "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(), "versions": package_versions()}
+    if args.subjects:
+        report["load"] = _load(args.subjects)
+        _write_report(args.out, report)
+        return
     if not args.evaluate_only:
         report["model"] = {k: list(v) if isinstance(v, tuple) else v for k, v in PAPER_MODEL.items()}
         _segment_benchmark(args, report)
@@ -455,10 +581,14 @@ def main() -> None:
     print(f"evaluate: {ev['metrics_only']['seconds_per_subject']:.2f} s/subject wall, "
           f"{ev['metrics_only']['cpu_seconds_per_subject']:.2f} s CPU (metrics); {ev['with_qc']['seconds_per_subject']:.2f} s "
           f"wall, {ev['with_qc']['cpu_seconds_per_subject']:.2f} s CPU (with QC)", file=sys.stderr)
+    _write_report(args.out, report)
+
+
+def _write_report(out: Path, report: dict) -> None:
     report["load_average_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

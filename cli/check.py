@@ -1,7 +1,11 @@
 """``wmhkeras check``: validate a dataset without changing anything (see :mod:`wmhkeras.data.datasets`).
 
-Exit codes: 0 every subject is readable and consistent; 2 the dataset is missing or malformed, or
-some subject failed its check (each one is listed).
+Each subject is checked as every command checks its inputs: the header first (the pre-pass of
+:mod:`wmhkeras.io.header_check`: a readable 3D NIfTI with a usable affine that holds its voxels, every file
+on the FLAIR's grid), then the voxels (finite, labels 0/1/2). One line per subject: ``ok ...`` on stdout,
+``FAIL <subject>: <reason>`` on stderr. Exit codes: 0 every subject is readable and consistent; 2 the
+dataset is missing or malformed (subject ids that are paths or collide included), or some subject failed
+its check (each one is listed).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def check_command(data: str, t1: bool, labels: bool) -> None:
             images, label = check_subject(s, modalities, need_label=labels)
         except InputError as exc:
             failures += 1
-            click.echo(f"FAIL {s.subject}: {exc}")
+            click.echo(f"FAIL {s.subject}: {exc}", err=True)
             continue
         shape = "x".join(str(n) for n in images[0].native_shape)
         lesion = "no label" if label is None else f"{int((label.data == 1).sum())} lesion voxels"

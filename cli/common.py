@@ -1,6 +1,6 @@
 """What every command shares: exit codes, error handling, logging levels, progress, and TensorFlow's start.
 
-- :func:`handle_errors` turns user mistakes into exit code 2.
+- :func:`handle_errors` turns user mistakes into exit code 2, an output that cannot be written into exit 1.
 - :func:`configure_logging` (called by the group for ``-v`` / ``-vv``): warnings by default, plus the
   progress lines of long work (:data:`PROGRESS_LOGGERS`); ``-v`` every info line; ``-vv`` debug lines and
   TensorFlow's own start-up and C++ messages, which are hidden otherwise.
@@ -28,6 +28,8 @@ EXIT_SOME_FAILED = 1
 EXIT_OUTSIDE_TOLERANCE = EXIT_SOME_FAILED
 #: Exit code for invalid input, config or options, found before any work (nothing written).
 EXIT_BAD_INPUT = 2
+#: Exit code when an output cannot be written (a full disk, no permission): the command stops there.
+EXIT_WRITE_FAILED = 1
 
 #: Loggers whose info lines report the progress of long work; shown at the default verbosity.
 PROGRESS_LOGGERS = (
@@ -47,7 +49,10 @@ QUIET_TF_CPP_LEVEL = "3"
 
 
 def handle_errors(func):
-    """Turn user-fixable errors into ``error: ...`` on stderr and exit code 2 (no traceback)."""
+    """Turn user-fixable errors into ``error: ...`` on stderr and exit code 2 (no traceback); an output
+    that cannot be written (:class:`~wmhkeras.errors.WriteError`, any other ``OSError``, TensorFlow's error
+    for a file it cannot write: a full disk, no permission) into one such line and exit code
+    :data:`EXIT_WRITE_FAILED`."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -58,6 +63,15 @@ def handle_errors(func):
         except WmhError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except Exception as exc:  # a write that failed is not the input's fault: files written before are complete
+            from wmhkeras.io.files import tf_write_error
+
+            error = exc if isinstance(exc, OSError) else tf_write_error(exc)  # TensorFlow's: e.g. TensorBoard's
+            if error is None:
+                raise
+            logging.getLogger(__name__).debug("stopped by %r", exc, exc_info=True)
+            click.echo(f"error: {error}; stopped (files written before are complete)", err=True)
+            sys.exit(EXIT_WRITE_FAILED)
 
     return wrapper
 

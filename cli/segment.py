@@ -2,7 +2,8 @@
 
 Exit codes: 0 every subject segmented; 1 some subjects failed (the others are complete, each failure
 is listed in ``summary.csv`` and on stderr); 2 invalid model, inputs or options, found before any work
-(nothing is written). ``--shard`` values are checked by click, ``--skip-existing`` against the folder's
+(subject ids that are paths, a file failing the header pre-pass), or no subject could be segmented:
+one ``error:`` line, and ``--out`` is left as it was found (not created). ``--shard`` values are checked by click, ``--skip-existing`` against the folder's
 ``segment.json`` before the model is loaded.
 """
 
@@ -76,7 +77,8 @@ def segment_command(model: Path, inputs: tuple[Path, ...], out_dir: Path, t1: tu
     file (.nii/.nii.gz), a folder of them, a BIDS dataset root (docs/bids.md) or a manifest CSV. Writes
     <subject>_wmh_prob.nii.gz, <subject>_wmh_mask.nii.gz and <subject>_lesions.csv per subject, on the
     input's own grid (BIDS derivatives for BIDS input), and summary.csv (with --qc, qc/ and qc.html).
-    Exit code 1 when some subjects failed, 2 when nothing could start.
+    Exit code 1 when some subjects failed, 2 when nothing could start or no subject succeeded (then --out is left
+    as it was found).
     """
     from wmhkeras.inference.qc import QC_HTML_NAME
     from wmhkeras.inference.segment import segment

@@ -26,7 +26,9 @@ def default_run_dir(configs: tuple[str, ...]) -> Path:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="New run folder (default: runs/<config name>-<date-time>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
-              help="Continue the run in this folder from its last completed epoch (config and split read from it).")
+              help="Continue the run in this folder from its last committed epoch (config and split read from it; "
+                   "a damaged last checkpoint falls back to the one before). Refused while another process "
+                   "trains in it.")
 @click.option("--split", "split_file", type=click.Path(dir_okay=False), default=None,
               help="Reuse a split.json (e.g. another run's) instead of making a new split.")
 @click.option("--quiet", is_flag=True, default=False, help="One line per epoch instead of the progress bar.")
@@ -37,7 +39,8 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
     """Train a segmentation model; CONFIGS are YAML files deep-merged in order (e.g. configs/demo.yaml).
 
     Writes the run folder: config.yaml, split.json, versions.json, summary.json, log.csv,
-    checkpoints/{best,last}.keras and tensorboard/ (view with `tensorboard --logdir RUN_DIR/tensorboard`).
+    checkpoints/{best,last}.keras (and the epoch before as *.prev) and tensorboard/ (view with
+    `tensorboard --logdir RUN_DIR/tensorboard`); one train process per run folder (docs/training.md#resume).
     With --resume RUN_DIR, --set overrides apply on top of RUN_DIR/config.yaml (e.g. train.epochs=200).
     """
     from wmhkeras.config import load_config

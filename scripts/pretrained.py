@@ -81,6 +81,18 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
+def train_both(data: Path, work: Path, config: str) -> Path:
+    """Train ``config`` on both patients (no validation subject); returns the run folder."""
+    manifest = work / "manifest.csv"
+    write_manifest(data, PATIENTS[0], manifest)
+    second = write_manifest(data, PATIENTS[1], work / "second.csv").read_text().splitlines()[1]
+    with open(manifest, "a") as f:
+        f.write(second + "\n")
+    run([*wmhkeras(), "train", config, "--data", str(manifest), "--out", str(work / "run"), "--quiet",
+         "--set", "data.split=[1.0, 0.0, 0.0]"])
+    return work / "run"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="the open_ms_data folder")
@@ -88,21 +100,19 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "pretrained")
     parser.add_argument("--config", default="configs/real_flair.yaml")
     parser.add_argument("--results", type=Path, default=None, help="results.json of the two-patient protocol")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="export this finished run folder (the same config trained on both patients) instead of "
+                             "training one")
     args = parser.parse_args()
     data = args.data or default_data()
     if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
         parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
     shutil.rmtree(args.work, ignore_errors=True)
-    manifest = args.work / "manifest.csv"
-    write_manifest(data, PATIENTS[0], manifest)
-    second = write_manifest(data, PATIENTS[1], args.work / "second.csv").read_text().splitlines()[1]
-    with open(manifest, "a") as f:
-        f.write(second + "\n")
-    run([*wmhkeras(), "train", args.config, "--data", str(manifest), "--out", str(args.work / "run"), "--quiet",
-         "--set", "data.split=[1.0, 0.0, 0.0]"])
+    run_dir = args.run or train_both(data, args.work, args.config)
+    args.work.mkdir(parents=True, exist_ok=True)
     info = args.work / "card_info.json"
     info.write_text(json.dumps(json_safe(card_info(args.results, args.config)), indent=2) + "\n")  # NaN -> null
-    run([*wmhkeras(), "export", str(args.work / "run"), "--out", str(args.out), "--tflite", "fp16", "--force",
+    run([*wmhkeras(), "export", str(run_dir), "--out", str(args.out), "--tflite", "fp16", "--force",
          "--card-info", str(info)])
     sizes = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {sizes / 2**20:.1f} MB in all")

@@ -1,6 +1,7 @@
 """Exceptions raised for problems a user can fix (bad input files, bad configs, missing weights).
 
-The CLI turns every :class:`WmhError` into a one-line message and exit code 2, before any work starts.
+The CLI turns every :class:`WmhError` into a one-line message and exit code 2, before any work starts;
+:class:`WriteError` (an output that cannot be written, not the user's input) into one line and exit code 1.
 """
 
 
@@ -18,3 +19,24 @@ class ConfigError(WmhError, ValueError):
 
 class WeightsError(WmhError, FileNotFoundError):
     """Pretrained backbone weights are not available offline (says where to put them)."""
+
+
+class FolderInUseError(WmhError):
+    """Another process holds the output or run folder (:mod:`wmhkeras.io.lock`; names its pid)."""
+
+
+class WriteError(OSError):
+    """An output could not be written (a full disk, no permission): names the file and the system's reason.
+
+    Not a problem with the input, so not a :class:`WmhError`: the command stops, and the CLI reports it in
+    one line with exit code 1. The files written before are complete; no partial file is left under a
+    final name (:mod:`wmhkeras.io.files`).
+    """
+
+    def __init__(self, path, cause: BaseException):
+        reason = getattr(cause, "strerror", None) or str(cause) or cause.__class__.__name__
+        super().__init__(getattr(cause, "errno", None), reason)
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}"

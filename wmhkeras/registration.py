@@ -8,6 +8,7 @@ It imports TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import keras
@@ -17,11 +18,25 @@ import wmhkeras.losses.adversarial  # noqa: F401  (the fine-tuning ablation's tr
 import wmhkeras.losses.metrics  # noqa: F401  (DiceMetric, LossTermMetric)
 
 
+def _safe_mode_scope():
+    """Keras's scope forcing safe mode while loading: ``keras.config.enable_unsafe_deserialization()``, once
+    called anywhere in the process, otherwise wins over ``safe_mode=True``. A private Keras class: if a
+    Keras release moves it, loading relies on ``safe_mode=True`` alone."""
+    try:
+        from keras.src.saving.serialization_lib import SafeModeScope
+    except ImportError:  # pragma: no cover - depends on the Keras release
+        return contextlib.nullcontext()
+    return SafeModeScope(True)
+
+
 def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
     """Load a saved ``.keras`` model safely (``safe_mode=True``, no ``custom_objects``).
 
+    Safe mode refuses Python code in the file (a ``Lambda`` layer's bytecode) even when the process
+    enabled unsafe deserialisation; classes load only if Keras or this package registers them.
     ``compile=False`` (default, for inference) skips rebuilding the training loss, so the content loss's
     backbone weights are not needed; ``compile=True`` restores loss and metrics (the content loss then
     resolves its backbone weights again, see :mod:`wmhkeras.losses.content`).
     """
-    return keras.saving.load_model(os.fspath(path), compile=compile, safe_mode=True)
+    with _safe_mode_scope():
+        return keras.saving.load_model(os.fspath(path), compile=compile, safe_mode=True)

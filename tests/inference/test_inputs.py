@@ -36,7 +36,7 @@ def test_input_errors(tmp_path):
     f = write_nifti(tmp_path / "a.nii.gz", blob_volume(), np.eye(4))
     (tmp_path / "b").mkdir()
     g = write_nifti(tmp_path / "b" / "a.nii.gz", blob_volume(), np.eye(4))
-    with pytest.raises(InputError, match="given twice"):
+    with pytest.raises(InputError, match=r"subject ids collide .*'a' \(.*a.nii.gz\) and 'a'"):
         resolve_inputs([f, g])
     with pytest.raises(InputError, match="input not found"):
         resolve_inputs([tmp_path / "missing.nii.gz"])

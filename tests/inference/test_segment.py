@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -90,18 +91,23 @@ def test_lps_oblique_and_swapped_inputs_give_masks_on_their_own_grid(tmp_path):
 # === Failures and exit codes ===
 
 
-def _truncate(src, dst):
-    raw = src.read_bytes()
-    dst.write_bytes(raw[: len(raw) // 2])
+def _damage(src, dst):
+    """``src`` with bytes flipped in the middle of its compressed stream (the gzip trailer intact)."""
+    raw = bytearray(src.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 4):
+        raw[i] ^= 0xFF
+    dst.write_bytes(bytes(raw))
     return dst
 
 
 def test_corrupt_file_among_three_fails_alone(tmp_path, tiny_model):
+    """Voxels that cannot be read (the header is fine, so the pre-pass lets it through) fail that subject alone."""
     good = [write_nifti(tmp_path / f"s{i}.nii.gz", blob_volume(i), np.eye(4)) for i in (1, 2)]
-    bad = _truncate(write_nifti(tmp_path / "big.nii.gz", np.random.default_rng(0).random((64, 64, 40)), np.eye(4)),
-                    tmp_path / "s3.nii.gz")
-    with pytest.raises((OSError, EOFError, gzip.BadGzipFile, ValueError)):
-        np.asarray(nib.load(str(bad)).dataobj)
+    bad = _damage(write_nifti(tmp_path / "big.nii.gz", np.random.default_rng(0).random((64, 64, 40)), np.eye(4)),
+                  tmp_path / "s3.nii.gz")
+    nib.load(str(bad))  # the header parses
+    with pytest.raises((OSError, EOFError, gzip.BadGzipFile, ValueError, zlib.error)):
+        gzip.decompress(bad.read_bytes())
     out = tmp_path / "out"
     res = CliRunner().invoke(segment_command, [str(tiny_model), *map(str, [good[0], bad, good[1]]), "--out", str(out)])
     assert res.exit_code == 1, res.output
@@ -140,3 +146,15 @@ def test_brain_mask_volume(tmp_path):
     row = read_rows(tmp_path / "out" / "summary.csv")[0]
     assert float(row["brain_volume_ml"]) == pytest.approx(brain.sum() * 2 / 1000, abs=1e-4)
     assert result.subjects[0].lesion_volume_ml == pytest.approx(np.count_nonzero(blob_volume() > 0.5) * 2 / 1000)
+
+
+def test_output_paths_never_leave_out_dir(tmp_path):
+    """The last guard behind the id check: an id that would put an output outside --out is refused."""
+    from wmhkeras.errors import InputError
+    from wmhkeras.inference.segment import _output_paths
+
+    assert {p.parent for p in _output_paths(tmp_path / "out", "s1", qc=True).values()} == {
+        tmp_path / "out", tmp_path / "out" / "qc"}
+    for subject in ("../evil", "a/../../evil", "/abs/evil"):
+        with pytest.raises(InputError, match="would write outside"):
+            _output_paths(tmp_path / "out", subject, qc=True)

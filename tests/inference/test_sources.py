@@ -34,10 +34,10 @@ def test_run_folder_with_t1(tmp_path):
                                                "--tta", "--min-lesion-mm3", "5", "--batch-size", "3"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "a_wmh_mask.nii.gz").is_file()
-    # a T1 on another grid fails that subject only (exit 1), found before the model runs
+    # a T1 on another grid is refused by the header pre-pass (exit 2), before the model runs; nothing written
     t1_bad = write_nifti(tmp_path / "b_T1.nii.gz", blob_volume(1), np.diag([2.0, 1, 1, 1]))
     res = CliRunner().invoke(segment_command, [str(run), str(flair), "--t1", str(t1_bad), "--out", str(tmp_path / "p")])
-    assert res.exit_code == 1 and "affine differs" in res.output
+    assert res.exit_code == 2 and "affine differs" in res.output and not (tmp_path / "p").exists()
 
 
 def _export_layout(root, card):

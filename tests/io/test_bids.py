@@ -163,5 +163,5 @@ def test_write_derivative(tree, tmp_path):
     assert flat_mask["Sources"] == [flat_flair.resolve().as_uri()]  # not from a BIDS dataset: a file URI
     assert "Type" not in json.loads(files["prob"].with_name(files["prob"].name.replace(".nii.gz", ".json")).read_text())
     assert (out / ".bidsignore").read_text().splitlines() == ["summary.csv", "segment.json", "*_lesions.csv", "qc/",
-                                                                  "qc.html"]
+                                                                  "qc.html", ".wmhkeras.lock"]
     assert not list(out.rglob(".tmp-*"))

@@ -26,6 +26,8 @@ from typing import Optional
 from wmhkeras.errors import InputError
 from wmhkeras.io.bids import bids_location, read_bids
 from wmhkeras.io.files import atomic_write_text
+from wmhkeras.io.header_check import check_inputs
+from wmhkeras.io.subject_ids import check_subject_ids
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def read_manifest(path: str | Path) -> list[Subject]:
         subjects.append(
             Subject(name, (row.get("site") or "").strip() or "site0", flair, resolve(row.get("t1")), resolve(row.get("label")))
         )
-    _check_unique(subjects, path)
+    check_subject_ids([s.subject for s in subjects], str(path))
     if not subjects:
         raise InputError(f"{path}: the manifest lists no subject")
     return subjects
@@ -155,16 +157,21 @@ def load_dataset(path: str | Path) -> list[Subject]:
             f"{path}: no {MANIFEST_NAME} and no MICCAI 2017 layout (<site>/<subject>/pre/FLAIR.nii.gz) found, "
             "nor a BIDS dataset (sub-*/[ses-*/]anat/*_FLAIR.nii.gz)"
         )
+    check_subject_ids([s.subject for s in subjects], str(path), [s.flair for s in subjects])
     log.info("discovered %d subjects in the MICCAI layout under %s", len(subjects), path)
     return subjects
 
 
-def _check_unique(subjects: list[Subject], source) -> None:
-    seen = set()
-    for s in subjects:
-        if s.subject in seen:
-            raise InputError(f"{source}: subject {s.subject!r} is listed twice")
-        seen.add(s.subject)
+def check_headers(subjects: list[Subject], modalities=("flair",), labels: bool = True) -> None:
+    """The header pre-pass of a cohort (:func:`wmhkeras.io.header_check.check_inputs`), before any voxel is
+    read: every file of every subject (``modalities``, and the label when ``labels`` and listed) parses,
+    is 3D with a usable affine and holds its voxels, and each subject's files share the FLAIR's grid.
+
+    Raises:
+        InputError: one line naming the first file with a problem; a modality the subject lacks.
+    """
+    groups = {s.subject: [s.modality(m) for m in modalities] + [s.label if labels else None] for s in subjects}
+    check_inputs(groups)
 
 
 def check_subject(subject: Subject, modalities=("flair",), need_label: bool = False):

@@ -28,6 +28,7 @@ from wmhkeras.evaluation.matching import TruthCase, match, resolve_predictions, 
 from wmhkeras.evaluation.metrics import CHALLENGE_KEYS, METRIC_KEYS, evaluate_arrays
 from wmhkeras.io import Volume, check_same_grid, load_volume
 from wmhkeras.io.files import atomic_write_csv, atomic_write_json, atomic_write_text
+from wmhkeras.io.header_check import check_inputs
 from wmhkeras.io.naming import MASK_SUFFIX
 from wmhkeras.io.provenance import package_versions, utc_now
 
@@ -213,16 +214,22 @@ def evaluate(
     failures, relative paths of every file), ``table.md`` (the paper's Table 1 layout, one block per
     site when there are several), ``figure5_avd_vs_pcd.png``, ``qc/<subject>.png`` and ``report.md``.
 
-    A subject whose prediction is missing, unreadable or on another grid is a ``failed`` row, left out
-    of the summary; ``result.n_failed`` counts them.
+    Before any work, the header pre-pass (:func:`~wmhkeras.io.header_check.check_inputs`) reads the header
+    of every truth label and every prediction: a file that is not a readable 3D NIfTI holding its voxels
+    stops the evaluation. Then a subject whose prediction is missing, on another grid than its truth, or
+    whose voxels are unreadable or not finite is a ``failed`` row, left out of the summary;
+    ``result.n_failed`` counts them.
 
     Raises:
-        InputError: nothing to evaluate: paths missing, no prediction matching any truth subject, or every
-            subject failed (the first error is named); nothing is written then.
+        InputError: nothing to evaluate: paths missing, subject ids that are not plain names or collide, no
+            prediction matching any truth subject, a file failing the header pre-pass, or every subject
+            failed (the first error is named); nothing is written then.
     """
     pred, truth, out_dir = Path(pred), Path(truth), Path(out_dir)
     cases = resolve_truth(truth)
     pairs = match(cases, resolve_predictions(pred))
+    check_inputs({**{f"{c.subject} (truth)": [c.label] for c, _ in pairs},
+                  **{f"{c.subject} (prediction)": [p] for c, p in pairs if p is not None}})
     model_name = model_name or pred.name or "model"
     dataset_name = dataset_name or truth.name or "data"
     rows = [_evaluate_case(case, pred_path, out_dir if qc else None)

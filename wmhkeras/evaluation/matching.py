@@ -23,6 +23,7 @@ from wmhkeras.errors import InputError
 from wmhkeras.io.bids import bids_location, find_masks, is_bids_root
 from wmhkeras.io.naming import MASK_SUFFIX, is_nifti, is_output_map, strip_nifti, subject_id
 from wmhkeras.io.run_folder import RunFolder
+from wmhkeras.io.subject_ids import check_subject_ids
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,16 @@ def resolve_truth(path: str | Path) -> list[TruthCase]:
     a training run folder (``config.yaml`` + ``split.json``: its hold-out subjects); a BIDS dataset root or
     ``<root>/derivatives/<pipeline>`` (:func:`wmhkeras.io.bids.read_bids`: the FLAIR images with a WMH
     mask); a folder of label files (FLAIR/T1 files beside them are images, not labels); or a MICCAI 2017
-    layout folder.
+    layout folder. Subject ids must be plain names that do not collide
+    (:func:`~wmhkeras.io.subject_ids.check_subject_ids`).
     """
-    path = Path(path)
+    cases = _truth_cases(Path(path))
+    check_subject_ids([c.subject for c in cases], f"{path} (ground truth)", [c.label for c in cases])
+    return cases
+
+
+def _truth_cases(path: Path) -> list[TruthCase]:
+    """The subjects of :func:`resolve_truth`, their ids not checked yet."""
     if not path.exists():
         raise InputError(f"{path}: ground truth not found")
     if path.is_file():
@@ -143,7 +151,10 @@ def resolve_predictions(path: str | Path) -> dict[str, Path]:
             column = next((c for c in PRED_COLUMNS if c in (reader.fieldnames or ())), None)
             if "subject" not in (reader.fieldnames or ()) or column is None:
                 raise InputError(f"{path}: a prediction CSV needs the columns subject and pred, found {reader.fieldnames}")
-            preds = {row["subject"].strip(): (path.parent / row[column].strip()).resolve() for row in reader}
+            listed = [((row.get("subject") or "").strip(), (path.parent / (row.get(column) or "").strip()).resolve())
+                      for row in reader]
+            check_subject_ids([s for s, _ in listed], str(path), [p for _, p in listed])
+            preds = dict(listed)
     elif path.is_file():
         if not is_nifti(path):
             raise InputError(f"{path}: not a NIfTI file (.nii, .nii.gz), a folder or a CSV")
@@ -161,6 +172,7 @@ def resolve_predictions(path: str | Path) -> dict[str, Path]:
     if not preds:
         raise InputError(f"{path}: no prediction found (expected <subject>{MASK_SUFFIX} files, or BIDS "
                          "sub-*/[ses-*/]anat/*_label-WMH_mask.nii.gz files)")
+    check_subject_ids(list(preds), f"{path} (predictions)", list(preds.values()))
     return preds
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmhkeras.config import Config, ExperimentConfig, config_from_dict, load_config, read_yaml, save_config
-from wmhkeras.data.datasets import Subject, check_subject, load_dataset, write_manifest
+from wmhkeras.data.datasets import Subject, check_headers, check_subject, load_dataset, write_manifest
 from wmhkeras.data.splits import check_split, make_splits
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.experiment.arms import plan_arms, run_arms
@@ -235,6 +235,8 @@ def _prepare(cfg: Config, out_dir: Path) -> tuple[Cohort, dict[str, str], dict[s
     # The trainer checks its training and validation subjects; the test subjects are checked here, so that
     # a broken or unlabelled file stops the experiment now rather than after hours of training.
     tested = cohort.tested()
+    for subjects in (cohort.subjects, cohort.external):  # the header pre-pass of every file
+        check_headers(subjects, cfg.data.modalities)
     log.info("checking the files of %d test subjects", len(tested))
     for subject in tested:
         check_subject(subject, cfg.data.modalities, need_label=True)

@@ -43,7 +43,7 @@ from wmhkeras.export.options import (
     resolve_tolerances,
 )
 from wmhkeras.export.report import REPORT_NAME, ArtifactCheck, ExportReport
-from wmhkeras.export.saved_model import SAVED_MODEL_NAME, check_saved_model, signatures, write_saved_model
+from wmhkeras.export.saved_model import SAVED_MODEL_NAME, check_saved_model, signatures, tf_writing, write_saved_model
 from wmhkeras.export.serving import serving_layout, write_warmup
 from wmhkeras.export.source import ExportSource, RunSubjects, resolve_source, run_subjects
 from wmhkeras.export.tflite import tflite_entries, write_tflite_variants
@@ -90,6 +90,8 @@ def export(
     Raises:
         InputError: missing, unreadable or foreign checkpoint; non-empty ``out_dir``; int8 without data;
             unreadable card info or ``metrics``. ConfigError: unknown variant or tolerance; bad card info or serving.
+        WriteError: a file of the export cannot be written (a full disk, no permission); nothing is left
+            (no export folder, no staged folder).
     """
     requested = parse_variants(tflite)
     limits = resolve_tolerances(tolerances)
@@ -170,7 +172,8 @@ def _write_artifacts(src: ExportSource, folder: Path, saved_model: str, variants
     log.info("writing the SavedModel")
     write_saved_model(src, path)
     if serving is not None:
-        write_warmup(path, src, serving.name)
+        with tf_writing(path):
+            write_warmup(path, src, serving.name)
     loaded = tf.saved_model.load(str(path))
     checks += check_saved_model(loaded, src, path, slices, ref, volume, limits, saved_model)
     checks += write_tflite_variants(loaded, folder, variants, calibration, slices, ref, limits)

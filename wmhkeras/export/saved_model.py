@@ -16,7 +16,9 @@ Loading the SavedModel needs TensorFlow only: no wmhkeras, no Keras custom objec
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -24,10 +26,12 @@ import numpy as np
 import tensorflow as tf
 
 from wmhkeras.data.preprocessing import preprocess_volume, restore_volume
+from wmhkeras.errors import WriteError
 from wmhkeras.export.report import ArtifactCheck
 from wmhkeras.export.source import ExportSource
 from wmhkeras.export.verification import VerificationVolume, check_artifact, timed, tree_size
 from wmhkeras.inference.predictor import predict_volume
+from wmhkeras.io.files import tf_write_error, writing
 from wmhkeras.io.model_card import ORIENTATION
 
 #: Folder of the SavedModel inside the export folder.
@@ -55,6 +59,22 @@ _VOLUME_FNS = {
     (1, True): lambda run: lambda flair, spacing: run([flair], spacing),
     (2, True): lambda run: lambda flair, t1, spacing: run([flair, t1], spacing),
 }
+
+
+@contextlib.contextmanager
+def tf_writing(path: Path) -> Iterator[None]:
+    """Raise a full disk or a refused write inside the block as :class:`~wmhkeras.errors.WriteError` naming
+    ``path``, whether Python (``OSError``) or TensorFlow's file system (an ``OpError`` such as
+    ``ResourceExhaustedError`` naming the file and the reason, :func:`~wmhkeras.io.files.tf_write_error`)
+    reports it."""
+    try:
+        with writing(path):
+            yield
+    except tf.errors.OpError as err:
+        error = tf_write_error(err)
+        if error is None:
+            raise
+        raise WriteError(path, error) from err
 
 
 def write_saved_model(src: ExportSource, path: Path) -> None:
@@ -85,11 +105,14 @@ def write_saved_model(src: ExportSource, path: Path) -> None:
     segment_volume = tf.function(_VOLUME_FNS[len(names), with_spacing](segment), input_signature=spec,
                                  autograph=False)
 
+    # No archive.track(model): the endpoints' traces capture the model's tf.Variables, which the archive
+    # saves once; track() would add the keras.Variable wrappers too, and every weight would be stored twice
+    # (keras-team/keras#23553: a 2x SavedModel, 2x variable memory in every consumer).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint("serving_default", serving_default)
     archive.add_endpoint("segment_volume", segment_volume)
-    archive.write_out(str(path), verbose=False)
+    with tf_writing(path):
+        archive.write_out(str(path), verbose=False)
 
 
 def check_saved_model(loaded, src: ExportSource, path: Path, slices: np.ndarray, ref: np.ndarray,

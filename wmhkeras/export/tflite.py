@@ -19,6 +19,7 @@ from wmhkeras.export.options import TFLITE_DESCRIPTIONS
 from wmhkeras.export.report import ArtifactCheck
 from wmhkeras.export.verification import check_artifact, timed
 from wmhkeras.inference.loaders import tflite_predict_fn
+from wmhkeras.io.files import atomic_path, make_folder
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,14 @@ def write_tflite_variants(loaded, folder: Path, variants: Sequence[str], calibra
                           limits: dict[str, dict[str, float]]) -> list[ArtifactCheck]:
     """Write each variant under ``folder`` and check it against ``ref`` (the Keras model on ``slices``)."""
     if variants:
-        (folder / TFLITE_DIR).mkdir()
+        make_folder(folder / TFLITE_DIR)
     checks = []
     for v in variants:
         log.info("converting TFLite %s", v)
         path = folder / tflite_name(v)
-        path.write_bytes(convert_tflite(loaded, v, calibration))
+        model = convert_tflite(loaded, v, calibration)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(model)
         out, ms = timed(tflite_predict_fn(path), slices)
         checks.append(check_artifact(v, tflite_name(v), path.stat().st_size, ms, out, ref, limits[v]))
     return checks

@@ -14,7 +14,9 @@ from wmhkeras.data.datasets import MANIFEST_NAME, Subject, check_subject, load_d
 from wmhkeras.errors import InputError
 from wmhkeras.io import Volume, check_same_grid, load_volume
 from wmhkeras.io.bids import bids_key, bids_location, read_bids
+from wmhkeras.io.header_check import check_inputs
 from wmhkeras.io.naming import OUTPUT_SUFFIXES, is_nifti, is_output_map, strip_nifti, subject_id, swap_tag
+from wmhkeras.io.subject_ids import check_subject_ids
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,8 @@ def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
     one by one (manifests carry their own columns).
 
     Raises:
-        InputError: an input path does not exist, no subject is found, a subject id repeats, or the
+        InputError: an input path does not exist, no subject is found, a subject id is not a plain name or
+            repeats, also in other case (:func:`~wmhkeras.io.subject_ids.check_subject_ids`), or the
             ``t1``/``brain_mask`` lists do not pair with the inputs.
     """
     if not inputs:
@@ -115,11 +118,7 @@ def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
     resolved = _pair_files(resolved, inputs, "--t1", "t1", t1)
     resolved = _pair_files(resolved, inputs, "--brain-mask", "brain_mask", brain_mask)
 
-    seen: dict[str, Path] = {}
-    for r in resolved:
-        if r.subject in seen:
-            raise InputError(f"subject id {r.subject!r} is given twice ({seen[r.subject]}, {r.flair}); rename the files or use a manifest")
-        seen[r.subject] = r.flair
+    check_subject_ids([r.subject for r in resolved], "inputs", [r.flair for r in resolved])
     return resolved
 
 
@@ -139,6 +138,18 @@ def bids_output(items: Sequence[SegmentInput], requested: Optional[bool] = None)
                                  "rename one or write flat outputs (--flat-out)")
             seen[key] = item.subject
     return bids
+
+
+def check_input_headers(items: Sequence[SegmentInput], modalities: Sequence[str]) -> None:
+    """The header pre-pass of ``segment`` (:func:`wmhkeras.io.header_check.check_inputs`): every subject's
+    FLAIR, T1 (when ``modalities`` hold it) and brain mask parse, are 3D with a usable affine, hold the
+    voxels their headers claim, and lie on the FLAIR's grid. No voxel is read.
+
+    Raises:
+        InputError: one line naming the first file with a problem.
+    """
+    t1 = "t1" in modalities
+    check_inputs({i.subject: [i.flair, i.t1 if t1 else None, i.brain_mask] for i in items})
 
 
 def load_subject(item: SegmentInput, modalities: Sequence[str]) -> tuple[list[Volume], Optional[Volume]]:

@@ -9,6 +9,7 @@ functions, so importing this module is cheap.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,15 @@ def _keras_resampling(spec: ModelSpec, model, in_shape: tuple) -> Resampling:
     return spec.resampling
 
 
+def _one_line(exc: Exception, limit: int = 300) -> str:
+    """Keras's message for a file it refuses, in one line: the unknown class when it names one, else the
+    message with its whitespace collapsed, cut at ``limit`` characters (Keras appends whole configs)."""
+    text = " ".join(str(exc).split())
+    unknown = re.search(r"Could not locate (class|function) '[^']*'", text)
+    text = unknown.group(0) if unknown else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _load_keras(spec: ModelSpec) -> Segmenter:
     import keras
 
@@ -142,7 +152,7 @@ def _load_keras(spec: ModelSpec) -> Segmenter:
     try:
         model = load_model(spec.path, compile=False)
     except Exception as exc:  # Keras raises many types for foreign, unsafe or broken files
-        raise InputError(f"{spec.path}: cannot load the model ({exc.__class__.__name__}: {exc})") from None
+        raise InputError(f"{spec.path}: cannot load the model ({exc.__class__.__name__}: {_one_line(exc)})") from None
     # A training wrapper (e.g. the adversarial ablation) holds the segmentation network as .generator.
     if isinstance(getattr(model, "generator", None), keras.Model):
         model = model.generator

@@ -1,7 +1,9 @@
 """The settings of a segmentation run and its record ``segment.json`` (model, settings, outcome, versions).
 
-``segment.json`` is written when a run starts (``state: running``) and again when it ends (``done``), so a
-folder whose run was interrupted still says how its outputs were made; ``segment --skip-existing`` resumes
+``segment.json`` is written when a run starts writing into its folder, once its first subject succeeded
+(``state: running``), and again when it ends (``done``), so a folder whose run was interrupted still says
+how its outputs were made (a run in which no subject succeeds writes none, and leaves the folder as it
+found it); ``segment --skip-existing`` resumes
 only into a folder made with the same model source and the same settings (:func:`check_previous_record`),
 except those that do not change the outputs' content (:data:`FREE_SETTINGS`).
 """
@@ -83,7 +85,7 @@ def model_record(spec: Optional[ModelSpec], segmenter: Optional[Segmenter],
 def write_record(path: Path, model: dict, settings: SegmentSettings, items: Sequence[SegmentInput],
                  results: Sequence, state: str = "done", shard: Optional[tuple[int, int]] = None) -> Path:
     """``segment.json``: the model, the settings (every option), brain masks, the outcome and the versions;
-    written when the run starts (``state`` ``running``, no outcome yet) and when it ends (``done``)."""
+    written when the run starts writing (``state`` ``running``, no outcome yet) and when it ends (``done``)."""
     return atomic_write_json(path, {
         "created": utc_now(),
         "state": state,

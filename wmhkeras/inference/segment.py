@@ -16,14 +16,18 @@ The package, by concern: :mod:`~wmhkeras.inference.sources` (what a model path i
 volume) and this module (the batch loop and its files).
 
 Order of work, so that mistakes cost nothing: the model source is inspected without TensorFlow, the
-inputs are resolved and every file is read and checked (a cheap pass), then the model is loaded, and
-only then is anything written. A subject whose files are broken is reported as failed and the others
-still complete.
+inputs are resolved (subject ids checked: names, never paths), every input file's header is checked
+(:func:`~wmhkeras.inference.inputs.check_input_headers`: a problem there refuses the run, nothing
+written), then the model is loaded, and only then is anything written. A subject whose voxels are
+broken (NaN, damaged compressed data) is reported as failed and the others still complete; when no
+subject succeeds the run raises :class:`~wmhkeras.errors.InputError` and leaves the output folder as it
+found it (:mod:`~wmhkeras.inference.output_folder`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -32,12 +36,14 @@ from typing import Optional
 
 import numpy as np
 
-from wmhkeras.errors import InputError, WmhError
+from wmhkeras.errors import InputError, WmhError, WriteError
 from wmhkeras.evaluation.metrics import lesion_table
 from wmhkeras.inference.batch import is_complete, parse_shard, select_shard
-from wmhkeras.inference.inputs import SegmentInput, bids_output, load_subject, resolve_inputs
-from wmhkeras.inference.loaders import Segmenter, load_segmenter
+from wmhkeras.inference.inputs import SegmentInput, bids_output, check_input_headers, load_subject, resolve_inputs
+from wmhkeras.inference.loaders import Segmenter
+from wmhkeras.inference.output_folder import FolderGuard, file_stamps, remove_written
 from wmhkeras.inference.predictor import brain_region, lesion_mask, predict_maps
+from wmhkeras.inference.preflight import as_list, check_t1, load_checked
 from wmhkeras.inference.qc import QC_HTML_NAME, montage_path, volume_range, write_montage, write_qc_html
 from wmhkeras.inference.record import (
     RUN_RECORD_NAME,
@@ -46,11 +52,13 @@ from wmhkeras.inference.record import (
     model_record,
     write_record,
 )
-from wmhkeras.inference.sources import ModelSpec, inspect_model
+from wmhkeras.inference.sources import inspect_model
 from wmhkeras.inference.summary import flag_rows, merge_rows, read_summary, write_summary
 from wmhkeras.io import load_volume, save_like
 from wmhkeras.io.bids import DerivativeOutput, output_paths, write_derivative
-from wmhkeras.io.files import atomic_write_csv
+from wmhkeras.io.files import atomic_write_csv, make_folder
+from wmhkeras.io.header_check import one_line
+from wmhkeras.io.lock import holds_folder
 from wmhkeras.io.naming import SUMMARY_NAME
 
 log = logging.getLogger(__name__)
@@ -98,56 +106,18 @@ class SegmentResult:
         return self.n_failed == 0
 
 
-# === Before anything is written ===
-
-
-def _as_list(value: Sequence[str | Path] | str | Path | None) -> list:
-    return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
-
-
-def _check_t1(items: Sequence[SegmentInput], modalities: Optional[Sequence[str]]) -> None:
-    """A FLAIR + T1 model needs a T1 for every subject."""
-    if modalities and "t1" in modalities:
-        missing = [i.subject for i in items if i.t1 is None]
-        if missing:
-            raise InputError(
-                f"the model uses FLAIR + T1 but no T1 is given for {', '.join(missing[:5])}"
-                f"{' and others' if len(missing) > 5 else ''}; pass --t1 FILE per FLAIR file or a manifest with a t1 column"
-            )
-
-
-def _check_files(items: Sequence[SegmentInput], modalities: Sequence[str]) -> dict[str, str]:
-    """The cheap pass: read and check every subject's files before the model is loaded.
-
-    Returns the error of each subject that will be skipped, by subject id.
-    """
-    failures: dict[str, str] = {}
-    for item in items:
-        try:
-            load_subject(item, modalities)
-        except WmhError as exc:
-            failures[item.subject] = str(exc)
-            log.warning("subject %s will be skipped: %s", item.subject, exc)
-    return failures
-
-
-def _load_checked(spec: ModelSpec, items: Sequence[SegmentInput], failures: dict[str, str]) -> Optional[Segmenter]:
-    """The model of ``spec``, or None when every subject already failed (nothing to segment)."""
-    if len(failures) == len(items):
-        return None
-    segmenter = load_segmenter(spec)
-    if "t1" in segmenter.modalities and any(i.t1 is None for i in items):
-        raise InputError(f"{spec.path}: the model uses FLAIR + T1 but not every input has a T1; pass --t1 FILE per FLAIR file")
-    return segmenter
-
-
 # === Writing ===
 
 
 def _output_paths(out_dir: Path, subject: str, uncertainty: bool = True, bids: bool = False,
                   qc: bool = False) -> dict[str, Path]:
+    """A subject's output files, each inside ``out_dir`` (the last guard behind ``check_subject_ids``)."""
     paths = output_paths(out_dir, subject, uncertainty, bids)
-    return {**paths, "qc": montage_path(out_dir, subject)} if qc else paths
+    paths = {**paths, "qc": montage_path(out_dir, subject)} if qc else paths
+    root = os.path.normpath(out_dir)
+    if any(os.path.commonpath([root, os.path.normpath(p)]) != root for p in paths.values()):
+        raise InputError(f"subject id {subject!r} would write outside {out_dir}; ids must be plain names")
+    return paths
 
 
 def segment_volumes(segmenter: Segmenter, images: list, brain, settings: SegmentSettings,
@@ -199,24 +169,25 @@ def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settin
     )
 
 
-def _segment_or_fail(segmenter: Optional[Segmenter], item: SegmentInput, out_dir: Path, settings: SegmentSettings,
-                     failures: dict[str, str]) -> SubjectResult:
-    """One subject's result; a failure (now or in the cheap pass) is reported and its stale outputs removed."""
-    if item.subject in failures:
-        result = SubjectResult(item.subject, item.flair, "failed", failures[item.subject])
-    else:
-        try:
-            result = _segment_one(segmenter, item, out_dir, settings)
-            log.info("%s: %d lesions, %.3f mL in %.1f s", item.subject, result.lesion_count,
-                     result.lesion_volume_ml, result.seconds)
-        except Exception as exc:  # one broken subject must not stop the others; the error is reported
-            log.warning("subject %s failed: %s", item.subject, exc, exc_info=not isinstance(exc, WmhError))
-            result = SubjectResult(item.subject, item.flair, "failed", f"{exc.__class__.__name__}: {exc}"
-                                   if not isinstance(exc, WmhError) else str(exc))
-    if not result.ok:
-        for path in _output_paths(out_dir, item.subject, bids=settings.bids_out, qc=True).values():
-            path.unlink(missing_ok=True)
-    return result
+def _segment_or_fail(segmenter: Optional[Segmenter], item: SegmentInput, out_dir: Path,
+                     settings: SegmentSettings) -> tuple[SubjectResult, list[Path]]:
+    """One subject's result and, when it failed, the outputs an earlier run left for it (the caller removes
+    them once the run has started: :func:`_segment_all`); the files this attempt wrote are removed at once."""
+    paths = list(_output_paths(out_dir, item.subject, bids=settings.bids_out, qc=True).values())
+    before = file_stamps(paths)
+    try:
+        result = _segment_one(segmenter, item, out_dir, settings)
+        log.info("%s: %d lesions, %.3f mL in %.1f s", item.subject, result.lesion_count,
+                 result.lesion_volume_ml, result.seconds)
+        return result, []
+    except WriteError:  # a full disk or a refused write stops the run: the next subject would fail alike
+        remove_written(paths, before)  # the files this attempt wrote; no row in summary.csv, so redone on resume
+        raise
+    except Exception as exc:  # one broken subject must not stop the others; the error is reported
+        log.warning("subject %s failed: %s", item.subject, exc, exc_info=not isinstance(exc, WmhError))
+        error = str(exc) if isinstance(exc, WmhError) else f"{exc.__class__.__name__}: {exc}"
+        result = SubjectResult(item.subject, item.flair, "failed", one_line(error))
+    return result, remove_written(paths, before)
 
 
 def _montage_title(subject: str, count: int, volume_ml: float) -> str:
@@ -265,14 +236,22 @@ def _previous(out_dir: Path, items: Sequence[SegmentInput], settings: SegmentSet
     return rows, complete
 
 
-def _segment_all(segmenter: Optional[Segmenter], items: Sequence[SegmentInput], failures: dict[str, str],
-                 out_dir: Path, settings: SegmentSettings, progress: Callable[..., Iterable] | None,
-                 previous: tuple[list[dict[str, str]], dict[str, dict[str, str]]] = ([], {})) -> list[SubjectResult]:
-    """Every subject in order, a complete one of ``previous`` (rows, complete rows) kept; ``summary.csv``
-    (the earlier rows merged with this run's) is rewritten after each segmented subject and at the end."""
+def _segment_all(segmenter: Optional[Segmenter], items: Sequence[SegmentInput], out_dir: Path,
+                 settings: SegmentSettings, progress: Callable[..., Iterable] | None,
+                 previous: tuple[list[dict[str, str]], dict[str, dict[str, str]]] = ([], {}),
+                 start: Callable[[], object] = lambda: None) -> list[SubjectResult]:
+    """Every subject in order, a complete one of ``previous`` (rows, complete rows) kept.
+
+    The run starts (``start()``, then ``summary.csv``) at its first subject that succeeds or is kept:
+    until then nothing is written but that subject's own outputs. From then on ``summary.csv`` (the
+    earlier rows merged with this run's) is rewritten after each segmented subject and at the end, and
+    the outputs an earlier run left for a subject that failed now are removed.
+    """
     old_rows, complete = previous
     with_brain = any(i.brain_mask is not None for i in items)
     results: list[SubjectResult] = []
+    stale: list[Path] = []
+    started = False
 
     def write() -> Path:
         return write_summary(out_dir / SUMMARY_NAME, merge_rows(old_rows, [_summary_row(r, with_brain) for r in results
@@ -282,10 +261,27 @@ def _segment_all(segmenter: Optional[Segmenter], items: Sequence[SegmentInput], 
         if item.subject in complete:  # its row is in old_rows already
             results.append(_kept(item, complete[item.subject], out_dir, settings))
         else:
-            results.append(_segment_or_fail(segmenter, item, out_dir, settings, failures))
+            result, left = _segment_or_fail(segmenter, item, out_dir, settings)
+            results.append(result)
+            stale += left
+        if not started and results[-1].ok:
+            started = True
+            start()
+        if started and stale:
+            for path in stale:
+                path.unlink(missing_ok=True)
+            stale.clear()
+        if started and item.subject not in complete:
             write()
-    write()  # also for an empty shard, whose empty table `wmhkeras summarize` reads
+    if started or not items:
+        write()  # also for an empty shard, whose empty table `wmhkeras summarize` reads
     return results
+
+
+def _nothing_segmented(results: Sequence[SubjectResult]) -> str:
+    """The one-line error of a run in which every subject failed."""
+    first = results[0]
+    return first.error if len(results) == 1 else f"no subject could be segmented; the first, {first.subject}: {first.error}"
 
 
 def _write_qc_index(out_dir: Path) -> Path:
@@ -298,6 +294,7 @@ def _write_qc_index(out_dir: Path) -> Path:
 # === Many subjects ===
 
 
+@holds_folder("out_dir", "segment")  # one process per output folder: a second one is refused (wmhkeras.io.lock)
 def segment(
     model: str | Path | Segmenter,
     inputs: Sequence[str | Path],
@@ -348,31 +345,43 @@ def segment(
     ``uncertainty`` ``s_wmh_uncertainty.nii.gz`` (float32), on the FLAIR's exact grid, and
     ``s_lesions.csv``; across subjects ``summary.csv`` (sorted by subject, rewritten after every subject,
     with the cohort QC flags of :func:`~wmhkeras.inference.qc.flag_rows`) and ``segment.json``
-    (model, settings, versions). A failed subject has no outputs (stale ones of the same name are
-    removed) and a ``failed`` row with the error in ``summary.csv``.
+    (model, settings, versions), both first written once a subject succeeded. A failed subject has no
+    outputs (stale ones of the same name are removed) and a ``failed`` row with the error in ``summary.csv``.
 
     Raises:
         InputError / ConfigError: before anything is read or written - a bad model source, inputs that
-            do not exist or do not pair, a model that needs T1 for a subject without one, bad options.
+            do not exist or do not pair, subject ids that are not plain names or collide, a file whose
+            header fails the pre-pass (:func:`~wmhkeras.inference.inputs.check_input_headers`), a model
+            that needs T1 for a subject without one, bad options; or, after the work, when no subject
+            succeeded (the first error named): ``out_dir`` is then left as it was found (removed if this
+            run created it, :mod:`~wmhkeras.inference.output_folder`).
+        WriteError: an output cannot be written (a full disk, no permission): the run stops there; the
+            subjects before are complete and in ``summary.csv``, the subject being written has no files.
     """
     settings = SegmentSettings(threshold, min_lesion_mm3, tta_flip or uncertainty, batch_size, min_lesion_voxels,
                                uncertainty, brain_threshold, qc=qc)
     settings.check()
     shard = parse_shard(shard)
     spec = None if isinstance(model, Segmenter) else inspect_model(model)
-    items = select_shard(resolve_inputs(inputs, _as_list(t1), _as_list(brain_mask)), shard)
+    items = select_shard(resolve_inputs(inputs, as_list(t1), as_list(brain_mask)), shard)
     settings = replace(settings, bids_out=bids_output(items, bids_out))
     modalities = model.modalities if isinstance(model, Segmenter) else spec.modalities
-    _check_t1(items, modalities)
+    check_t1(items, modalities)
     out_dir = Path(out_dir)
+    guard = FolderGuard(out_dir)  # what the folder holds now: left so when no subject succeeds
     previous = _previous(out_dir, items, settings, str(spec.source) if spec else model.source) if skip_existing else ([], {})
     todo = [i for i in items if i.subject not in previous[1]]
-    failures = _check_files(todo, modalities or ("flair",))
-    segmenter = model if isinstance(model, Segmenter) else _load_checked(spec, todo, failures)
+    check_input_headers(items, modalities or ("flair",))  # the pre-pass: a bad file refuses the run here
+    segmenter = model if isinstance(model, Segmenter) else load_checked(spec, items, todo, modalities)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_record(out_dir / RUN_RECORD_NAME, model_record(spec, segmenter, modalities), settings, items, [], "running", shard)
-    results = _segment_all(segmenter, items, failures, out_dir, settings, progress, previous)
+    guard.expect(p for i in todo for p in _output_paths(out_dir, i.subject, bids=settings.bids_out, qc=True).values())
+    make_folder(out_dir)
+
+    results = _segment_all(segmenter, items, out_dir, settings, progress, previous, start=lambda: write_record(
+        out_dir / RUN_RECORD_NAME, model_record(spec, segmenter, modalities), settings, items, [], "running", shard))
+    if items and not any(r.ok for r in results):
+        guard.restore()
+        raise InputError(_nothing_segmented(results))
     if settings.qc:
         _write_qc_index(out_dir)
     record = model_record(spec, segmenter, modalities)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from wmhkeras import KERAS_PACKAGE
 from wmhkeras.config import load_config
 from wmhkeras.data.preprocessing import Resampling, resampling_for
 from wmhkeras.errors import ConfigError, InputError
@@ -66,8 +67,31 @@ class KerasInfo:
         return self.shape is not None and self.shape[:2] == (None, None)
 
 
+def refused_object(node: dict) -> Optional[str]:
+    """Why wmhkeras refuses an object of a ``.keras`` file's ``config.json``, or None.
+
+    Refused: Python code (a ``Lambda`` layer, a serialised ``__lambda__``), and a class that is neither
+    built into Keras (``module`` ``keras...``) nor registered by wmhkeras (``registered_name``
+    ``wmhkeras>...``), which ``safe_mode`` loading would refuse as well (or, if something else in the
+    process registered it, run). Keras's markers for serialised values (``__keras_tensor__`` ...) are data.
+    """
+    name, module, registered = node.get("class_name"), node.get("module") or "", node.get("registered_name") or ""
+    if name in ("Lambda", "__lambda__"):
+        return "a Lambda layer (Python code)"
+    if not isinstance(name, str) or name.startswith("__") and name.endswith("__"):
+        return None
+    if module == "keras" or module.startswith("keras.") or registered.startswith(f"{KERAS_PACKAGE}>"):
+        return None
+    return f"the class {name!r} ({f'module {module}' if module else 'no module'}), neither built into Keras nor registered by wmhkeras"
+
+
 def keras_info(path: Path) -> KerasInfo:
-    """Read a ``.keras`` zip's ``config.json`` without Keras (see :class:`KerasInfo`)."""
+    """Read a ``.keras`` zip's ``config.json`` without Keras (see :class:`KerasInfo`).
+
+    Raises:
+        InputError: not a readable ``.keras`` file, or one holding an object wmhkeras never loads
+            (:func:`refused_object`: Python code or an unknown class).
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
@@ -78,6 +102,10 @@ def keras_info(path: Path) -> KerasInfo:
 
     def walk(node) -> None:
         if isinstance(node, dict):
+            refused = refused_object(node)
+            if refused:
+                raise InputError(f"{path}: refused: the model holds {refused}; wmhkeras loads only Keras's own "
+                                 "layers and the objects it registers (safe_mode), never code from a model file")
             cfg = node.get("config") or {}
             if node.get("class_name") == "InputLayer":
                 shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")

@@ -30,6 +30,7 @@ from wmhkeras import __version__
 from wmhkeras.errors import InputError
 from wmhkeras.io.files import atomic_write_json, atomic_write_text, read_json
 from wmhkeras.io.naming import LESIONS_SUFFIX, MASK_SUFFIX, PROB_SUFFIX, UNCERTAINTY_SUFFIX, is_nifti, strip_nifti
+from wmhkeras.io.subject_ids import check_subject_ids
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ T1_SUFFIX = "T1w"
 #: Entities a derivative adds to its source's name; without them a mask's name gives its image's key.
 DERIVATIVE_ENTITIES = ("space", "res", "den", "label", "desc")
 #: Files of a derivative folder that are not BIDS files (patterns of ``.bidsignore``): the tables, the run
-#: record and the QC pages of ``wmhkeras segment --qc``.
-BIDSIGNORE = ("summary.csv", "segment.json", f"*{LESIONS_SUFFIX}", "qc/", "qc.html")
+#: record, the QC pages of ``wmhkeras segment --qc`` and the lock file a killed run leaves
+#: (:data:`wmhkeras.io.lock.LOCK_NAME`).
+BIDSIGNORE = ("summary.csv", "segment.json", f"*{LESIONS_SUFFIX}", "qc/", "qc.html", ".wmhkeras.lock")
 _ENTITY = re.compile(r"([a-zA-Z]+)-([a-zA-Z0-9]+)")
 _LABEL = re.compile(r"[a-zA-Z0-9]+")
 
@@ -231,6 +233,7 @@ def read_bids(path: str | Path, labels: bool = True) -> list[BidsEntry]:
                                       masks.get(name.key), sites.get(name.key.split("_")[0], "site0"))
     if not entries:
         raise InputError(f"{root}: a BIDS dataset, but no sub-*/[ses-*/]anat/*_{FLAIR_SUFFIX}.nii[.gz] image found")
+    check_subject_ids(list(entries), str(root), [e.flair.name for e in entries.values()])
     orphans = sorted(set(masks) - set(entries))
     if orphans:
         log.warning("%s: %d WMH masks match no FLAIR image and are ignored: %s", root, len(orphans), ", ".join(orphans[:5]))

@@ -5,27 +5,89 @@ final name, then ``os.replace``), so a killed process never leaves a truncated f
 name; every output folder that is built in several steps (a run folder, an export) is built under a
 hidden name beside its target by :func:`staged_folder` and renamed onto it once complete.
 JSON is always strict: NaN and infinities are written as ``null``.
+
+Permissions: temporary files and staged folders are created as a plain ``open`` / ``mkdir`` would
+create them (mode ``0o666`` / ``0o777`` less the process umask, default ACLs applied), never with
+``tempfile``'s private ``0o600`` / ``0o700``; the rename keeps the mode, so a group that may read the
+parent folder may read the results.
+
+Failures: an ``OSError`` while creating, writing or renaming (a full disk, no permission) is raised as
+:class:`~wmhkeras.errors.WriteError` naming the final file; the temporary file or staged folder is
+removed, so nothing partial is left under a final name and no stray temporary file either.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Optional
 
-from wmhkeras.errors import InputError
+from wmhkeras.errors import InputError, WriteError
 
 
-def _umask_mode(mode: int = 0o666) -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Raise an ``OSError`` of the block as :class:`~wmhkeras.errors.WriteError` naming ``path``."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as err:
+        raise WriteError(path, err) from err
+
+
+#: The system's reasons for a refused write, as TensorFlow's file system words them, and their errno.
+_WRITE_REASONS = {os.strerror(c): c for c in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EFBIG)}
+#: TensorFlow's message for a file it cannot write: "{{function_node ...}} <file>; <reason> [Op:...]".
+_TF_FILE_ERROR = re.compile(r"(?:\{\{.*?\}\}\s*)?(?P<file>\S.*?); (?P<reason>"
+                            + "|".join(map(re.escape, _WRITE_REASONS)) + r")(?:\s*\[Op:\w+\])?", re.DOTALL)
+
+
+def tf_write_error(exc: BaseException) -> Optional[WriteError]:
+    """TensorFlow's error for a file it cannot write (a SavedModel, TensorBoard's events; its ``message``
+    names the file and the system's reason) as a :class:`~wmhkeras.errors.WriteError`; None for any other
+    error (an out-of-memory ``ResourceExhaustedError`` included). Needs no TensorFlow import."""
+    message = getattr(exc, "message", None)
+    match = _TF_FILE_ERROR.fullmatch(message.strip()) if isinstance(message, str) else None
+    if match is None:
+        return None
+    return WriteError(match["file"], OSError(_WRITE_REASONS[match["reason"]], match["reason"]))
+
+
+def make_folder(path: str | Path) -> Path:
+    """``mkdir -p path`` (umask permissions); a failure is a :class:`~wmhkeras.errors.WriteError`."""
+    with writing(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    return Path(path)
+
+
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _create_folder(path: Path) -> None:
+    os.mkdir(path, 0o777)
+
+
+def _unused(folder: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    """Create (with ``create``) and return a new hidden name ``folder/<prefix><random><suffix>``."""
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            create(path)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no unused temporary name {prefix}*{suffix}", str(folder))
 
 
 @contextlib.contextmanager
@@ -34,22 +96,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary name keeps the final suffixes (``.nii.gz``, ``.keras``), since some writers
     choose the format from them. A killed process leaves at most a hidden ``.tmp-`` file, never a
-    truncated file under the final name.
+    truncated file under the final name. The file is created with the umask's mode (module docstring).
+
+    Raises:
+        WriteError: an ``OSError`` while creating, writing (inside the block) or renaming; nothing is left.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _unused(path.parent, f".tmp-{path.name.split('.')[0]}-", "".join(path.suffixes), _create_file)
     try:
-        yield tmp
-        if tmp.is_file():  # mkstemp makes 0600 files: give the final file the usual umask mode
-            os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
+        with writing(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -124,24 +186,37 @@ def check_new_folder(out_dir: str | Path, hint: str = "choose another --out") ->
 class StagedFolder:
     """A hidden folder beside ``target`` that becomes ``target`` on :meth:`commit`.
 
-    The staged folder gets the mode a plain ``mkdir`` would give (``tempfile.mkdtemp`` makes 0700).
+    The staged folder gets the mode a plain ``mkdir`` would give (module docstring); a failure to create
+    or rename it is a :class:`~wmhkeras.errors.WriteError`.
     """
 
     def __init__(self, target: str | Path, replace: bool = False, hint: str = "choose another --out"):
         self.target = Path(target)
         self.replace = replace
         self.hint = hint
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".tmp-{self.target.name}-", dir=self.target.parent))
-        os.chmod(self.path, _umask_mode(0o777))
+        with writing(self.target):
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.path = _unused(self.target.parent, f".tmp-{self.target.name}-", "", _create_folder)
         self.committed = False
 
     def commit(self) -> Path:
-        """Rename the staged folder onto ``target``; with ``replace``, an existing target is removed first."""
+        """Rename the staged folder onto ``target``; with ``replace``, an existing target is removed first.
+
+        Raises:
+            WriteError: the rename failed (the staged folder stays, and is removed by :func:`staged_folder`).
+        """
+        with writing(self.target):
+            return self._commit()
+
+    def _commit(self) -> Path:
         if self.replace and self.target.exists():
             old = self.target.with_name(f".old-{self.target.name}-{os.getpid()}")
             os.replace(self.target, old)
-            os.replace(self.path, self.target)
+            try:
+                os.replace(self.path, self.target)
+            except OSError:
+                os.replace(old, self.target)  # the earlier folder stays as it was
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             check_new_folder(self.target, self.hint)
@@ -163,6 +238,17 @@ def staged_folder(target: str | Path, replace: bool = False, hint: str = "choose
     staged = StagedFolder(target, replace=replace, hint=hint)
     try:
         yield staged
+    except WriteError as err:  # name the file as the user will look for it, not by its staged path
+        raise _final_name(err, staged) from err
     finally:
         if not staged.committed:
             shutil.rmtree(staged.path, ignore_errors=True)
+
+
+def _final_name(err: WriteError, staged: StagedFolder) -> WriteError:
+    """``err`` naming its file under the staged folder's target instead of the hidden staged path."""
+    try:
+        inside = Path(err.filename).relative_to(staged.path)
+    except ValueError:
+        return err
+    return WriteError(staged.target / inside, err)

@@ -11,6 +11,7 @@ file and what is wrong.
 
 from __future__ import annotations
 
+import gzip
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,21 @@ import numpy as np
 
 from wmhkeras.errors import InputError
 from wmhkeras.io.files import atomic_path
+from wmhkeras.io.header_check import (  # noqa: F401  (AFFINE_TOLERANCE, check_same_grid: part of this module's API)
+    AFFINE_TOLERANCE,
+    check_affine,
+    check_header,
+    check_same_grid,
+    check_shape,
+    nibabel_quiet,
+    one_line,
+    open_nifti,
+)
 
 log = logging.getLogger(__name__)
 
 #: Label values allowed in ground truth (2 = other pathology, as in the MICCAI 2017 WMH data).
 LABEL_VALUES = (0, 1, 2)
-#: Largest difference between two affines (mm) still treated as the same grid.
-AFFINE_TOLERANCE = 1e-3
 _RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
 
 
@@ -72,38 +81,53 @@ def load_volume(path: str | Path, kind: str = "image") -> Volume:
     """Read and check one volume; ``kind`` is ``image`` (FLAIR, T1), ``label`` (0/1/2 mask) or
     ``mask`` (a segmentation result: any finite values, may be empty).
 
-    Checks, in order: the file exists and parses (a truncated ``.nii.gz`` included); 3D, or 4D with
-    a single volume; a usable affine; finite values; for labels, values in {0, 1, 2}; for images,
-    some non-zero signal.
+    Checks, in order: the header, as the pre-pass checks it (:mod:`wmhkeras.io.header_check`: the file
+    exists and parses; 3D, or 4D with a single volume; a real voxel type; a usable affine; the file holds
+    the voxels its header claims); then the voxels: readable (compressed data undamaged: a ``.nii.gz``
+    file's gzip CRC is checked), finite; for
+    labels, values in {0, 1, 2}; for images, some non-zero signal.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
+    img = open_nifti(path)
+    check_header(img, path)
+    if not str(path).lower().endswith(".gz"):
+        return image_volume(img, path, kind)
+    return _checked_gzip_volume(img, Path(path), kind)
+
+
+def _checked_gzip_volume(img: nib.Nifti1Image | nib.Nifti2Image, path: Path, kind: str) -> Volume:
+    """:func:`image_volume` of a ``.nii.gz`` file whose voxels are read through one :mod:`gzip` stream that
+    is then read to its end, where gzip checks the CRC: compressed data damaged inside the stream is
+    refused before any voxel check, never read as wrong voxels (nibabel alone stops after the voxels,
+    before the CRC). One decompression, no extra copy of the data."""
+    shape = check_shape(img.shape, str(path))
     try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types for foreign or broken files
-        raise InputError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputError(f"{path}: not a NIfTI image (nibabel read it as {type(img).__name__})")
-    return image_volume(img, path, kind)
+        with gzip.open(path, "rb") as f:
+            with nibabel_quiet(path):
+                streamed = type(img).from_file_map(type(img).make_file_map({"image": f}))
+            data = np.asanyarray(streamed.dataobj, dtype=np.float32).reshape(shape)
+            f.read()  # the rest of the stream (nothing but the trailer of a healthy file): checks the CRC
+    except Exception as exc:  # BadGzipFile, EOFError, zlib.error on damaged or truncated compressed data
+        raise InputError(f"{path}: cannot read the voxel data, the compressed data is damaged or truncated "
+                         f"({one_line(f'{exc.__class__.__name__}: {exc}')[:200]})") from None
+    return _volume(img, data, path, kind)
 
 
 def image_volume(img: nib.Nifti1Image | nib.Nifti2Image, path: str | Path, kind: str = "image") -> Volume:
     """A parsed NIfTI image (from a file or built in memory) as a checked :class:`Volume`: the checks and
     reorientation of :func:`load_volume` after parsing; ``path`` names the image in messages."""
-    path = Path(path)
-    shape = img.shape
-    if len(shape) == 4 and shape[3] == 1:
-        pass
-    elif len(shape) != 3:
-        raise InputError(f"{path}: expected a 3D volume (or 4D with one volume), got shape {shape}")
+    shape = check_shape(img.shape, str(path))
     try:
-        data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(shape[:3])
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read the voxel data, the file may be truncated ({exc.__class__.__name__}: {exc})") from None
-    affine = img.affine
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise InputError(f"{path}: the affine (qform/sform) is not usable: {affine.tolist()}")
+        data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(shape)
+    except Exception as exc:  # a file shorter than its header says, a foreign type
+        raise InputError(f"{path}: cannot read the voxel data, the file may be truncated or damaged "
+                         f"({one_line(f'{exc.__class__.__name__}: {exc}')[:200]})") from None
+    return _volume(img, data, path, kind)
+
+
+def _volume(img: nib.Nifti1Image | nib.Nifti2Image, data: np.ndarray, path: str | Path, kind: str) -> Volume:
+    """The voxel checks of ``data`` (``img``'s voxels, float32, 3D) and the reorientation to RAS."""
+    path = Path(path)
+    affine = check_affine(img.affine, str(path))
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InputError(f"{path}: {bad} voxels are not finite (NaN or inf)")
@@ -119,7 +143,7 @@ def image_volume(img: nib.Nifti1Image | nib.Nifti2Image, path: str | Path, kind:
 
     to_canonical = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS)
     canonical = np.ascontiguousarray(nib.orientations.apply_orientation(data, to_canonical), dtype=np.float32)
-    canonical_affine = affine @ nib.orientations.inv_ornt_aff(to_canonical, shape[:3])
+    canonical_affine = affine @ nib.orientations.inv_ornt_aff(to_canonical, data.shape)
     header = img.header.copy()
     return Volume(path=path, data=canonical, affine=canonical_affine, header=header, to_canonical=to_canonical)
 
@@ -127,19 +151,6 @@ def image_volume(img: nib.Nifti1Image | nib.Nifti2Image, path: str | Path, kind:
 def same_grid(a: Volume, b: Volume, tolerance: float = AFFINE_TOLERANCE) -> bool:
     """True when two volumes share shape and affine (within ``tolerance`` mm)."""
     return a.native_shape == b.native_shape and np.allclose(a.native_affine, b.native_affine, atol=tolerance)
-
-
-def check_same_grid(reference: Volume, other: Volume, tolerance: float = AFFINE_TOLERANCE) -> None:
-    """Raise :class:`InputError` unless ``other`` lies on ``reference``'s grid."""
-    if reference.native_shape != other.native_shape:
-        raise InputError(
-            f"{other.path}: shape {other.native_shape} differs from {reference.path.name} {reference.native_shape}"
-        )
-    diff = float(np.abs(reference.native_affine - other.native_affine).max())
-    if diff > tolerance:
-        raise InputError(
-            f"{other.path}: affine differs from {reference.path.name} by up to {diff:.4g} mm (tolerance {tolerance:g})"
-        )
 
 
 def save_like(array: np.ndarray, reference: Volume, path: str | Path, dtype=np.float32) -> Path:

@@ -114,7 +114,13 @@ def _from_known(cls, data: dict, path: Any):
 
 @dataclass(frozen=True)
 class RunState:
-    """``checkpoints/state.json``: where ``last.keras`` stands, written after it (epochs count from 1)."""
+    """``checkpoints/state.json``: where ``last.keras`` stands, written after it (epochs count from 1).
+
+    ``last_sha256`` / ``best_sha256``: the SHA-256 of the ``last.keras`` / ``best.keras`` this state
+    describes (None before the first checkpoint, and in states written before checksums were kept);
+    ``early_stopping``: the early-stopping count (``wait``) and its ``best``, restored on resume.
+    The commit order and the resume rules are in :mod:`wmhkeras.io.checkpoints`.
+    """
 
     epochs: int = 0
     iterations: Optional[int] = None
@@ -125,6 +131,9 @@ class RunState:
     wall_time_s: float = 0.0
     started: Optional[str] = None
     updated: Optional[str] = None
+    last_sha256: Optional[str] = None
+    best_sha256: Optional[str] = None
+    early_stopping: Optional[dict] = None
 
     @classmethod
     def from_dict(cls, data: dict, path: Any = "state.json") -> RunState:
@@ -231,12 +240,38 @@ class RunFolder:
         return self.checkpoints / "state.json"
 
     @property
+    def last_prev(self) -> Path:
+        """The previous ``last.keras``, kept until the new one is committed (:mod:`wmhkeras.io.checkpoints`)."""
+        return self.checkpoints / "last.prev.keras"
+
+    @property
+    def best_prev(self) -> Path:
+        return self.checkpoints / "best.prev.keras"
+
+    @property
+    def state_prev(self) -> Path:
+        return self.checkpoints / "state.prev.json"
+
+    @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
 
     def read_state(self) -> RunState:
-        """``checkpoints/state.json``, or an empty :class:`RunState` when no epoch was ever started."""
-        return RunState.from_dict(read_json(self.state), self.state) if self.state.is_file() else RunState()
+        """``checkpoints/state.json``, or an empty :class:`RunState` when no epoch was ever started.
+
+        A state.json that cannot be read (truncated, corrupt) gives the previous state
+        (``state.prev.json``, one epoch behind) with a warning, or raises :class:`InputError` naming it.
+        Resuming chooses its state with :func:`wmhkeras.io.checkpoints.choose_resume_point`.
+        """
+        if not self.state.is_file():
+            return RunState()
+        try:
+            return RunState.from_dict(read_json(self.state), self.state)
+        except InputError as err:
+            if not self.state_prev.is_file():
+                raise
+            log.warning("%s; reading the previous state %s", err, self.state_prev.name)
+            return RunState.from_dict(read_json(self.state_prev), self.state_prev)
 
     def write_state(self, state: RunState) -> None:
         atomic_write_json(self.state, state.to_dict())

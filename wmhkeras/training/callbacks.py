@@ -2,14 +2,17 @@
 
 Keras' own ``ModelCheckpoint`` writes straight onto the final file name, so a process killed while
 saving leaves a truncated ``.keras`` file that looks valid by name. :class:`RunCheckpoint` saves to a
-temporary file beside it and renames (``wmhkeras.io.files.atomic_path``), then records the epoch in
-``checkpoints/state.json``, the counter that ``wmhkeras train --resume`` continues from.
+temporary file beside it, keeps the previous file as ``*.prev`` and renames, then commits the epoch in
+``checkpoints/state.json`` (with the checksums of the files it describes), the state that
+``wmhkeras train --resume`` continues from: the order and the resume rules are in
+:mod:`wmhkeras.io.checkpoints`. :class:`RunEarlyStopping` keeps its patience count in that state.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import replace
 
@@ -17,8 +20,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from wmhkeras.config import Config
 from wmhkeras.evaluation.reports import as_float
-from wmhkeras.io.files import atomic_path
+from wmhkeras.io.checkpoints import KILL_ENV, commit_state, kill_point, save_keeping_previous
 from wmhkeras.io.provenance import utc_now
 from wmhkeras.io.run_folder import RunFolder, RunState, RunSummary
 from wmhkeras.models.unet import free_size
@@ -44,12 +48,17 @@ class RunCheckpoint(keras.callbacks.Callback):
     """Save ``last.keras`` every epoch and ``best.keras`` on improvement, atomically; keep ``state.json``.
 
     ``state.json`` (a :class:`~wmhkeras.io.run_folder.RunState`, written after the checkpoint it
-    describes)::
+    describes: the commit of the epoch, :mod:`wmhkeras.io.checkpoints`)::
 
         {"epochs": 3,               # epochs completed and saved in last.keras (1-based count)
          "iterations": 300,         # optimizer steps in last.keras (checked on resume)
          "running_epoch": 4,        # the epoch in progress (null once training has ended)
-         "best": 0.61, "best_epoch": 2, "monitor": "val_dice", "wall_time_s": 123.4, "updated": ...}
+         "best": 0.61, "best_epoch": 2, "monitor": "val_dice", "wall_time_s": 123.4, "updated": ...,
+         "last_sha256": "...", "best_sha256": "...",  # the files this state describes
+         "early_stopping": {"wait": 1, "best": 0.61}}  # with train.early_stopping_patience
+
+    It runs after every other callback of the epoch (``log.csv``, TensorBoard): what they wrote for an
+    epoch that is not committed is redone on resume (``log.csv`` rows are trimmed).
 
     Each epoch also rewrites ``summary.json`` (a :class:`~wmhkeras.io.run_folder.RunSummary`):
     ``summary_base`` with these counters filled in, so a killed run still has a readable summary of
@@ -77,6 +86,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.best = state.best
         self.best_epoch = state.best_epoch
         self.previous_wall = float(state.wall_time_s or 0.0)
+        self.last_sha256, self.best_sha256 = state.last_sha256, state.best_sha256
+        self.early_stopping: RunEarlyStopping | None = None  # set by the trainer when there is one
         self.summary_base = summary_base or RunSummary()
         self.started = time.monotonic()
         self.last_logs: dict = {}
@@ -97,6 +108,9 @@ class RunCheckpoint(keras.callbacks.Callback):
             wall_time_s=self.wall_time_s(),
             started=self.summary_base.started,
             updated=utc_now(),
+            last_sha256=self.last_sha256,
+            best_sha256=self.best_sha256,
+            early_stopping=self.early_stopping.saved_state() if self.early_stopping is not None else None,
         )
 
     def summary(self, finished: bool, stopped_early: bool | None = None) -> RunSummary:
@@ -142,15 +156,52 @@ class RunCheckpoint(keras.callbacks.Callback):
         improved = self._improved(value)
         if improved:
             self.best, self.best_epoch = value, self.epochs
-        with atomic_path(self.run.last) as tmp:
-            self.model.save(tmp)
+        run = self.run
+        self.last_sha256 = save_keeping_previous(run.last, run.last_prev, self.model.save, "checkpoint", self.epochs)
         if improved:
-            with atomic_path(self.run.best) as tmp:
-                inference_model(self.generator, self.free_size).save(tmp)
-            log.info("epoch %d: %s improved to %.4f, saved %s", self.epochs, self.monitor, value, self.run.best)
-        # After the checkpoint: a kill in between leaves state.json one epoch behind, never ahead.
-        self.run.write_state(self.state(running_epoch=None))
-        self.run.write_summary(self.summary(finished=False))
+            best = inference_model(self.generator, self.free_size)
+            self.best_sha256 = save_keeping_previous(run.best, run.best_prev, best.save, "best", self.epochs)
+            log.info("epoch %d: %s improved to %.4f, saved %s", self.epochs, self.monitor, value, run.best)
+        # The commit: a kill before it leaves the state of the previous epoch, whose files are kept as *.prev.
+        commit_state(run, self.state(running_epoch=None))
+        run.write_summary(self.summary(finished=False))
+
+
+class RunEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' ``EarlyStopping`` whose count of epochs without improvement survives ``--resume``.
+
+    ``saved``: the ``early_stopping`` entry of the resumed ``state.json`` (``{"wait", "best"}``), restored
+    when training begins; :class:`RunCheckpoint` records :meth:`saved_state` at every commit.
+    """
+
+    def __init__(self, saved: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.saved = dict(saved or {})
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.wait = int(self.saved.get("wait") or 0)
+        self.best = self.saved.get("best")
+
+    def saved_state(self) -> dict:
+        return {"wait": int(self.wait), "best": None if self.best is None else float(self.best)}
+
+
+class MidEpochKill(keras.callbacks.Callback):
+    """Test hook (:func:`~wmhkeras.io.checkpoints.kill_point` ``mid-epoch``): SIGKILL in the middle of
+    an epoch's batches. Added by :func:`fault_hooks` only when ``WMHKERAS_TEST_KILL_AT`` is set."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == max(0, int(self.params.get("steps") or 1) // 2 - 1):
+            kill_point("mid-epoch", self.epoch)
+
+
+def fault_hooks() -> list[keras.callbacks.Callback]:
+    """The callbacks of the test hook: none unless ``WMHKERAS_TEST_KILL_AT`` asks for ``mid-epoch``."""
+    return [MidEpochKill()] if os.environ.get(KILL_ENV, "").startswith("mid-epoch:") else []
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -162,6 +213,28 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def run_callbacks(cfg: Config, checkpoint: RunCheckpoint, generator: keras.Model, preview, *, resume: bool,
+               chief: bool, state: RunState) -> list[keras.callbacks.Callback]:
+    """The callbacks of ``fit``: learning-rate logging, ``log.csv``, TensorBoard, (chief) images, early
+    stopping, and last the checkpoint, whose commit ends the epoch (:class:`RunCheckpoint`); ``state``: the
+    resumed state (early stopping continues its count)."""
+    t, run = cfg.train, checkpoint.run
+    callbacks: list[keras.callbacks.Callback] = [
+        LearningRateLogger(),
+        keras.callbacks.CSVLogger(str(run.log), append=resume),
+        keras.callbacks.TensorBoard(log_dir=str(run.tensorboard), write_graph=False, update_freq="epoch"),
+    ]
+    if chief:
+        callbacks.append(ImageSummary(generator, preview, run.tensorboard / "images",
+                                      every=t.image_summary_every, epochs=t.epochs))
+    if t.early_stopping_patience:
+        checkpoint.early_stopping = RunEarlyStopping(state.early_stopping, monitor=checkpoint.monitor,
+                                                     mode=checkpoint.mode, patience=t.early_stopping_patience,
+                                                     verbose=1)
+        callbacks.append(checkpoint.early_stopping)
+    return [*callbacks, checkpoint, *fault_hooks()]
 
 
 def overlay(images, truth, prediction, threshold: float = 0.5, alpha: float = 0.6) -> np.ndarray:
@@ -221,6 +294,7 @@ class ImageSummary(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.image("preview", images, step=done, max_outputs=len(images),
                              description="FLAIR; ground truth green, prediction red, overlap yellow")
+        kill_point("tensorboard", done)
         self.writer.flush()
 
     def on_train_end(self, logs=None):

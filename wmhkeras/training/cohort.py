@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from wmhkeras.config import Config
 from wmhkeras.data import preprocessing as pp
-from wmhkeras.data.datasets import Subject, check_subject
+from wmhkeras.data.datasets import Subject, check_headers, check_subject
 from wmhkeras.data.splits import check_split
 from wmhkeras.errors import InputError
 from wmhkeras.io.run_folder import Split
@@ -34,7 +33,6 @@ from wmhkeras.training.cache import (
     MIN_BRAIN_FRACTION,
     CachedSubject,
     cache_key,
-    subject_files,
 )
 from wmhkeras.training.sampler import fit_canvas
 
@@ -117,10 +115,11 @@ def _patch_labels(cfg: Config, lesion_slices: np.ndarray, brain_slices: np.ndarr
 def check_cohort(cfg: Config, subjects: list[Subject], split: Split | Mapping, cache=None) -> dict[str, CachedSubject]:
     """Validate the cohort before any training; with ``cache``, also preprocess each subject into it.
 
-    The split is checked against the cohort (:func:`~wmhkeras.data.splits.check_split`). Every training
-    and validation subject is read once with :func:`~wmhkeras.data.datasets.check_subject` (files exist
-    and parse, all on the FLAIR's grid, a label is present); hold-out subjects only need their files to
-    exist here (they are read when evaluated). A subject already in a
+    The split is checked against the cohort (:func:`~wmhkeras.data.splits.check_split`), then the header
+    of every file of every subject, hold-out included (:func:`~wmhkeras.data.datasets.check_headers`: it
+    parses, is 3D with a usable affine, holds its voxels, lies on the FLAIR's grid). Every training
+    and validation subject is then read once with :func:`~wmhkeras.data.datasets.check_subject` (finite
+    values, labels 0/1/2, a label is present); hold-out subjects are read when evaluated. A subject already in a
     :class:`~wmhkeras.training.cache.ShardCache` under the same key (same files, sizes, modification
     times and settings) was validated when it was cached and is not read again.
 
@@ -134,10 +133,8 @@ def check_cohort(cfg: Config, subjects: list[Subject], split: Split | Mapping, c
     """
     split = check_split(split, subjects)
     by_id = {s.subject: s for s in subjects}
-    for sid in split.holdout:
-        for path in subject_files(cfg, by_id[sid]):
-            if not Path(path).is_file():
-                raise InputError(f"{path}: file not found (hold-out subject {sid})")
+    # the header pre-pass of every subject (hold-out included): a broken file stops training before any read
+    check_headers([by_id[s] for s in split.train + split.validation + split.holdout], cfg.data.modalities)
 
     records: dict[str, CachedSubject] = {}
     used = split.train + split.validation

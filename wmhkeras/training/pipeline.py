@@ -94,7 +94,7 @@ def pack(x, mask, flair: int = 0):
 
 
 def build_datasets(cfg: Config, subjects: list[Subject], split: Split | Mapping,
-                   cache_dir: str | Path | None = None) -> TrainingData:
+                   cache_dir: str | Path | None = None, first_batch: int = 0) -> TrainingData:
     """Check the cohort, preprocess it once and return the training and validation datasets.
 
     Args:
@@ -103,6 +103,8 @@ def build_datasets(cfg: Config, subjects: list[Subject], split: Split | Mapping,
             ``train``, ``validation``, ``holdout`` id lists), checked against the cohort.
         cache_dir: the shard folder for ``shards`` mode (reused across runs with the same inputs);
             None puts the shards in a temporary folder removed at exit.
+        first_batch: index of the first training batch: a resumed run continues with the batch of its
+            next optimizer step, as if it had not stopped.
 
     Returns:
         :class:`TrainingData`. The first training batch depends only on the config and ``train.seed``.
@@ -116,7 +118,7 @@ def build_datasets(cfg: Config, subjects: list[Subject], split: Split | Mapping,
     train_records = [records[s] for s in split.train]
     val_records = [records[s] for s in split.validation]
 
-    train = _train_dataset(cfg, Sampler(cfg, cache, train_records, cfg.train.seed), augmenter)
+    train = _train_dataset(cfg, Sampler(cfg, cache, train_records, cfg.train.seed), augmenter, first_batch)
     table = validation_table(cfg, cache, val_records) if val_records else np.zeros((0, 4), np.int64)
     validation, n_val_batches = _validation_dataset(cfg, cache, val_records, table)
     stats = _stats(train_records, val_records, len(table), cache.nbytes)
@@ -136,8 +138,9 @@ def _deterministic() -> tf.data.Options:
     return options
 
 
-def _train_dataset(cfg: Config, sampler: Sampler, augmenter: Augmenter) -> tf.data.Dataset:
-    """Infinite, batch ``b`` a pure function of ``(seed, b)``: sampled, augmented, soft-labelled, packed."""
+def _train_dataset(cfg: Config, sampler: Sampler, augmenter: Augmenter, first_batch: int = 0) -> tf.data.Dataset:
+    """Infinite from batch ``first_batch``, batch ``b`` a pure function of ``(seed, b)``: sampled, augmented,
+    soft-labelled, packed."""
     height, width, channels = input_shape(cfg)
     batch = cfg.train.batch_size
     smoothing = cfg.data.label_smoothing
@@ -151,7 +154,7 @@ def _train_dataset(cfg: Config, sampler: Sampler, augmenter: Augmenter) -> tf.da
         target = pp.soft_labels(mask, *smoothing) if smoothing is not None else mask
         return x, pack(x, target, flair)
 
-    return (tf.data.Dataset.counter()
+    return (tf.data.Dataset.counter(start=int(first_batch))
             .map(train_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE).with_options(_deterministic()))
 

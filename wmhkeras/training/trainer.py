@@ -12,12 +12,13 @@ Training setup: Mac, Moody & Khademi, MIDL 2020, section 3.2 (Adam 1e-3, betas 0
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,14 +30,17 @@ from wmhkeras.data.datasets import Subject, load_dataset
 from wmhkeras.data.preprocessing import resample_mode
 from wmhkeras.data.splits import check_split, load_split, make_split
 from wmhkeras.errors import ConfigError, InputError
+from wmhkeras.io.checkpoints import ResumePoint, choose_resume_point, restore
 from wmhkeras.io.files import atomic_write_json
+from wmhkeras.io.lock import FolderLock, check_free
 from wmhkeras.io.provenance import package_versions, utc_now
 from wmhkeras.io.run_folder import RunFolder, RunState, RunSummary, Split, staged_run_folder, trim_log
 from wmhkeras.losses import DiceMetric, HybridLoss, LossTermMetric, get_loss
 from wmhkeras.models.unet import build_generator, check_spatial_size
-from wmhkeras.training.callbacks import ImageSummary, LearningRateLogger, RunCheckpoint
+from wmhkeras.training.callbacks import RunCheckpoint, run_callbacks
 from wmhkeras.training.multiworker import is_chief, make_strategy, no_empty_replica, prepare_multi_worker_fit
 from wmhkeras.training.pipeline import TrainingData, build_datasets, input_shape
+from wmhkeras.training.resume import first_batch, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -153,33 +157,6 @@ def build_model(cfg: Config) -> tuple[keras.Model, keras.Model]:
     return model, generator
 
 
-def load_checkpoint(model: keras.Model, run: RunFolder, steps_per_epoch: int) -> tuple[int, RunState]:
-    """Load ``last.keras`` (weights and optimizer state) into ``model``; return ``(epochs done, state)``.
-
-    The epoch counter comes from ``state.json`` when its ``iterations`` match the checkpoint's
-    optimizer; otherwise (killed between the two writes) from ``iterations // steps_per_epoch``.
-    """
-    state = run.read_state()
-    if not run.last.is_file():
-        log.warning("%s: no completed epoch to resume from; starting at epoch 1", run.path)
-        return 0, RunState()
-    optimizers = [model.optimizer] + [o for o in [getattr(model, "backbone_optimizer", None)] if o is not None]
-    optimizers[0].build(getattr(model, "generator", model).trainable_variables)
-    if len(optimizers) > 1:
-        optimizers[1].build(model.backbone.trainable_variables)
-    try:
-        model.load_weights(run.last)
-    except (ValueError, OSError, KeyError) as err:
-        raise InputError(f"{run.last}: cannot load the checkpoint ({err})") from None
-    iterations = int(model.optimizer.iterations.numpy())
-    if state.iterations == iterations:
-        return state.epochs, state
-    epochs = iterations // steps_per_epoch
-    log.warning("%s does not match %s; continuing after epoch %d (%d steps done)",
-                run.state, run.last, epochs, iterations)
-    return epochs, replace(state, epochs=epochs, iterations=iterations)
-
-
 # === The trainer ===
 
 
@@ -207,26 +184,49 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
     Raises:
         InputError / ConfigError / WeightsError: bad data, split, config or backbone weights, raised
             before a new run folder is created (none is left behind).
+        FolderInUseError: another process trains in ``out_dir`` (:mod:`wmhkeras.io.lock`; the chief holds
+            the run folder's lock from here to the end, ``--resume`` included).
     """
     run = RunFolder(Path(out_dir).resolve())
     cfg = _run_config(cfg, run, data_path, resume=resume, split_given=split is not None)
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op in this process.
     strategy = make_strategy(cfg.train.distribution)
+    chief = is_chief(strategy)
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        keras.utils.set_random_seed(cfg.train.seed)
-        subjects = load_dataset(cfg.data.path)
-        split = _run_split(cfg, run, subjects, split, resume=resume)
-        if not is_chief(strategy):
-            return _run_as_worker(cfg, strategy, subjects, split, run, resume=resume)
-        if resume:
-            return _run(cfg, strategy, subjects, split, read=run, write=run, resume=True, chief=True,
-                        verbose=verbose)
-        with staged_run_folder(run.path) as staged:
-            return _run(cfg, strategy, subjects, split, read=run, write=RunFolder(staged.path), resume=False,
-                        chief=True, verbose=verbose, commit=staged.commit)
+        with _holding(run, resume=resume, chief=chief):
+            keras.utils.set_random_seed(cfg.train.seed)
+            subjects = load_dataset(cfg.data.path)
+            split = _run_split(cfg, run, subjects, split, resume=resume)
+            if not chief:
+                return _run_as_worker(cfg, strategy, subjects, split, run, resume=resume)
+            if resume:
+                return _run(cfg, strategy, subjects, split, read=run, write=run, resume=True, chief=True,
+                            verbose=verbose)
+            with staged_run_folder(run.path) as staged, FolderLock(staged.path, "train") as lock:
+                def commit() -> Path:
+                    check_free(run.path, "choose another --out")
+                    return lock.moved(staged.commit())
+
+                return _run(cfg, strategy, subjects, split, read=run, write=RunFolder(staged.path), resume=False,
+                            chief=True, verbose=verbose, commit=commit)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+@contextlib.contextmanager
+def _holding(run: RunFolder, resume: bool, chief: bool) -> Iterator[None]:
+    """The chief of a resume holds the run folder's lock; a new run refuses a folder another process trains
+    in, and holds the lock of its staged folder, which becomes the run folder's when it is committed.
+    Other multi-worker tasks take no lock (they write into scratch folders)."""
+    if not chief:
+        yield
+    elif resume:
+        with FolderLock(run.path, "train --resume", hint="wait for it to finish, or stop it before resuming"):
+            yield
+    else:
+        check_free(run.path, "choose another --out")
+        yield
 
 
 def _run_config(cfg: Config | None, run: RunFolder, data_path, *, resume: bool, split_given: bool) -> Config:
@@ -279,26 +279,32 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
     """Build datasets and model, then (after ``commit`` renames the staged folder) fit."""
     t = cfg.train
     replicas = _check_replicas(cfg, strategy.num_replicas_in_sync)
-    data = build_datasets(cfg, subjects, split, cache_dir=cfg.data.cache_dir)
-    validation = data.validation
-    if validation is not None and replicas > 1:
-        validation = no_empty_replica(validation, data.stats["validation_samples"], t.batch_size, replicas)
+    point = choose_resume_point(read) if resume else ResumePoint(RunState())
+    first = first_batch(point, t.steps_per_epoch)
+    data = build_datasets(cfg, subjects, split, cache_dir=cfg.data.cache_dir, first_batch=first)
     keras.mixed_precision.set_global_policy(t.precision)
     with strategy.scope():
         model, generator = build_model(cfg)
-        initial_epoch, state = load_checkpoint(model, read, t.steps_per_epoch) if resume else (0, RunState())
+        initial_epoch, state, steps_done = load_checkpoint(model, point, t.steps_per_epoch)
+    if steps_done > first:  # a state from before checksums, one epoch behind its checkpoint
+        data.train = data.train.skip(steps_done - first)
+    validation = data.validation
+    if validation is not None and replicas > 1:
+        validation = no_empty_replica(validation, data.stats["validation_samples"], t.batch_size, replicas)
     if initial_epoch >= t.epochs:
         raise ConfigError(f"train.epochs: {t.epochs} epochs are already done in {read.path}; "
                           f"raise it (e.g. --set train.epochs={t.epochs + 10}) to train longer")
+    if resume and chief:  # the files of the chosen state back under their own names
+        restore(read, point)
+    _write_run_files(cfg, write, split, resume=resume, initial_epoch=initial_epoch)
     if commit is not None:  # every input is valid and the model is built: the run folder may exist now
         write = RunFolder(commit())
-    _write_run_files(cfg, write, split, resume=resume, initial_epoch=initial_epoch)
 
     base = _summary_base(cfg, write, data, split, replicas, started=state.started or utc_now())
     free = resample_mode(cfg.data.resample, cfg.data.sampling) != "fixed"  # best.keras: see inference_model
     checkpoint = RunCheckpoint(write, generator, monitor=_monitor(cfg, data), state=state, summary_base=base,
                                free_size=free)
-    callbacks = _callbacks(cfg, checkpoint, generator, data.preview, resume=resume, chief=chief)
+    callbacks = run_callbacks(cfg, checkpoint, generator, data.preview, resume=resume, chief=chief, state=state)
     log.info("training %s with the %s loss: epochs %d-%d of %d steps, global batch %d over %d replica(s)",
              cfg.model.arch, cfg.loss.name, initial_epoch + 1, t.epochs, t.steps_per_epoch, t.batch_size, replicas)
     if t.distribution == "multi_worker":
@@ -362,24 +368,6 @@ def _summary_base(cfg: Config, run: RunFolder, data: TrainingData, split: Split,
         steps_per_epoch=t.steps_per_epoch, global_batch_size=t.batch_size, replicas=replicas,
         distribution=t.distribution, precision=t.precision, started=started,
     )
-
-
-def _callbacks(cfg: Config, checkpoint: RunCheckpoint, generator: keras.Model, preview, *, resume: bool,
-               chief: bool) -> list[keras.callbacks.Callback]:
-    """Learning-rate logging, checkpoints, early stopping, ``log.csv``, TensorBoard and (chief) images."""
-    t, run = cfg.train, checkpoint.run
-    callbacks: list[keras.callbacks.Callback] = [LearningRateLogger(), checkpoint]
-    if t.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=checkpoint.monitor, mode=checkpoint.mode,
-                                                       patience=t.early_stopping_patience, verbose=1))
-    callbacks += [
-        keras.callbacks.CSVLogger(str(run.log), append=resume),
-        keras.callbacks.TensorBoard(log_dir=str(run.tensorboard), write_graph=False, update_freq="epoch"),
-    ]
-    if chief:
-        callbacks.append(ImageSummary(generator, preview, run.tensorboard / "images",
-                                      every=t.image_summary_every, epochs=t.epochs))
-    return callbacks
 
 
 def _finish(checkpoint: RunCheckpoint, epochs_planned: int, history: keras.callbacks.History) -> TrainResult:
