@@ -57,3 +57,16 @@ def test_saved_model_runs_in_plain_tensorflow(exported, tiny_run, tmp_path):
     assert mask_dice(fp16, prob) >= 0.99
     with pytest.raises(InputError, match="exported model"):
         export(out / "tflite" / "model_fp32.tflite", tmp_path / "again")
+
+
+def test_each_weight_is_stored_once(exported, tiny_run):
+    """The SavedModel's checkpoint holds the model's parameters once (keras-team/keras#23553 stored them twice)."""
+    import tensorflow as tf
+
+    from wmhkeras.registration import load_model
+
+    out, _ = exported
+    run, _, _ = tiny_run
+    stored = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(
+        str(out / "saved_model" / "variables" / "variables")) if shape)
+    assert stored == load_model(run.best).count_params()
