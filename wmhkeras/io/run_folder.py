@@ -140,6 +140,8 @@ class RunState:
         state = _from_known(cls, data, path)
         if not isinstance(state.epochs, int) or state.epochs < 0:
             raise InputError(f"{path}: epochs must be a whole number >= 0, got {state.epochs!r}")
+        if state.early_stopping is not None and not isinstance(state.early_stopping, dict):
+            raise InputError(f"{path}: early_stopping must be an object, got {state.early_stopping!r}")
         return state
 
     def to_dict(self) -> dict:
