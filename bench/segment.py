@@ -426,6 +426,19 @@ def _segment_benchmark(args, report: dict) -> None:
         _native_targets(native, peak, peak_cpu)
 
 
+def _native_only(args) -> dict | None:
+    """Section 5 alone, with the matmul peak measured before and after it (``--native-only``)."""
+    n = 1024 if args.quick else args.matmul_n
+    peaks = [_matmul_peak(n)]
+    native = _native(args)
+    peaks.append(_matmul_peak(n))
+    if native:
+        native["matmul_peak"] = {"n": n, "flops_per_second": max(p[0] for p in peaks),
+                                 "flops_per_cpu_second": max(p[1] for p in peaks)}
+        _native_targets(native, native["matmul_peak"]["flops_per_second"], native["matmul_peak"]["flops_per_cpu_second"])
+    return native
+
+
 # === 6. Load: many small subjects ===
 
 LOAD_SHAPE, LOAD_TARGET = (64, 64, 32), 1.2
@@ -550,6 +563,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, metavar="N", help="only the load section: segment N // 10 and N small "
                         "synthetic subjects (64 x 64 x 32), each in a fresh process")
     # internal: child processes
+    parser.add_argument("--native-only", action="store_true", help="only section 5 (and the matmul peak)")
     parser.add_argument("--child", choices=("volume", "native", "throughput", "load"), help=argparse.SUPPRESS)
     parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
@@ -571,6 +585,10 @@ def main() -> None:
                     "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(), "versions": package_versions()}
     if args.subjects:
         report["load"] = _load(args.subjects)
+        _write_report(args.out, report)
+        return
+    if args.native_only:
+        report["native"] = _native_only(args)
         _write_report(args.out, report)
         return
     if not args.evaluate_only:
