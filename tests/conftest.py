@@ -12,6 +12,7 @@ OPEN_MS = SHARED_DATA / "open_ms_data"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("WMHKERAS_BF16", "0")  # segment --precision auto: float32 on every machine
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,7 @@ import numpy as np
 from wmhkeras.errors import InputError
 from wmhkeras.evaluation.evaluate import score_volumes
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
+from wmhkeras.inference.precision import check_precision, is_keras
 from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.inference.segment import segment_volumes
 from wmhkeras.io import Volume, check_same_grid
@@ -118,6 +119,7 @@ def segment_image(
     brain_mask_img=None,
     brain_threshold: Optional[float] = None,
     batch_size: int = 8,
+    precision: str = "float32",
 ) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """Segment one FLAIR image in memory: ``(prob_img, mask_img)``, what ``wmhkeras segment`` writes for it.
 
@@ -132,6 +134,9 @@ def segment_image(
         brain_mask_img: predictions outside it (voxels <= 0.5) are zeroed; on the FLAIR's grid.
         brain_threshold: zero predictions where the max-normalised FLAIR is below this fraction.
         batch_size: slices per model call.
+        precision: ``auto``, ``float32`` or ``bfloat16`` (``--precision``; Keras models only): ``auto`` is
+            bfloat16 on hardware with native bfloat16, each behind the parity gate of
+            :mod:`wmhkeras.inference.precision`; the choice is ``model.precision``.
 
     Returns:
         float32 probabilities and the uint8 mask, each a ``nibabel.Nifti1Image`` with the FLAIR's shape,
@@ -143,11 +148,13 @@ def segment_image(
             missing or on another grid, or the model cannot be loaded. ConfigError: an option is out of range.
     """
     settings = SegmentSettings(threshold=threshold, min_lesion_mm3=min_lesion_mm3, tta_flip=tta, batch_size=batch_size,
-                               min_lesion_voxels=min_lesion_voxels, brain_threshold=brain_threshold)
+                               min_lesion_voxels=min_lesion_voxels, brain_threshold=brain_threshold,
+                               precision=precision)
     settings.check()
     flair_nii = _nifti(flair_img, "flair_img")
     flair = image_volume(flair_nii, "flair_img")  # a bad image fails before a model is loaded
     segmenter = _model(model)
+    check_precision(precision, "keras" if is_keras(segmenter) else "segmenter")
     images, brain = _inputs(flair, t1_img, brain_mask_img, segmenter.modalities)
     # The per-subject steps of wmhkeras segment, without its files.
     prob, _, mask = segment_volumes(segmenter, images, brain, settings, "flair_img")

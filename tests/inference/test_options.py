@@ -105,7 +105,7 @@ def test_minimum_size_options_and_the_record(tmp_path):
     settings = json.loads((tmp_path / "vox" / "segment.json").read_text())["settings"]
     assert settings == {"threshold": 0.5, "min_lesion_mm3": 0.0, "tta_flip": False, "batch_size": 8,
                         "min_lesion_voxels": 2, "uncertainty": False, "brain_threshold": None, "bids_out": False,
-                        "qc": False}
+                        "qc": False, "precision": "float32"}
     with pytest.raises(ConfigError, match="--min-lesion-mm3 and --min-lesion-voxels"):
         segment(bright_segmenter(), [flair], tmp_path / "both", min_lesion_mm3=2.0, min_lesion_voxels=2)
     assert not (tmp_path / "both").exists()

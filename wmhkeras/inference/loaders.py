@@ -49,6 +49,8 @@ class Segmenter:
     resampling: Optional[Resampling] = None
     context_slices: int = 0
     card: Optional[ModelCard] = None
+    #: The precision in use (:func:`wmhkeras.inference.precision.choose_precision`); ``None`` until chosen.
+    precision: Optional[dict] = None
 
     def __post_init__(self):
         if self.resampling is None:

@@ -24,7 +24,7 @@ from wmhkeras.io.naming import SUMMARY_NAME
 from wmhkeras.io.provenance import package_versions, utc_now
 
 #: Settings that may differ between the runs writing into one folder (they change no output's content).
-FREE_SETTINGS = ("batch_size", "qc")
+FREE_SETTINGS = ("batch_size", "qc", "precision")
 
 #: Provenance of a segmentation run (model, settings, versions), written beside the outputs.
 RUN_RECORD_NAME = "segment.json"
@@ -45,6 +45,9 @@ class SegmentSettings:
     bids_out: bool = False
     #: A prediction-only montage per subject (``qc/<subject>.png``) and the index ``qc.html``.
     qc: bool = False
+    #: ``auto``, ``float32`` or ``bfloat16`` (:mod:`wmhkeras.inference.precision`); bfloat16 only where the
+    #: parity gate passes, so it may differ between runs resuming one folder.
+    precision: str = "float32"
 
     def check(self) -> None:
         """Raises ConfigError naming the option (and its command-line flag) that is out of range."""
@@ -63,6 +66,8 @@ class SegmentSettings:
         if self.uncertainty and not self.tta_flip:
             raise ConfigError("uncertainty (--uncertainty) is the flip test-time augmentation's disagreement; "
                               "it needs tta_flip (--tta)")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"precision (--precision): {self.precision!r} is not allowed; use auto, float32 or bfloat16")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(f"batch_size (--batch-size): {self.batch_size!r} is not allowed; use an integer >= 1")
 
@@ -73,7 +78,7 @@ def model_record(spec: Optional[ModelSpec], segmenter: Optional[Segmenter],
     record = {"source": str(spec.source) if spec else segmenter.source if segmenter else "",
               "format": spec.format if spec else "segmenter"}
     if segmenter is not None:
-        return {**record, **segmenter.settings}
+        return {**record, **segmenter.settings, "precision": segmenter.precision}
     r = spec.resampling
     return {**record, "modalities": list(modalities or ()), "normalisation": spec.normalisation,
             "input_size": None if spec.input_size is None else list(spec.input_size),

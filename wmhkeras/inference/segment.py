@@ -42,6 +42,7 @@ from wmhkeras.inference.batch import is_complete, parse_shard, select_shard
 from wmhkeras.inference.inputs import SegmentInput, bids_output, check_input_headers, load_subject, resolve_inputs
 from wmhkeras.inference.loaders import Segmenter
 from wmhkeras.inference.output_folder import FolderGuard, file_stamps, remove_written
+from wmhkeras.inference.precision import check_precision, first_image_precision, is_keras
 from wmhkeras.inference.predictor import brain_region, lesion_mask, predict_maps
 from wmhkeras.inference.preflight import as_list, check_t1, load_checked
 from wmhkeras.inference.qc import QC_HTML_NAME, montage_path, volume_range, write_montage, write_qc_html
@@ -131,6 +132,7 @@ def segment_volumes(segmenter: Segmenter, images: list, brain, settings: Segment
     """
     flair = images[0]
     segmenter.warn_voxel_size(flair.spacing, name)  # warns when far from the card's training data
+    first_image_precision(segmenter, settings.precision, images, settings.threshold)  # the parity gate, once
     prob, disagreement = predict_maps(segmenter, [v.data for v in images], settings.batch_size, settings.tta_flip,
                                       flair.spacing)
     region = brain_region(flair.data, None if brain is None else brain.data, settings.brain_threshold)
@@ -314,6 +316,7 @@ def segment(
     skip_existing: bool = False,
     shard: str | tuple[int, int] | None = None,
     qc: bool = False,
+    precision: str = "float32",
 ) -> SegmentResult:
     """Segment every subject of ``inputs`` and write its outputs into ``out_dir``.
 
@@ -340,6 +343,8 @@ def segment(
         shard: ``"i/n"`` (1-based): only every n-th subject of the subjects sorted by id, from the i-th.
         qc: write a prediction-only montage ``qc/<subject>.png`` per subject and ``qc.html``
             (:mod:`~wmhkeras.inference.qc`).
+        precision: ``auto``, ``float32`` or ``bfloat16`` (Keras models only), behind a parity gate
+            (:mod:`~wmhkeras.inference.precision`); the choice is ``segment.json``'s ``model.precision``.
 
     Writes, per subject ``s``: ``s_wmh_prob.nii.gz`` (float32), ``s_wmh_mask.nii.gz`` (uint8), with
     ``uncertainty`` ``s_wmh_uncertainty.nii.gz`` (float32), on the FLAIR's exact grid, and
@@ -359,10 +364,11 @@ def segment(
             subjects before are complete and in ``summary.csv``, the subject being written has no files.
     """
     settings = SegmentSettings(threshold, min_lesion_mm3, tta_flip or uncertainty, batch_size, min_lesion_voxels,
-                               uncertainty, brain_threshold, qc=qc)
+                               uncertainty, brain_threshold, qc=qc, precision=precision)
     settings.check()
     shard = parse_shard(shard)
     spec = None if isinstance(model, Segmenter) else inspect_model(model)
+    check_precision(precision, spec.format if spec else "keras" if is_keras(model) else "segmenter")
     items = select_shard(resolve_inputs(inputs, as_list(t1), as_list(brain_mask)), shard)
     settings = replace(settings, bids_out=bids_output(items, bids_out))
     modalities = model.modalities if isinstance(model, Segmenter) else spec.modalities

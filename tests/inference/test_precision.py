@@ -1,0 +1,170 @@
+"""segment --precision: bfloat16 detection, the bfloat16 model, the parity gate and the record."""
+
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules import it back)
+from tests.inference.helpers import blob_volume, bright_segmenter, free_model_file, write_nifti
+from wmhkeras.cli.segment import segment_command
+from wmhkeras.errors import ConfigError
+from wmhkeras.inference import precision
+from wmhkeras.inference.loaders import load_segmenter
+from wmhkeras.inference.segment import segment
+
+AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu vme sse sse2 avx2 avx512f avx512bw {extra}
+bugs\t\t: spectre_v1
+"""
+
+
+@pytest.fixture(autouse=True)
+def _fresh_checks(monkeypatch):
+    monkeypatch.setattr(precision, "_CHECKED", {})
+
+
+@pytest.fixture(scope="module")
+def spread_model(tmp_path_factory):
+    """A free-size tiny U-Net whose probabilities spread over (0, 1)."""
+    return free_model_file(tmp_path_factory.mktemp("model") / "spread.keras", gain=30.0)
+
+
+def _no_native(monkeypatch):
+    monkeypatch.delenv("WMHKERAS_BF16", raising=False)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *a: False)
+    monkeypatch.setattr(precision, "gpu_supports_bf16", lambda: False)
+
+
+def test_cpu_flags():
+    assert precision.cpu_flags_bf16(CPUINFO.format(extra="avx512_bf16"))
+    assert precision.cpu_flags_bf16(CPUINFO.format(extra="amx_tile amx_bf16"))
+    assert not precision.cpu_flags_bf16(CPUINFO.format(extra="avx512_vnni"))
+    assert not precision.cpu_flags_bf16("model name\t: avx512_bf16 in a name, not a flag\n")
+
+
+def test_cpu_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision.sys, "platform", "linux")
+    (tmp_path / "with").write_text(CPUINFO.format(extra="avx512_bf16"))
+    (tmp_path / "without").write_text(CPUINFO.format(extra=""))
+    assert precision.cpu_supports_bf16(tmp_path / "with")
+    assert not precision.cpu_supports_bf16(tmp_path / "without")
+    assert not precision.cpu_supports_bf16(tmp_path / "missing")
+    monkeypatch.setattr(precision.sys, "platform", "darwin")
+    assert not precision.cpu_supports_bf16(tmp_path / "with")
+
+
+def test_mask_dice():
+    empty = np.zeros((2, 2), bool)
+    assert precision.mask_dice(empty, empty) == 1.0
+    assert precision.mask_dice([[1, 1], [0, 0]], [[1, 0], [0, 0]]) == pytest.approx(2 / 3)
+
+
+def test_auto_without_native_bfloat16_is_float32(spread_model, monkeypatch):
+    _no_native(monkeypatch)
+    seg = load_segmenter(spread_model)
+    float32_fn = seg.predict_fn
+    record = precision.choose_precision(seg, "auto", np.zeros((4, 32, 32, 1), np.float32), 0.5)
+    assert record == {"requested": "auto", "used": "float32", "reason": "auto: no native bfloat16 on this machine",
+                      "parity_dice": None, "speedup": None}
+    assert seg.predict_fn is float32_fn
+
+
+def test_bfloat16_is_close_to_float32(spread_model):
+    seg = load_segmenter(spread_model)
+    x = np.random.default_rng(1).normal(size=(4, 32, 48, 1)).astype(np.float32)
+    reference = np.asarray(seg(x))
+    record = precision.choose_precision(seg, "bfloat16", x, 0.5)
+    assert record["used"] == "bfloat16" and record["parity_dice"] >= 0.99
+    fast = np.asarray(seg(x))
+    assert fast.dtype == np.float32 and fast.shape == reference.shape
+    assert 0 < np.abs(fast - reference).max() < 0.05  # computed in bfloat16, not float32
+    clear = np.abs(reference - 0.5) > 0.05
+    assert clear.mean() > 0.5 and reference[clear].min() < 0.5 < reference[clear].max()
+    np.testing.assert_array_equal((fast >= 0.5)[clear], (reference >= 0.5)[clear])
+    # back to float32 on the same segmenter: the original function
+    assert precision.choose_precision(seg, "float32", x, 0.5)["used"] == "float32"
+    np.testing.assert_array_equal(np.asarray(seg(x)), reference)
+
+
+@pytest.mark.parametrize(("ratio", "used"), [(0.6, "float32"), (1.8, "bfloat16")])
+def test_auto_needs_bfloat16_to_be_faster(spread_model, monkeypatch, ratio, used):
+    monkeypatch.delenv("WMHKERAS_BF16", raising=False)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *a: True)
+    monkeypatch.setattr(precision, "speedup", lambda *a: ratio)
+    seg = load_segmenter(spread_model)
+    record = precision.choose_precision(seg, "auto", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+    assert record["used"] == used and record["speedup"] == ratio and record["parity_dice"] == 1.0
+    # an explicit request is honoured whatever the speed
+    assert precision.choose_precision(seg, "bfloat16", None, 0.5)["used"] == "bfloat16"
+
+
+def test_environment_overrides_the_detection(spread_model, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *a: True)
+    monkeypatch.setenv("WMHKERAS_BF16", "0")
+    seg = load_segmenter(spread_model)
+    assert precision.choose_precision(seg, "auto", None, 0.5)["reason"] == "auto: WMHKERAS_BF16=0"
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *a: False)
+    monkeypatch.setattr(precision, "speedup", lambda *a: 2.0)
+    monkeypatch.setenv("WMHKERAS_BF16", "1")
+    record = precision.choose_precision(load_segmenter(spread_model), "auto", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+    assert record["used"] == "bfloat16" and record["reason"] == "auto: WMHKERAS_BF16=1"
+
+
+def test_speedup_times_both():
+    def slow(x):
+        time.sleep(0.02)
+        return x
+
+    assert precision.speedup(slow, lambda x: x, np.zeros(1)) > 5
+
+
+def test_failed_parity_falls_back_to_float32(spread_model, monkeypatch, caplog):
+    monkeypatch.setattr(precision, "mask_dice", lambda a, b: 0.9)
+    seg = load_segmenter(spread_model)
+    float32_fn = seg.predict_fn
+    with caplog.at_level(logging.WARNING, logger="wmhkeras.inference.precision"):
+        record = precision.choose_precision(seg, "bfloat16", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+    assert record["used"] == "float32" and record["parity_dice"] == 0.9 and "parity" in record["reason"]
+    assert seg.predict_fn is float32_fn
+    assert any("Dice 0.9000" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_segment_json_records_the_precision(spread_model, tmp_path):
+    flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), AFFINE)
+    assert segment(spread_model, [flair], tmp_path / "out", precision="bfloat16").ok
+    record = json.loads((tmp_path / "out" / "segment.json").read_text())
+    assert record["settings"]["precision"] == "bfloat16"
+    used = record["model"]["precision"]
+    assert used["used"] == "bfloat16" and used["requested"] == "bfloat16" and used["parity_dice"] >= 0.99
+
+
+def test_bfloat16_is_refused_for_models_that_are_not_keras(tmp_path):
+    flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), AFFINE)
+    with pytest.raises(ConfigError, match="bfloat16 needs a .keras file"):
+        segment(bright_segmenter(), [flair], tmp_path / "out", precision="bfloat16")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="bfloat16 needs a .keras file"):
+        precision.check_precision("bfloat16", "saved_model")
+    precision.check_precision("auto", "tflite")
+    assert segment(bright_segmenter(), [flair], tmp_path / "auto", precision="auto").ok
+    record = json.loads((tmp_path / "auto" / "segment.json").read_text())["model"]["precision"]
+    assert record["used"] == "float32" and record["reason"] == "auto: not a Keras model"
+
+
+def test_cli_option(spread_model, tmp_path, monkeypatch):
+    _no_native(monkeypatch)
+    flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), AFFINE)
+    runner = CliRunner()
+    res = runner.invoke(segment_command, [str(spread_model), str(flair), "--out", str(tmp_path / "o"),
+                                          "--precision", "float16"])
+    assert res.exit_code == 2 and "float16" in res.output and not (tmp_path / "o").exists()
+    res = runner.invoke(segment_command, [str(spread_model), str(flair), "--out", str(tmp_path / "o")])  # the default: float32
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "o" / "segment.json").read_text())
+    assert record["settings"]["precision"] == "float32" and record["model"]["precision"]["used"] == "float32"

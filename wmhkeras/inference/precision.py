@@ -1,0 +1,204 @@
+"""The numeric precision of Keras inference: ``float32`` or ``bfloat16`` (``segment --precision``).
+
+``auto`` picks bfloat16 where the hardware computes it natively - a CPU with AVX512-BF16 or AMX (Linux
+``/proc/cpuinfo`` flags ``avx512_bf16`` / ``amx_bf16``; other systems: float32) or a GPU of compute
+capability 8.0 or more - and float32 elsewhere. bfloat16 runs the model rebuilt under the Keras policy
+``mixed_bfloat16`` (float32 weights and input, bfloat16 compute, float32 output). Only ``.keras`` files
+and run folders can: for SavedModel and TFLite sources ``auto`` means float32 and ``bfloat16`` is refused.
+
+The parity gate: before a model's first bfloat16 prediction, both precisions segment the 8 preprocessed
+slices of the first image with the most contrast (highest standard deviation); unless the two masks at
+the run's threshold have Dice >= :data:`MIN_PARITY_DICE`, float32 is used, with a warning naming the Dice.
+With ``auto``, bfloat16 must also be faster than float32 on those slices (one timed call each, after
+the check's own call): on a narrow model the casts can cost more than bfloat16 saves. The environment
+variable ``WMHKERAS_BF16`` (``0`` or ``1``) overrides the hardware detection of ``auto`` (the test suite
+sets ``0``, so its results do not depend on the machine). Checked once per model and process; the
+outcome is :attr:`Segmenter.precision` (recorded in ``segment.json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wmhkeras.errors import ConfigError
+from wmhkeras.inference.loaders import Segmenter
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+#: Mask Dice (bfloat16 against float32 on the model's own slices) below which float32 is used.
+MIN_PARITY_DICE = 0.99
+#: Slices of the parity check.
+PARITY_SLICES = 8
+#: Per Keras model (by id; the model is kept alive): (float32 fn, bfloat16 fn or None, parity Dice, speedup, model).
+_CHECKED: dict[int, tuple] = {}
+
+
+def cpu_flags_bf16(cpuinfo: str) -> bool:
+    """Whether ``/proc/cpuinfo`` text lists ``avx512_bf16`` or ``amx_bf16`` in a ``flags`` line."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags" and {"avx512_bf16", "amx_bf16"} & set(value.split()):
+            return True
+    return False
+
+
+def cpu_supports_bf16(cpuinfo_path: str | Path = "/proc/cpuinfo") -> bool:
+    """Native bfloat16 on this CPU (Linux only; elsewhere ``False``)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return cpu_flags_bf16(Path(cpuinfo_path).read_text(errors="replace"))
+    except OSError:
+        return False
+
+
+def gpu_supports_bf16() -> bool:
+    """A visible GPU of compute capability >= 8.0 (Ampere or newer)."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
+        if tuple(capability) >= (8, 0):
+            return True
+    return False
+
+
+def check_precision(precision: str, fmt: str) -> None:
+    """Refuse an unknown precision, and ``bfloat16`` for a source that is not a Keras model (ConfigError)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision (--precision): {precision!r} is not allowed; use one of {', '.join(PRECISIONS)}")
+    if precision == "bfloat16" and fmt in ("saved_model", "tflite", "segmenter"):
+        raise ConfigError(f"--precision bfloat16 needs a .keras file or a run folder; a {fmt} model runs in float32 "
+                          "(use --precision auto or float32)")
+
+
+def is_keras(segmenter: Segmenter) -> bool:
+    import keras
+
+    return isinstance(segmenter.model, keras.Model)
+
+
+def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1 when both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def bfloat16_model(model):
+    """``model`` rebuilt under the ``mixed_bfloat16`` policy with the same weights (float32 variables)."""
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = keras.DTypePolicy("mixed_bfloat16")
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def bfloat16_predict_fn(model):
+    """Float32 slices -> float32 probabilities, computed in bfloat16."""
+    import tensorflow as tf
+
+    copy = bfloat16_model(model)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)])
+    def predict(x):
+        return tf.cast(copy(x, training=False), tf.float32)
+
+    predict.model = copy  # keeps the copy's variables alive
+    return predict
+
+
+def parity_slices(slices, count: int = PARITY_SLICES) -> np.ndarray:
+    """The ``count`` slices with the highest standard deviation (most brain content), in slice order."""
+    slices = np.asarray(slices, np.float32)
+    spread = slices.reshape(len(slices), -1).std(axis=1)
+    return slices[np.sort(np.argsort(-spread, kind="stable")[:count])]
+
+
+def _wanted(precision: str, keras_model: bool) -> tuple[str, str]:
+    """(precision to try, why)."""
+    if precision != "auto":
+        return precision, "requested"
+    if not keras_model:
+        return "float32", "auto: not a Keras model"
+    forced = os.environ.get("WMHKERAS_BF16", "").strip()
+    if forced in ("0", "1"):
+        return ("bfloat16" if forced == "1" else "float32"), f"auto: WMHKERAS_BF16={forced}"
+    if cpu_supports_bf16():
+        return "bfloat16", "auto: the CPU has AVX512-BF16/AMX"
+    if gpu_supports_bf16():
+        return "bfloat16", "auto: the GPU has compute capability >= 8.0"
+    return "float32", "auto: no native bfloat16 on this machine"
+
+
+def speedup(slow, fast, sample) -> float:
+    """Slices per second of ``fast`` over ``slow``: one timed call each (both already traced)."""
+    seconds = []
+    for fn in (slow, fast):
+        start = time.perf_counter()
+        np.asarray(fn(sample))
+        seconds.append(time.perf_counter() - start)
+    return seconds[0] / max(seconds[1], 1e-9)
+
+
+def _checked(segmenter: Segmenter, slices, threshold: float) -> tuple:
+    """The model's (float32 fn, bfloat16 fn or None, Dice, speedup, model), checked on its first call."""
+    key = id(segmenter.model)
+    if key not in _CHECKED:
+        fast = bfloat16_predict_fn(segmenter.model)
+        sample = parity_slices(slices)
+        reference = np.asarray(segmenter.predict_fn(sample), np.float32) >= threshold
+        dice = mask_dice(reference, np.asarray(fast(sample), np.float32) >= threshold)
+        if dice < MIN_PARITY_DICE:
+            log.warning("%s: bfloat16 masks have Dice %.4f against float32 on %d of its slices (below %.2f): "
+                        "using float32", segmenter.source or "the model", dice, len(sample), MIN_PARITY_DICE)
+            fast = None
+        ratio = None if fast is None else round(speedup(segmenter.predict_fn, fast, sample), 2)
+        _CHECKED[key] = (segmenter.predict_fn, fast, dice, ratio, segmenter.model)
+    return _CHECKED[key]
+
+
+def choose_precision(segmenter: Segmenter, precision: str, slices, threshold: float) -> dict:
+    """Set ``segmenter.predict_fn`` to the precision chosen for ``precision`` (``auto``, ``float32``,
+    ``bfloat16``), with the parity gate on ``slices`` (preprocessed slices of the first image); returns
+    and stores as ``segmenter.precision`` the record ``{requested, used, reason, parity_dice, speedup}``."""
+    keras_model = is_keras(segmenter)
+    check_precision(precision, "keras" if keras_model else "segmenter")
+    if segmenter.precision and segmenter.precision["requested"] == precision:
+        return segmenter.precision
+    wanted, reason = _wanted(precision, keras_model)
+    dice = ratio = None
+    if keras_model:
+        float32_fn, fast, dice, ratio, _ = _checked(segmenter, slices, threshold) if wanted == "bfloat16" else (
+            _CHECKED.get(id(segmenter.model), (segmenter.predict_fn, None, None, None, None)))
+        if wanted == "bfloat16" and fast is None:
+            wanted, reason = "float32", f"bfloat16 failed the parity check (mask Dice {dice:.4f})"
+        elif wanted == "bfloat16" and precision == "auto" and ratio < 1.0:
+            wanted, reason = "float32", f"auto: bfloat16 is not faster for this model ({ratio:.2f}x float32)"
+        segmenter.predict_fn = fast if wanted == "bfloat16" else float32_fn
+    segmenter.precision = {"requested": precision, "used": wanted, "reason": reason, "parity_dice": dice,
+                           "speedup": ratio}
+    log.info("precision %s (%s)%s", wanted, reason, "" if dice is None else f", parity mask Dice {dice:.4f}")
+    return segmenter.precision
+
+
+def first_image_precision(segmenter: Segmenter, precision: str, images, threshold: float) -> dict:
+    """:func:`choose_precision` on the slices of ``images`` (loaded volumes, FLAIR first), unless the
+    segmenter already runs at ``precision``: the parity gate runs on the first image segmented."""
+    if segmenter.precision is None or segmenter.precision["requested"] != precision:
+        choose_precision(segmenter, precision, segmenter.preprocess([v.data for v in images], images[0].spacing),
+                         threshold)
+    return segmenter.precision
