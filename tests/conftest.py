@@ -1,6 +1,8 @@
 """Shared test fixtures: no network, no downloads, the real data path configurable."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,30 @@ def open_ms():
     if not (OPEN_MS / "patient07" / "FLAIR.nii.gz").is_file():
         pytest.skip(f"real data not found at {OPEN_MS} (set WMH_SHARED_DATA)")
     return OPEN_MS
+
+
+#: A second process that holds folder ``argv[1]`` as command ``argv[2]`` until it is killed.
+HOLD = """
+import sys, time
+from wmhkeras.io.lock import FolderLock
+FolderLock(sys.argv[1], sys.argv[2], create=True).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def other_process():
+    """``start(folder, command)``: a process holding ``folder``, as ``wmhkeras <command>``; killed at the end."""
+    started = []
+
+    def start(folder: Path, command: str = "segment") -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), command], stdout=subprocess.PIPE, text=True)
+        started.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()

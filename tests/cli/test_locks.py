@@ -5,15 +5,12 @@ holder's pid and changes nothing; once the holder is killed (SIGKILL) the folder
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from tests.inference.helpers import blob_volume, tiny_model_file, write_nifti
-from tests.io.test_lock import HOLD
 from tests.training.test_trainer import tiny_config
 from wmhkeras.cli.main import main
 from wmhkeras.config import save_config
@@ -22,23 +19,6 @@ from wmhkeras.data.splits import make_split
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.io.lock import LOCK_NAME
 from wmhkeras.io.run_folder import RunFolder
-
-
-@pytest.fixture
-def other_process():
-    """``start(folder, command)``: a process holding ``folder`` as ``wmhkeras <command>`` (tests/io/test_lock.py)."""
-    started = []
-
-    def start(folder, command):
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), command], stdout=subprocess.PIPE, text=True)
-        started.append(proc)
-        assert proc.stdout.readline().strip() == "held"
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def run(*args):

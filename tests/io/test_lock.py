@@ -9,39 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from wmhkeras.errors import FolderInUseError, InputError
 from wmhkeras.io import lock as lock_module
 from wmhkeras.io.lock import LOCK_NAME, FolderLock, check_free, holder, holds_folder
-
-#: A second process that holds folder ``argv[1]`` as command ``argv[2]`` until it is killed.
-HOLD = """
-import sys, time
-from wmhkeras.io.lock import FolderLock
-FolderLock(sys.argv[1], sys.argv[2], create=True).acquire()
-print("held", flush=True)
-time.sleep(120)
-"""
-
-
-@pytest.fixture
-def other_process():
-    """``start(folder, command)``: a process holding ``folder``, as ``wmhkeras <command>``; killed at the end."""
-    started = []
-
-    def start(folder: Path, command: str = "segment") -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), command], stdout=subprocess.PIPE, text=True)
-        started.append(proc)
-        assert proc.stdout.readline().strip() == "held"
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-        proc.wait()
 
 
 def test_one_holder_at_a_time_and_nothing_left_after(tmp_path):
