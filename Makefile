@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py --out bench/results/train_step.json
 	$(BIN)/python bench/pipeline.py --out bench/results/pipeline.json
 	$(BIN)/python bench/segment.py --out bench/results/segment.json
+	$(BIN)/python bench/runtimes.py --out bench/results/runtimes.json --doc docs/performance.md
 
 experiment-demo: $(STAMP)
 	$(BIN)/wmhkeras synth demo_experiment/cohort --subjects 24 --sites 3 --seed 0

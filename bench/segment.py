@@ -49,25 +49,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchlib import REPO, add_fractions, card_checkpoint_model, matmul_peak, peak_rss_mb, run_child, timed_segment
+
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU benchmark
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
 PAPER_MODEL = {"arch": "dense_unet", "input_shape": (224, 224, 1), "depth": 5, "base_filters": 32}
 NATIVE_DEFAULT = REPO / "saved_models" / "open_ms_flair" / "saved_model"
 FRACTION_TARGET, RSS_TARGET_MB = 0.4, 3000.0
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
 
 
 def _build_model(path: Path) -> int:
@@ -95,56 +91,11 @@ def _child(args) -> dict:
     if args.child == "throughput":
         x = tf.random.uniform((args.slices, *seg.input_size, 1), seed=0)
         return {"intra_op_threads": args.intra, "inter_op_threads": args.inter or 1,
-                **_throughput(seg.predict_fn, x, args.batch_size), "peak_rss_mb": _peak_rss_mb()}
-    row = _timed_segment(seg, args.flair, args.batch_size, args.tta)
+                **_throughput(seg.predict_fn, x, args.batch_size), "peak_rss_mb": peak_rss_mb()}
+    row = timed_segment(seg, args.flair, args.batch_size, args.tta)
     if args.child == "native":  # counted after the peak RSS was read: the copy it builds is not the run's
         row.update(_native_flops(seg, args.model, row["model_input_size"]))
     return row
-
-
-def _timed_segment(seg, flair: Path, batch_size: int, tta_flip: bool = False) -> dict:
-    """``segment`` of one FLAIR with ``seg``, every model call timed by wrapping ``seg.predict_fn``.
-
-    ``predict_maps`` (all resampling modes, TTA included) calls the model only as ``segmenter.predict_fn``;
-    ``every_slice_timed`` checks that the wrapper saw each preprocessed slice (twice with ``tta_flip``).
-    """
-    import numpy as np
-
-    from wmhkeras.inference.segment import segment
-
-    raw_predict, raw_preprocess = seg.predict_fn, seg.preprocess
-    seen = {"seconds": 0.0, "cpu": 0.0, "calls": 0, "slices": 0, "sizes": set(), "volume_slices": 0}
-
-    def timed(batch):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        out = np.asarray(raw_predict(batch))  # materialise, so the time is the model's
-        seen["seconds"] += time.perf_counter() - start
-        seen["cpu"] += time.process_time() - cpu_start
-        seen["calls"] += 1
-        seen["slices"] += int(batch.shape[0])
-        seen["sizes"].add(tuple(int(v) for v in batch.shape[1:3]))
-        return out
-
-    def preprocess(*a, **kw):
-        slices = raw_preprocess(*a, **kw)
-        seen["volume_slices"] += int(slices.shape[0])
-        return slices
-
-    seg.predict_fn, seg.preprocess = timed, preprocess
-    with tempfile.TemporaryDirectory() as tmp:
-        start, cpu_start = time.perf_counter(), time.process_time()
-        result = segment(seg, [flair], tmp, batch_size=batch_size, tta_flip=tta_flip)
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-        subject = result.subjects[0]
-        if not subject.ok:
-            raise RuntimeError(subject.error)
-    sizes = sorted(seen["sizes"])
-    return {"seconds_per_volume": wall, "cpu_seconds_all_threads": cpu, "model_seconds": seen["seconds"],
-            "model_cpu_seconds": seen["cpu"], "peak_rss_mb": _peak_rss_mb(), "batch_size": batch_size,
-            "tta_flip": tta_flip, "model_calls": seen["calls"], "model_slice_calls": seen["slices"],
-            "volume_slices": seen["volume_slices"],
-            "every_slice_timed": seen["slices"] == seen["volume_slices"] * (2 if tta_flip else 1),
-            "model_input_size": list(sizes[0]) if len(sizes) == 1 else [list(v) for v in sizes]}
 
 
 def _native_flops(seg, source: Path, size: list) -> dict:
@@ -156,28 +107,11 @@ def _native_flops(seg, source: Path, size: list) -> dict:
 
     model, note = seg.model, None
     if not isinstance(model, keras.Model):
-        model, note = _card_checkpoint_model(source)
+        model, note = card_checkpoint_model(source)
     if model is None or not size or isinstance(size[0], list):
         reason = note if model is None else f"the model saw several in-plane sizes {size}"
         return {"flops_per_slice": None, "flops_note": reason}
     return {"flops_per_slice": count_flops(model, input_size=size), "flops_note": note}
-
-
-def _card_checkpoint_model(source: Path):
-    """``(Keras model, note)`` of the checkpoint an export's model card names as its source, else ``(None, why)``."""
-    from wmhkeras.inference.loaders import load_segmenter
-    from wmhkeras.inference.sources import inspect_model
-    from wmhkeras.io.model_card import ModelCard
-
-    spec = inspect_model(source)
-    card_path = ModelCard.find(spec.path if spec.path.is_dir() else spec.path.parent)
-    checkpoint = ModelCard.read(card_path).source if card_path else None
-    if not checkpoint or not Path(checkpoint).exists():
-        return None, f"{spec.format} source without a Keras model; its model card names no checkpoint found here ({checkpoint})"
-    try:
-        return load_segmenter(checkpoint).model, f"counted on the export's source checkpoint {checkpoint}"
-    except Exception as exc:  # report, do not fail the benchmark
-        return None, f"the export's source checkpoint {checkpoint} did not load ({exc.__class__.__name__}: {exc})"
 
 
 def _throughput(fn, x, batch_size: int, repeats: int = 2) -> dict:
@@ -193,31 +127,6 @@ def _throughput(fn, x, batch_size: int, repeats: int = 2) -> dict:
     n = int(x.shape[0])
     return {"batch_size": batch_size, "slices": n, "seconds": best, "slices_per_second": n / best,
             "cpu_seconds": best_cpu, "slices_per_cpu_second": n / best_cpu}
-
-
-def _matmul_peak(n: int, repeats: int = 5) -> tuple[float, float]:
-    """Best float32 ``n x n`` matmul rate: (FLOP per wall second, FLOP per CPU second of all threads)."""
-    import tensorflow as tf
-
-    a = tf.random.uniform((n, n), seed=1)
-    b = tf.random.uniform((n, n), seed=2)
-    mm = tf.function(lambda a, b: tf.matmul(a, b))
-    mm(a, b).numpy()
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        mm(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-        best_cpu = min(best_cpu, time.process_time() - cpu_start)
-    return 2.0 * n**3 / best, 2.0 * n**3 / best_cpu
-
-
-def _run_child(extra: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *extra], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {extra} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _levers(model_path: Path, slices: int) -> list[dict]:
@@ -241,7 +150,7 @@ def _levers(model_path: Path, slices: int) -> list[dict]:
             print(f"  {rows[-1]['lever']}, batch {bs}: {rows[-1]['slices_per_second']:.3f} slices/s, "
                   f"{rows[-1]['slices_per_cpu_second']:.3f} per CPU-s", file=sys.stderr)
     for intra in (1, 2):
-        row = _run_child(["--child", "throughput", "--model", str(model_path), "--intra", str(intra),
+        row = run_child(__file__, ["--child", "throughput", "--model", str(model_path), "--intra", str(intra),
                           "--slices", str(slices), "--batch-size", "8"])
         rows.append({"lever": f"intra-op threads {intra} (inter-op 1)", **row})
         print(f"  {rows[-1]['lever']}: {row['slices_per_second']:.3f} slices/s, {row['slices_per_cpu_second']:.3f} per CPU-s",
@@ -297,7 +206,7 @@ def _whole_volume(args, model_path: Path) -> dict:
     """The paper-sized model through ``segment`` on the whole FLAIR, in a fresh process."""
     import nibabel as nib
 
-    vol = _run_child(["--child", "volume", "--model", str(model_path), "--flair", str(args.flair),
+    vol = run_child(__file__, ["--child", "volume", "--model", str(model_path), "--flair", str(args.flair),
                       "--batch-size", str(args.batch_size)])
     vol["slices"] = int(nib.load(str(args.flair)).shape[2])
     vol["slices_per_second"] = vol["slices"] / vol["model_seconds"]
@@ -331,7 +240,7 @@ def _native(args) -> dict | None:
         if tta and args.quick:
             section[name] = None  # --quick: one child only
             continue
-        row = _run_child(["--child", "native", "--model", str(model), "--flair", str(args.flair),
+        row = run_child(__file__, ["--child", "native", "--model", str(model), "--flair", str(args.flair),
                           "--batch-size", str(args.batch_size), *(["--tta"] if tta else [])])
         row["slices_per_second"] = row["model_slice_calls"] / row["model_seconds"]
         row["slices_per_cpu_second"] = row["model_slice_calls"] / row["model_cpu_seconds"]
@@ -345,20 +254,11 @@ def _native(args) -> dict | None:
     return section
 
 
-def _add_fractions(row: dict, flops: int | None, peak: float, peak_cpu: float) -> None:
-    """Achieved FLOP/s (wall and per CPU second) of a row with ``slices_per_second``, and its fractions."""
-    known = flops is not None
-    row["flops_per_second"] = flops * row["slices_per_second"] if known else None
-    row["fraction_of_matmul_peak"] = row["flops_per_second"] / peak if known else None
-    row["flops_per_cpu_second"] = flops * row["slices_per_cpu_second"] if known else None
-    row["fraction_of_matmul_peak_cpu"] = row["flops_per_cpu_second"] / peak_cpu if known else None
-
-
 def _native_targets(section: dict, peak: float, peak_cpu: float) -> None:
     """Fractions of the native rows, the section's ``targets`` (every measured row) and the summary line."""
     rows = {k: section[k] for k in ("without_tta", "with_tta") if section.get(k)}
     for row in rows.values():
-        _add_fractions(row, row["flops_per_slice"], peak, peak_cpu)
+        add_fractions(row, row["flops_per_slice"], peak, peak_cpu)
     fractions = [r["fraction_of_matmul_peak"] for r in rows.values()]
     fractions_cpu = [r["fraction_of_matmul_peak_cpu"] for r in rows.values()]
     section["targets"] = {
@@ -396,18 +296,18 @@ def _segment_benchmark(args, report: dict) -> None:
         report["model"]["flops_per_slice"] = flops
         report["model"]["weights"] = "random (timing only)"
         n = 1024 if args.quick else args.matmul_n
-        peaks = [_matmul_peak(n)]
+        peaks = [matmul_peak(n)]
         print(f"matmul: {peaks[0][0] / 1e9:.1f} GFLOP/s, {peaks[0][1] / 1e9:.1f} GFLOP/CPU-s; "
               f"model: {flops / 1e9:.1f} GFLOP/slice", file=sys.stderr)
         if not args.skip_volume:
             report["whole_volume"] = _whole_volume(args, model_path)
-            peaks.append(_matmul_peak(n))
+            peaks.append(matmul_peak(n))
         native = _native(args)
         if native:
             report["native"] = native
-            peaks.append(_matmul_peak(n))
+            peaks.append(matmul_peak(n))
         report["levers"] = _quick_levers(model_path) if args.quick else _levers(model_path, args.lever_slices)
-        peaks.append(_matmul_peak(n))
+        peaks.append(matmul_peak(n))
     # The machine's peak is the best matmul rate seen (measured at the start, between sections and at the end).
     # On a shared machine wall rates depend on the other jobs; rates per CPU second (all threads) do not,
     # so both fractions are reported.
@@ -416,7 +316,7 @@ def _segment_benchmark(args, report: dict) -> None:
                              "measurements": [{"flops_per_second": w, "flops_per_cpu_second": c} for w, c in peaks]}
     for row in [report.get("whole_volume"), *report["levers"]]:
         if row:
-            _add_fractions(row, flops, peak, peak_cpu)
+            add_fractions(row, flops, peak, peak_cpu)
     if "whole_volume" in report:
         vol = report["whole_volume"]
         print(f"whole volume: {vol['fraction_of_matmul_peak']:.2f} of the matmul peak ({peak / 1e9:.1f} GFLOP/s), "
@@ -429,9 +329,9 @@ def _segment_benchmark(args, report: dict) -> None:
 def _native_only(args) -> dict | None:
     """Section 5 alone, with the matmul peak measured before and after it (``--native-only``)."""
     n = 1024 if args.quick else args.matmul_n
-    peaks = [_matmul_peak(n)]
+    peaks = [matmul_peak(n)]
     native = _native(args)
-    peaks.append(_matmul_peak(n))
+    peaks.append(matmul_peak(n))
     if native:
         native["matmul_peak"] = {"n": n, "flops_per_second": max(p[0] for p in peaks),
                                  "flops_per_cpu_second": max(p[1] for p in peaks)}
@@ -445,7 +345,7 @@ LOAD_SHAPE, LOAD_TARGET = (64, 64, 32), 1.2
 
 
 def _rss_mb() -> float:
-    """Resident set size now (Linux ``/proc/self/statm``), in MB as :func:`_peak_rss_mb` counts them."""
+    """Resident set size now (Linux ``/proc/self/statm``), in MB as :func:`benchlib.peak_rss_mb` counts them."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024.0 / 1024.0
 
@@ -491,7 +391,7 @@ def _load_child(args) -> dict:
     if not result.ok:
         raise RuntimeError(f"{result.n_failed} subjects failed")
     tenth = max(1, len(times) // 10)
-    return {"subjects": len(times), "seconds_total": wall, "peak_rss_mb": _peak_rss_mb(),
+    return {"subjects": len(times), "seconds_total": wall, "peak_rss_mb": peak_rss_mb(),
             "rss_mb_every_tenth": [round(r, 1) for r in rss[tenth - 1::tenth]],
             "first_tenth_median_s": _median(times[:tenth]), "last_tenth_median_s": _median(times[-tenth:]),
             "first_tenth_mean_s": sum(times[:tenth]) / tenth, "last_tenth_mean_s": sum(times[-tenth:]) / tenth,
@@ -528,7 +428,7 @@ def _load(subjects: int) -> dict:
         section: dict = {"volume_shape": list(LOAD_SHAPE), "model": "unet, depth 2, 4 base filters, 64 x 64, random "
                          "weights", "cohort_seconds": time.perf_counter() - start, "runs": {}}
         for n, manifest in manifests.items():
-            row = _run_child(["--child", "load", "--model", str(model), "--manifest", str(manifest)])
+            row = run_child(__file__, ["--child", "load", "--model", str(model), "--manifest", str(manifest)])
             section["runs"][str(n)] = row
             print(f"load, {n} subjects: peak RSS {row['peak_rss_mb']:.0f} MB, {row['seconds_total']:.1f} s; per subject "
                   f"(median) first tenth {row['first_tenth_median_s'] * 1000:.0f} ms, last tenth "

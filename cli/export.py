@@ -22,6 +22,11 @@ from wmhkeras.cli.common import EXIT_OUTSIDE_TOLERANCE, handle_errors, start_ten
 @click.option("--tflite", default=None, metavar="LIST",
               help="TFLite variants, comma-separated, from fp32,fp16,dynamic,int8, or none "
                    "[default: all; int8 only when calibration data exists].")
+@click.option("--saved-model", "saved_models", default=None, metavar="LIST",
+              help="SavedModel precisions, comma-separated, from float32,bfloat16; float32 is always written, "
+                   "bfloat16 (OUT/saved_model_bf16, bfloat16 compute, float32 in and out) when listed "
+                   "[default: float32, plus bfloat16 on a machine with native bfloat16 if it verifies and is "
+                   "faster than float32 there].")
 @click.option("--calibration", default=None, type=click.Path(path_type=Path), metavar="DATA",
               help="int8 calibration data: a dataset (manifest CSV or folder) or a .npy of preprocessed slices "
                    "[default: the run's training subjects].")
@@ -39,9 +44,9 @@ from wmhkeras.cli.common import EXIT_OUTSIDE_TOLERANCE, handle_errors, start_ten
 @click.option("--force", is_flag=True, help="Replace an existing, non-empty export folder.")
 @threads_option
 @handle_errors
-def export_command(model_or_run_dir: Path, out_dir: Path | None, tflite: str | None, calibration: Path | None,
-                   card_info: Path | None, metrics: Path | None, serving_version: int | None,
-                   serving_name: str | None, force: bool, threads: int | None) -> None:
+def export_command(model_or_run_dir: Path, out_dir: Path | None, tflite: str | None, saved_models: str | None,
+                   calibration: Path | None, card_info: Path | None, metrics: Path | None,
+                   serving_version: int | None, serving_name: str | None, force: bool, threads: int | None) -> None:
     """Export MODEL_OR_RUN_DIR (a run folder or a .keras file) for deployment.
 
     Writes OUT/saved_model (signatures serving_default and segment_volume; loads with plain TensorFlow;
@@ -50,22 +55,28 @@ def export_command(model_or_run_dir: Path, out_dir: Path | None, tflite: str | N
     on held-back slices. The model's resampling (fixed size, mm spacing or native grid) and 2.5D context
     are exported with it and recorded in the card; free-size models keep slice height and width free, in
     the SavedModel and in the TFLite files. With --serving-version N the SavedModel is at OUT/NAME/N/
-    instead, ready for tensorflow_model_server (docs/export.md).
+    instead, ready for tensorflow_model_server (docs/export.md). The table gives each artifact's runtime,
+    CPU threads and speed on this machine beside its parity with Keras, to pick the fastest that passes.
     """
     start_tensorflow(threads)  # before the export modules import TensorFlow
-    from wmhkeras.export.options import default_out_dir, parse_variants
+    from wmhkeras.export.options import default_out_dir, parse_saved_models, parse_variants
     from wmhkeras.export.report import format_table
-    from wmhkeras.export.runner import export
+    from wmhkeras.export.runner import BF16_ARTIFACT, export
 
     if serving_name is not None and serving_version is None:
         raise click.UsageError("--serving-name needs --serving-version N")
     variants = parse_variants(tflite)
+    precisions = parse_saved_models(saved_models)
+    if serving_version is not None and precisions is not None and "bfloat16" in precisions:
+        raise click.UsageError("--saved-model bfloat16 is not written with --serving-version")
     out_dir = out_dir or default_out_dir(model_or_run_dir)
     report = export(model_or_run_dir, out_dir, tflite=variants, force=force, calibration_data=calibration,
-                    card_info=card_info, metrics=metrics, serving_version=serving_version, serving_name=serving_name)
+                    card_info=card_info, metrics=metrics, serving_version=serving_version, serving_name=serving_name,
+                    saved_models=precisions)
     click.echo(format_table(report))
-    saved_model = next(a.path for a in report.artifacts if a.name == "saved_model")
-    click.echo(f"exported to {out_dir} (SavedModel {saved_model}/, model_card.json, export_report.json)")
+    paths = {a.name: a.path for a in report.artifacts}
+    bf16 = f", bfloat16 SavedModel {paths[BF16_ARTIFACT]}/" if BF16_ARTIFACT in paths else ""
+    click.echo(f"exported to {out_dir} (SavedModel {paths['saved_model']}/{bf16}, model_card.json, export_report.json)")
     if not report.passed:
         click.echo(f"error: outside tolerance: {', '.join(report.failures)} (see {out_dir / 'export_report.json'})",
                    err=True)

@@ -67,7 +67,8 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--precision", default="float32", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
               help="Compute precision of a .keras model or run folder: auto is bfloat16 on a CPU with AVX512-BF16/AMX "
                    "or a GPU of compute capability >= 8.0, else float32. bfloat16 is used only if its masks match "
-                   "float32's (Dice >= 0.99) on 8 slices of the first subject. SavedModel/TFLite: float32 only.")
+                   "float32's (Dice >= 0.99) on 8 slices of the first subject. SavedModel/TFLite compute as exported: an "
+                   "export's saved_model_bf16/ in bfloat16, the others in float32 (bfloat16 refused for them).")
 @threads_option
 @handle_errors
 def segment_command(model: Path, inputs: tuple[Path, ...], out_dir: Path, t1: tuple[Path, ...], threshold: float,

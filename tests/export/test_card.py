@@ -157,3 +157,25 @@ def test_the_shipped_models_card_is_complete():
     assert card.holdout_metrics is not None and card.holdout_metrics.results
     text = (SHIPPED / "model_card.json").read_text()
     assert str(Path.home()) not in text and tempfile.gettempdir() not in text and '"/' not in text
+
+
+def test_saved_model_precisions_in_the_card():
+    """``precision`` and ``saved_models`` (optional, format version 3): round trip, defaults, refusals, and
+    an older card's keys of that name left in ``extra``."""
+    from wmhkeras.io.model_card import ModelCard
+
+    both = {"float32": {"path": "saved_model", "compute": "float32"},
+            "bfloat16": {"path": "saved_model_bf16", "compute": "bfloat16"}}
+    card = ModelCard(("flair",), "max", (32, 32), saved_model="saved_model_bf16", precision="bfloat16",
+                     saved_models=both)
+    data = json.loads(json.dumps(card.to_dict()))
+    assert data["precision"] == "bfloat16" and data["saved_models"] == both and data["format_version"] == 3
+    assert ModelCard.from_dict(data) == card
+    plain = {"modalities": ["flair"], "normalisation": "max", "input_size": [32, 32], "format_version": 3}
+    assert ModelCard.from_dict(plain).precision == "float32" and ModelCard.from_dict(plain).saved_models == {}
+    for bad in ({"precision": "float16"}, {"saved_models": {"float16": {"path": "x"}}},
+                {"saved_models": {"bfloat16": {"compute": "bfloat16"}}}):
+        with pytest.raises(InputError, match="precision|saved_models"):
+            ModelCard.from_dict({**plain, **bad})
+    old = ModelCard.from_dict({**plain, "format_version": 2, "precision": "half"})
+    assert old.precision == "float32" and old.extra == {"precision": "half"}

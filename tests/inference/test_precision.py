@@ -3,6 +3,7 @@
 import json
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from wmhkeras.errors import ConfigError
 from wmhkeras.inference import precision
 from wmhkeras.inference.loaders import load_segmenter
 from wmhkeras.inference.segment import segment
+from wmhkeras.io.model_card import ModelCard
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 CPUINFO = """processor\t: 0
@@ -168,3 +170,48 @@ def test_cli_option(spread_model, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     record = json.loads((tmp_path / "o" / "segment.json").read_text())
     assert record["settings"]["precision"] == "float32" and record["model"]["precision"]["used"] == "float32"
+
+
+def test_native_bfloat16_reasons(monkeypatch):
+    _no_native(monkeypatch)
+    assert precision.native_bfloat16() == (False, "no native bfloat16 on this machine")
+    monkeypatch.setattr(precision, "gpu_supports_bf16", lambda: True)
+    assert precision.native_bfloat16() == (True, "the GPU has compute capability >= 8.0")
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *a: True)
+    assert precision.native_bfloat16() == (True, "the CPU has AVX512-BF16/AMX")
+    monkeypatch.setenv("WMHKERAS_BF16", "0")
+    assert precision.native_bfloat16() == (False, "WMHKERAS_BF16=0")
+
+
+def _export_folder(root, bf16: bool):
+    """The files of an export that precision looks at: SavedModel folders (an empty saved_model.pb) and cards."""
+    card = ModelCard(("flair",), "max", (32, 32))
+    for name, p in (("saved_model", "float32"), ("saved_model_bf16", "bfloat16"))[: 1 + bf16]:
+        (root / name / "assets.extra").mkdir(parents=True)
+        (root / name / "saved_model.pb").write_bytes(b"")
+        replace(card, saved_model=name, precision=p).write(root / name / "assets.extra" / "model_card.json")
+    return root
+
+
+def test_bfloat16_saved_model_is_allowed_and_named_in_the_refusal(tmp_path):
+    with_bf16 = _export_folder(tmp_path / "a", bf16=True)
+    precision.check_precision("bfloat16", "saved_model", with_bf16 / "saved_model_bf16")  # it computes in bfloat16
+    for model in (with_bf16, with_bf16 / "saved_model", with_bf16 / "tflite" / "model_fp32.tflite"):
+        with pytest.raises(ConfigError, match=f"bfloat16 SavedModel: segment with {with_bf16 / 'saved_model_bf16'}$"):
+            precision.check_precision("bfloat16", "saved_model", model)
+    without = _export_folder(tmp_path / "b", bf16=False)
+    assert precision.bfloat16_export_beside(without / "saved_model") is None
+    with pytest.raises(ConfigError, match=r"float32 \(use --precision auto or float32\)$"):
+        precision.check_precision("bfloat16", "saved_model", without / "saved_model")
+
+
+@pytest.mark.parametrize("requested", ["float32", "auto", "bfloat16"])
+def test_a_bfloat16_export_records_bfloat16(requested):
+    seg = bright_segmenter()
+    seg.card = ModelCard(("flair",), "max", (32, 32), saved_model="saved_model_bf16", precision="bfloat16")
+    record = precision.choose_precision(seg, requested, None, 0.5)
+    assert record["used"] == "bfloat16" and record["requested"] == requested
+    assert record["reason"].startswith("the exported SavedModel computes in bfloat16")
+    assert ("saved_model/ is its float32 graph" in record["reason"]) == (requested == "float32")
+    with pytest.raises(ConfigError, match="float16"):
+        precision.choose_precision(seg, "float16", None, 0.5)

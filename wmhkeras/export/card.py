@@ -16,6 +16,7 @@ import re
 import statistics
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -195,9 +196,12 @@ def portable(value: Any, bases: Sequence[Path]) -> Any:
 
 def build_card(src: ExportSource, *, variants: Sequence[str], subjects: Optional[RunSubjects],
                calibration: dict | str | None, passed: bool, info: dict, holdout_summary: Optional[Path],
-               saved_model: str, signatures: dict, tflite: dict, serving: Optional[ServingLayout] = None) -> ModelCard:
+               saved_model: str, signatures: dict, tflite: dict, serving: Optional[ServingLayout] = None,
+               saved_models: Optional[dict] = None) -> ModelCard:
     """The card of an export: the model's settings, what the run tells, and the statements of ``info``
-    (:func:`read_card_info`), with every path made :func:`portable`."""
+    (:func:`read_card_info`), with every path made :func:`portable`. ``saved_models``: every SavedModel
+    written, by precision (``{"float32": {"path": ..., "compute": ...}, ...}``); the card describes the
+    float32 one at ``saved_model``."""
     run = src.run
     stated = info.get("holdout_metrics")
     card = ModelCard(
@@ -211,7 +215,9 @@ def build_card(src: ExportSource, *, variants: Sequence[str], subjects: Optional
         training_data=_training_data(src, subjects, info.get("training_data", {})),
         holdout_metrics=(HoldoutMetrics(**{"source": "stated by the exporter (card info)", **stated}) if stated
                          else holdout_metrics(holdout_summary, src.run_dir)),
-        saved_model=saved_model, serving=serving, signatures=signatures, orientation=ORIENTATION,
+        saved_model=saved_model, precision="float32",
+        saved_models=saved_models or {"float32": {"path": saved_model, "compute": "float32"}},
+        serving=serving, signatures=signatures, orientation=ORIENTATION,
         threshold=THRESHOLD, tflite=tflite, calibration=calibration if "int8" in variants else None,
         training_config=src.config.to_dict() if src.config is not None else None,
         validation_metrics=run.read_summary().to_dict() if run is not None and run.summary.is_file() else None,
@@ -232,8 +238,17 @@ def _training_data(src: ExportSource, subjects: Optional[RunSubjects], stated: d
     return TrainingData(**{**data, **stated})
 
 
-def write_card(card: ModelCard, folder: Path) -> tuple[Path, Path]:
-    """Write ``card`` into the export ``folder`` and into its SavedModel's ``assets.extra/``."""
-    inside = folder / card.saved_model / ASSETS_EXTRA / MODEL_CARD_NAME
-    inside.parent.mkdir(exist_ok=True)
-    return card.write(folder / MODEL_CARD_NAME), card.write(inside)
+def write_card(card: ModelCard, folder: Path) -> list[Path]:
+    """Write ``card`` into the export ``folder`` and into the ``assets.extra/`` of each of its SavedModels
+    (``card.saved_models``; inside another SavedModel than ``card.saved_model``, the card with
+    ``saved_model`` and ``precision`` naming that one). Returns the paths, the export folder's first."""
+    cards = {card.saved_model: card}
+    for precision, entry in card.saved_models.items():
+        if entry["path"] != card.saved_model:
+            cards[entry["path"]] = replace(card, saved_model=entry["path"], precision=precision)
+    written = [card.write(folder / MODEL_CARD_NAME)]
+    for path, inner in cards.items():
+        inside = folder / path / ASSETS_EXTRA / MODEL_CARD_NAME
+        inside.parent.mkdir(exist_ok=True)
+        written.append(inner.write(inside))
+    return written

@@ -1,4 +1,4 @@
-"""What an export may be asked for: TFLite variants, acceptance tolerances, and the output folder.
+"""What an export may be asked for: SavedModel precisions, TFLite variants, acceptance tolerances, the output folder.
 
 No TensorFlow here: the CLI checks its options with these before any model is loaded.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.io.files import check_new_folder
+from wmhkeras.io.model_card import SAVED_MODEL_PRECISIONS
 
 #: TFLite variants, in the order they are written.
 TFLITE_VARIANTS = ("fp32", "fp16", "dynamic", "int8")
@@ -25,6 +26,8 @@ TFLITE_DESCRIPTIONS = {
 DEFAULT_TOLERANCES = {
     "saved_model": {"max_abs_diff": 1e-4},
     "segment_volume": {"max_abs_diff": 1e-4},
+    "saved_model_bf16": {"mask_dice": 0.99},
+    "segment_volume_bf16": {"mask_dice": 0.99},
     "fp32": {"max_abs_diff": 1e-4},
     "fp16": {"mask_dice": 0.99},
     "dynamic": {"mask_dice": 0.99},
@@ -49,6 +52,28 @@ def parse_variants(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
         if n not in TFLITE_VARIANTS:
             raise ConfigError(f"tflite variant {n!r} is not known; use any of {', '.join(TFLITE_VARIANTS)} (or none)")
     return tuple(dict.fromkeys(names))
+
+
+def parse_saved_models(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``'float32,bfloat16'`` or a sequence -> the SavedModel precisions, float32 always among them, in the
+    order of :data:`~wmhkeras.io.model_card.SAVED_MODEL_PRECISIONS`; ``None`` stays ``None`` (the default:
+    float32, and bfloat16 where it helps).
+
+    Raises:
+        ConfigError: an unknown precision, or none at all (the float32 SavedModel is always written).
+    """
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n).strip() for n in text]
+    names = [n for n in names if n]
+    allowed = f"use float32, or float32,bfloat16 ({', '.join(SAVED_MODEL_PRECISIONS)})"
+    for n in names:
+        if n not in SAVED_MODEL_PRECISIONS:
+            raise ConfigError(f"saved model precision (--saved-model) {n!r} is not known; {allowed}")
+    if not names:
+        raise ConfigError(f"saved model precisions (--saved-model): none given; the float32 SavedModel is always "
+                          f"written: {allowed}")
+    return tuple(p for p in SAVED_MODEL_PRECISIONS if p in names or p == "float32")
 
 
 def resolve_tolerances(tolerances: dict | None) -> dict[str, dict[str, float]]:

@@ -12,14 +12,21 @@
   preprocessing has one implementation.
 
 Loading the SavedModel needs TensorFlow only: no wmhkeras, no Keras custom objects.
+
+The bfloat16 SavedModel (``saved_model_bf16/``) has the same two signatures, float32 in and out, around
+the model rebuilt under the Keras ``mixed_bfloat16`` policy
+(:func:`wmhkeras.inference.precision.bfloat16_model`: float32 variables, bfloat16 compute, the output
+cast back to float32).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import keras
 import numpy as np
@@ -30,24 +37,29 @@ from wmhkeras.errors import WriteError
 from wmhkeras.export.report import ArtifactCheck
 from wmhkeras.export.source import ExportSource
 from wmhkeras.export.verification import VerificationVolume, check_artifact, timed, tree_size
+from wmhkeras.inference.loaders import cpu_threads
+from wmhkeras.inference.precision import bfloat16_model
 from wmhkeras.inference.predictor import predict_volume
 from wmhkeras.io.files import tf_write_error, writing
-from wmhkeras.io.model_card import ORIENTATION
+from wmhkeras.io.model_card import ORIENTATION, SAVED_MODEL_FOLDERS
 
-#: Folder of the SavedModel inside the export folder.
-SAVED_MODEL_NAME = "saved_model"
+#: Folders of the SavedModels inside the export folder (float32; bfloat16 compute).
+SAVED_MODEL_NAME = SAVED_MODEL_FOLDERS["float32"]
+SAVED_MODEL_BF16_NAME = SAVED_MODEL_FOLDERS["bfloat16"]
+#: Report names of each SavedModel's two signatures, by precision.
+CHECK_NAMES = {"float32": ("saved_model", "segment_volume"), "bfloat16": ("saved_model_bf16", "segment_volume_bf16")}
 #: Slices run through the network at once inside ``segment_volume`` (bounds its memory).
 VOLUME_BATCH = 8
 
 
-def _batched(model: keras.Model, slices: tf.Tensor, batch: int = VOLUME_BATCH) -> tf.Tensor:
-    """Run ``model`` over ``slices (Z, H, W, C)`` ``batch`` slices at a time (graph-safe, bounded memory)."""
+def _batched(net: Callable, out_shape, slices: tf.Tensor, batch: int = VOLUME_BATCH) -> tf.Tensor:
+    """Run ``net`` (float32 slices -> float32 outputs of shape ``out_shape`` per slice) over ``slices
+    (Z, H, W, C)`` ``batch`` slices at a time (graph-safe, bounded memory)."""
     n = tf.shape(slices)[0]
     padded = tf.pad(slices, [[0, (-n) % batch], [0, 0], [0, 0], [0, 0]])
     shape = tf.shape(padded)
     groups = tf.reshape(padded, tf.concat([[-1, batch], shape[1:]], axis=0))
-    out = tf.map_fn(lambda b: model(b, training=False), groups,
-                    fn_output_signature=tf.TensorSpec([batch, *model.outputs[0].shape[1:]], tf.float32),
+    out = tf.map_fn(net, groups, fn_output_signature=tf.TensorSpec([batch, *out_shape], tf.float32),
                     parallel_iterations=1)
     return tf.reshape(out, tf.concat([[-1], tf.shape(out)[2:]], axis=0))[:n]
 
@@ -77,15 +89,20 @@ def tf_writing(path: Path) -> Iterator[None]:
         raise WriteError(path, error) from err
 
 
-def write_saved_model(src: ExportSource, path: Path) -> None:
-    """Write the SavedModel with ``serving_default`` and ``segment_volume`` (plain tf.functions)."""
-    model, c, names = src.model, src.channels, src.modalities
+def write_saved_model(src: ExportSource, path: Path, precision: str = "float32") -> None:
+    """Write the SavedModel with ``serving_default`` and ``segment_volume`` (plain tf.functions); with
+    ``precision`` ``bfloat16`` around the model rebuilt under ``mixed_bfloat16`` (float32 in and out)."""
+    model = src.model if precision == "float32" else bfloat16_model(src.model)
+    c, names, out_shape = src.channels, src.modalities, src.model.outputs[0].shape[1:]
     (h, w), resampling, k = src.input_size or (None, None), src.resampling, src.context_slices
+
+    def net(x):
+        return tf.cast(model(x, training=False), tf.float32)  # no op in float32
 
     # autograph=False: no tensor-dependent Python control flow here, and tracing is much faster without it.
     @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="slices")], autograph=False)
     def serving_default(slices):
-        return {"probabilities": model(slices, training=False)}
+        return {"probabilities": net(slices)}
 
     def segment(volumes, voxel_size):
         for name, other in zip(names[1:], volumes[1:], strict=True):
@@ -95,7 +112,7 @@ def write_saved_model(src: ExportSource, path: Path) -> None:
             tf.debugging.assert_positive(voxel_size, message="spacing must be the voxel size in mm (> 0)")
         slices = preprocess_volume(volumes, method=src.normalisation, resampling=resampling,
                                    voxel_size=voxel_size, context=k)
-        probabilities = restore_volume(_batched(model, slices), tf.shape(volumes[0]), resampling=resampling,
+        probabilities = restore_volume(_batched(net, out_shape, slices), tf.shape(volumes[0]), resampling=resampling,
                                        voxel_size=voxel_size)
         return {"probabilities": probabilities}
 
@@ -115,29 +132,80 @@ def write_saved_model(src: ExportSource, path: Path) -> None:
         archive.write_out(str(path), verbose=False)
 
 
-def check_saved_model(loaded, src: ExportSource, path: Path, slices: np.ndarray, ref: np.ndarray,
-                      volume: VerificationVolume, limits: dict[str, dict[str, float]],
-                      name: str = SAVED_MODEL_NAME) -> list[ArtifactCheck]:
-    """Check both signatures of the reloaded SavedModel ``loaded`` (written at ``path``; ``name``: that path
-    relative to the export folder, for the report).
+@dataclass(frozen=True)
+class Reference:
+    """The Keras model's outputs and times that every artifact is compared with: on the verification
+    ``slices`` one at a time (``ms`` per slice), and through the eager pipeline of ``wmhkeras segment`` on
+    the verification ``volume`` (``volume_ms`` per slice, batches of :data:`VOLUME_BATCH`)."""
 
-    ``serving_default`` against ``ref`` (the Keras model on ``slices``); ``segment_volume`` on the raw
-    ``volume`` channels against the eager pipeline of ``wmhkeras segment`` (preprocess_volume -> Keras
+    slices: np.ndarray
+    out: np.ndarray
+    ms: float
+    volume: VerificationVolume
+    volume_out: np.ndarray
+    volume_ms: float
+
+
+def keras_reference(src: ExportSource, slices: np.ndarray, volume: VerificationVolume) -> Reference:
+    """Run the Keras model on ``slices`` (:func:`~wmhkeras.export.verification.timed`) and ``volume``
+    (a first call, then a timed one)."""
+    out, ms = timed(src.segmenter, slices)
+
+    def pipeline():
+        return predict_volume(src.segmenter, volume.channels, batch_size=VOLUME_BATCH, voxel_size=volume.voxel_size)
+
+    pipeline()  # warm-up: the volume's shapes
+    t = time.perf_counter()
+    volume_out = pipeline()
+    volume_ms = 1000 * (time.perf_counter() - t) / volume.channels[0].shape[2]
+    return Reference(slices, out, ms, volume, volume_out, volume_ms)
+
+
+def tf_runtime(precision: str = "float32") -> str:
+    """What TensorFlow runs a model on here: ``TF GPU``, ``TF oneDNN`` (Intel's oneDNN kernels, on by
+    default on x86 Linux unless ``TF_ENABLE_ONEDNN_OPTS=0``) or ``TF``; `` bf16`` for bfloat16 compute."""
+    if tf.config.list_logical_devices("GPU"):
+        name = "TF GPU"
+    else:
+        try:  # whether the oneDNN kernels are on (a private call: only the name in the table depends on it)
+            from tensorflow.python.util import _pywrap_util_port
+
+            name = "TF oneDNN" if _pywrap_util_port.IsMklEnabled() else "TF"
+        except (ImportError, AttributeError):
+            name = "TF"
+    return name + (" bf16" if precision == "bfloat16" else "")
+
+
+def tf_threads() -> Optional[int]:
+    """CPU threads of TensorFlow's ops (``None`` on a GPU)."""
+    return None if tf.config.list_logical_devices("GPU") else cpu_threads()
+
+
+def check_saved_model(loaded, src: ExportSource, path: Path, ref: Reference, limits: dict[str, dict[str, float]],
+                      name: str = SAVED_MODEL_NAME, precision: str = "float32") -> list[ArtifactCheck]:
+    """Check both signatures of the reloaded SavedModel ``loaded`` (written at ``path``; ``name``: that path
+    relative to the export folder, for the report; ``precision``: what it computes in, which names the
+    checks, :data:`CHECK_NAMES`, and their tolerances).
+
+    ``serving_default`` against ``ref.out`` (the Keras model on ``ref.slices``); ``segment_volume`` on the raw
+    ``ref.volume`` channels against the eager pipeline of ``wmhkeras segment`` (preprocess_volume -> Keras
     model -> restore_volume).
     """
+    names = CHECK_NAMES[precision]
+    runtime, threads = tf_runtime(precision), tf_threads()
     serve = loaded.signatures["serving_default"]
-    out, ms = timed(lambda x: serve(slices=tf.constant(x))["probabilities"], slices)
-    checks = [check_artifact("saved_model", name, tree_size(path), ms, out, ref, limits["saved_model"])]
+    out, ms = timed(lambda x: serve(slices=tf.constant(x))["probabilities"], ref.slices)
+    checks = [check_artifact(names[0], name, tree_size(path), ms, out, ref.out, limits[names[0]],
+                             runtime=runtime, threads=threads, reference_ms=ref.ms)]
 
     segment = loaded.signatures["segment_volume"]
-    inputs = volume_inputs(src, volume)
+    inputs = volume_inputs(src, ref.volume)
     segment(**inputs)  # warm-up
     t = time.perf_counter()
     vol_out = segment(**inputs)["probabilities"].numpy()
-    ms = 1000 * (time.perf_counter() - t) / volume.channels[0].shape[2]
-    vol_ref = predict_volume(src.segmenter, volume.channels, batch_size=VOLUME_BATCH, voxel_size=volume.voxel_size)
-    checks.append(check_artifact("segment_volume", name, None, ms, vol_out, vol_ref,
-                                 limits["segment_volume"]))
+    ms = 1000 * (time.perf_counter() - t) / ref.volume.channels[0].shape[2]
+    checks.append(check_artifact(names[1], name, None, ms, vol_out, ref.volume_out, limits[names[1]],
+                                 runtime=runtime, threads=threads, reference_ms=ref.volume_ms))
     return checks
 
 

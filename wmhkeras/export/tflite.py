@@ -48,9 +48,12 @@ def convert_tflite(loaded, variant: str, calibration: np.ndarray | None) -> byte
 
 
 def write_tflite_variants(loaded, folder: Path, variants: Sequence[str], calibration: np.ndarray | None,
-                          slices: np.ndarray, ref: np.ndarray,
-                          limits: dict[str, dict[str, float]]) -> list[ArtifactCheck]:
-    """Write each variant under ``folder`` and check it against ``ref`` (the Keras model on ``slices``)."""
+                          slices: np.ndarray, ref: np.ndarray, limits: dict[str, dict[str, float]],
+                          reference_ms: float | None = None) -> list[ArtifactCheck]:
+    """Write each variant under ``folder`` and check it against ``ref`` (the Keras model on ``slices``, in
+    ``reference_ms`` per slice), run as ``wmhkeras segment`` runs it
+    (:func:`~wmhkeras.inference.loaders.tflite_predict_fn`: LiteRT with its XNNPACK delegate, on
+    :func:`~wmhkeras.inference.loaders.cpu_threads` threads)."""
     if variants:
         make_folder(folder / TFLITE_DIR)
     checks = []
@@ -60,8 +63,10 @@ def write_tflite_variants(loaded, folder: Path, variants: Sequence[str], calibra
         model = convert_tflite(loaded, v, calibration)
         with atomic_path(path) as tmp:
             tmp.write_bytes(model)
-        out, ms = timed(tflite_predict_fn(path), slices)
-        checks.append(check_artifact(v, tflite_name(v), path.stat().st_size, ms, out, ref, limits[v]))
+        runner = tflite_predict_fn(path)
+        out, ms = timed(runner, slices)
+        checks.append(check_artifact(v, tflite_name(v), path.stat().st_size, ms, out, ref, limits[v],
+                                     runtime=runner.runtime, threads=runner.threads, reference_ms=reference_ms))
     return checks
 
 

@@ -169,10 +169,12 @@ def timed(fn: Callable, slices: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def check_artifact(name: str, path: str, size_bytes: int | None, latency_ms: float, out: np.ndarray,
-                   ref: np.ndarray, tolerance: dict[str, float]) -> ArtifactCheck:
+                   ref: np.ndarray, tolerance: dict[str, float], *, runtime: str = "", threads: int | None = None,
+                   reference_ms: float | None = None) -> ArtifactCheck:
     """Compare an artifact's probabilities ``out`` with the reference ``ref`` (any matching shape).
 
-    ``max_abs_diff`` of the probabilities, and the Dice of the masks at :data:`THRESHOLD` over all voxels.
+    ``max_abs_diff`` of the probabilities, and the Dice of the masks at :data:`THRESHOLD` over all voxels;
+    ``speedup`` is ``reference_ms / latency_ms`` (the reference's time on the same work) when given.
     """
     diff = float(np.abs(out - ref).max())
     # metrics.dice takes [X, Y, Z] arrays: count over all voxels of any shape through a 3D view.
@@ -182,7 +184,10 @@ def check_artifact(name: str, path: str, size_bytes: int | None, latency_ms: flo
     passed = diff <= tolerance.get("max_abs_diff", np.inf) and mask_dice >= tolerance.get("mask_dice", -np.inf)
     log.info("%s: max |diff| %.3g, mask Dice %.4f, %.2f ms/slice -> %s", name, diff, mask_dice, latency_ms,
              "ok" if passed else "OUTSIDE TOLERANCE")
-    return ArtifactCheck(name, path, size_bytes, round(latency_ms, 3), diff, mask_dice, tolerance, passed)
+    latency_ms = round(latency_ms, 3)  # the figures as reported, the speedup from them
+    speedup = None if reference_ms is None else round(round(reference_ms, 3) / max(latency_ms, 1e-3), 3)
+    return ArtifactCheck(name, path, size_bytes, latency_ms, diff, mask_dice, tolerance, passed,
+                         runtime, threads, speedup)
 
 
 def tree_size(path: Path) -> int:

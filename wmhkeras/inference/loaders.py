@@ -9,7 +9,9 @@ functions, so importing this module is cheap.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,12 +118,49 @@ def _keras_predict_fn(model, input_shape):
     return predict
 
 
-def tflite_predict_fn(path: Path):
-    """Slices ``(batch, H, W, C)`` float32 -> probabilities with an exported TFLite file (ai-edge-litert)."""
+def cpu_threads() -> int:
+    """Threads for a CPU runtime besides TensorFlow (LiteRT): TensorFlow's intra-op setting when ``--threads``
+    set one, else every CPU this process may run on."""
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and tf.config.threading.get_intra_op_parallelism_threads() > 0:
+        return tf.config.threading.get_intra_op_parallelism_threads()
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def tflite_predict_fn(path: Path, num_threads: Optional[int] = None) -> TFLiteRunner:
+    """Slices ``(batch, H, W, C)`` float32 -> probabilities with an exported TFLite file (ai-edge-litert).
+
+    LiteRT's interpreter applies its default XNNPACK delegate to the ops it takes, but runs on one thread
+    unless told otherwise: ``num_threads`` (default :func:`cpu_threads`) sets it.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
-    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
-    return lambda x: runner(slices=x)["probabilities"]
+    threads = num_threads or cpu_threads()
+    return TFLiteRunner(Interpreter(model_path=str(path), num_threads=threads), threads)
+
+
+class TFLiteRunner:
+    """A TFLite file's ``serving_default`` as a function of the slices, with its ``threads`` and ``runtime``."""
+
+    def __init__(self, interpreter, threads: int):
+        self.interpreter, self.threads = interpreter, threads
+        self._runner = interpreter.get_signature_runner("serving_default")
+
+    def __call__(self, x):
+        return self._runner(slices=x)["probabilities"]
+
+    @property
+    def runtime(self) -> str:
+        """``"LiteRT XNNPACK"`` when the delegate took part of the graph (known after the first call, when
+        LiteRT applies it), else ``"LiteRT"``."""
+        try:  # delegated partitions show as DELEGATE nodes (a private call: only this name depends on it)
+            delegated = any(op["op_name"] == "DELEGATE" for op in self.interpreter._get_ops_details())
+        except Exception:
+            delegated = False
+        return "LiteRT XNNPACK" if delegated else "LiteRT"
 
 
 def _keras_resampling(spec: ModelSpec, model, in_shape: tuple) -> Resampling:
@@ -146,6 +185,30 @@ def _one_line(exc: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def float32_model(model, source: str | Path = "the model"):
+    """``model`` computing in float32: as it is when every layer does, else rebuilt with float32 layers
+    and the same weights. A run trained with ``train.precision: mixed_bfloat16`` (or ``mixed_float16``)
+    saves each layer's dtype policy in its ``.keras`` file, so it would load computing in 16 bits; a
+    Keras model segments in float32 unless ``--precision`` asks for bfloat16."""
+    import keras
+
+    def layers(outer):  # nested models included
+        for layer in outer.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from layers(layer)
+
+    sixteen = {layer.dtype_policy.name for layer in layers(model) if layer.dtype_policy.compute_dtype != "float32"}
+    if not sixteen:
+        return model
+
+    from wmhkeras.models.unet import with_dtype_policy
+
+    copy = with_dtype_policy(model, "float32")
+    log.info("%s: saved with dtype policy %s; rebuilt to compute in float32", source, ", ".join(sorted(sixteen)))
+    return copy
+
+
 def _load_keras(spec: ModelSpec) -> Segmenter:
     import keras
 
@@ -158,6 +221,7 @@ def _load_keras(spec: ModelSpec) -> Segmenter:
     # A training wrapper (e.g. the adversarial ablation) holds the segmentation network as .generator.
     if isinstance(getattr(model, "generator", None), keras.Model):
         model = model.generator
+    model = float32_model(model, spec.path)  # a run trained with train.precision: mixed_* saves 16-bit layers
     if spec.resampling is not None and spec.resampling.mode != "fixed":
         from wmhkeras.models.unet import free_size
 

@@ -4,7 +4,10 @@
 ``/proc/cpuinfo`` flags ``avx512_bf16`` / ``amx_bf16``; other systems: float32) or a GPU of compute
 capability 8.0 or more - and float32 elsewhere. bfloat16 runs the model rebuilt under the Keras policy
 ``mixed_bfloat16`` (float32 weights and input, bfloat16 compute, float32 output). Only ``.keras`` files
-and run folders can: for SavedModel and TFLite sources ``auto`` means float32 and ``bfloat16`` is refused.
+and run folders can: for SavedModel and TFLite sources ``auto`` means float32 and ``bfloat16`` is refused
+(the message names the export's ``saved_model_bf16/`` when there is one beside the model), except for the
+bfloat16 SavedModel that ``wmhkeras export`` writes (``saved_model_bf16/``, its card's ``precision``): that
+graph computes in bfloat16 whatever is asked, and the record says so.
 
 The parity gate: before a model's first bfloat16 prediction, both precisions segment the 8 preprocessed
 slices of the first image with the most contrast (highest standard deviation); unless the two masks at
@@ -28,6 +31,7 @@ import numpy as np
 
 from wmhkeras.errors import ConfigError
 from wmhkeras.inference.loaders import Segmenter
+from wmhkeras.io.model_card import SAVED_MODEL_FOLDERS, ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +74,63 @@ def gpu_supports_bf16() -> bool:
     return False
 
 
-def check_precision(precision: str, fmt: str) -> None:
-    """Refuse an unknown precision, and ``bfloat16`` for a source that is not a Keras model (ConfigError)."""
+def native_bfloat16() -> tuple[bool, str]:
+    """Whether this machine computes bfloat16 natively, and why: ``WMHKERAS_BF16`` (``0``/``1``) first, then
+    the CPU's flags, then the GPUs (also what ``wmhkeras export`` asks before it tries a bfloat16 SavedModel)."""
+    forced = os.environ.get("WMHKERAS_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1", f"WMHKERAS_BF16={forced}"
+    if cpu_supports_bf16():
+        return True, "the CPU has AVX512-BF16/AMX"
+    if gpu_supports_bf16():
+        return True, "the GPU has compute capability >= 8.0"
+    return False, "no native bfloat16 on this machine"
+
+
+def exported_precision(card: ModelCard | None) -> str:
+    """What an exported model computes in: its card's ``precision`` (``float32`` without a card)."""
+    return "float32" if card is None else card.precision
+
+
+def bfloat16_export_beside(path: str | Path) -> Path | None:
+    """The export's bfloat16 SavedModel (``saved_model_bf16/``) beside a model ``path`` (an export folder, its
+    ``saved_model/`` or a file of its ``tflite/``), or ``None``."""
+    path = Path(path)
+    name = SAVED_MODEL_FOLDERS["bfloat16"]
+    for folder in (path, path.parent, path.parent.parent):
+        candidate = folder / name
+        if candidate != path and (candidate / "saved_model.pb").is_file():
+            return candidate
+    return None
+
+
+def _card_at(path: Path) -> ModelCard | None:
+    found = ModelCard.find(path) if path.is_dir() else None
+    try:
+        return None if found is None else ModelCard.read(found)
+    except Exception:  # a bad card is reported by the loader, with its own message
+        return None
+
+
+def check_precision(precision: str, fmt: str, path: str | Path | None = None) -> None:
+    """Refuse an unknown precision, and ``bfloat16`` for a source that is not a Keras model (ConfigError),
+    unless ``path`` is a bfloat16 SavedModel of ``wmhkeras export``; the refusal names the export's
+    ``saved_model_bf16/`` when there is one beside ``path``."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision (--precision): {precision!r} is not allowed; use one of {', '.join(PRECISIONS)}")
     if precision == "bfloat16" and fmt in ("saved_model", "tflite", "segmenter"):
-        raise ConfigError(f"--precision bfloat16 needs a .keras file or a run folder; a {fmt} model runs in float32 "
-                          "(use --precision auto or float32)")
+        if path is not None and exported_precision(_card_at(Path(path))) == "bfloat16":
+            return
+        beside = None if path is None else bfloat16_export_beside(path)
+        if path is None:  # the model may be an export's saved_model_bf16/: say how that one is run
+            hint = (" (use --precision auto or float32; an export's bfloat16 SavedModel, saved_model_bf16/, "
+                    "computes in bfloat16 with either)")
+        elif beside is None:
+            hint = ", in float32 (use --precision auto or float32)"
+        else:
+            hint = f", in float32; this export has a bfloat16 SavedModel: segment with {beside}"
+        raise ConfigError(f"--precision bfloat16 needs a .keras file or a run folder; a {fmt} model computes as it "
+                          f"was exported{hint}")
 
 
 def is_keras(segmenter: Segmenter) -> bool:
@@ -94,17 +148,9 @@ def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def bfloat16_model(model):
     """``model`` rebuilt under the ``mixed_bfloat16`` policy with the same weights (float32 variables)."""
-    import keras
+    from wmhkeras.models.unet import with_dtype_policy
 
-    def clone(layer):
-        config = layer.get_config()
-        if not isinstance(layer, keras.layers.InputLayer):
-            config["dtype"] = keras.DTypePolicy("mixed_bfloat16")
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
+    return with_dtype_policy(model, "mixed_bfloat16")
 
 
 def bfloat16_predict_fn(model):
@@ -134,14 +180,8 @@ def _wanted(precision: str, keras_model: bool) -> tuple[str, str]:
         return precision, "requested"
     if not keras_model:
         return "float32", "auto: not a Keras model"
-    forced = os.environ.get("WMHKERAS_BF16", "").strip()
-    if forced in ("0", "1"):
-        return ("bfloat16" if forced == "1" else "float32"), f"auto: WMHKERAS_BF16={forced}"
-    if cpu_supports_bf16():
-        return "bfloat16", "auto: the CPU has AVX512-BF16/AMX"
-    if gpu_supports_bf16():
-        return "bfloat16", "auto: the GPU has compute capability >= 8.0"
-    return "float32", "auto: no native bfloat16 on this machine"
+    native, why = native_bfloat16()
+    return ("bfloat16" if native else "float32"), f"auto: {why}"
 
 
 def speedup(slow, fast, sample) -> float:
@@ -176,10 +216,18 @@ def choose_precision(segmenter: Segmenter, precision: str, slices, threshold: fl
     ``bfloat16``), with the parity gate on ``slices`` (preprocessed slices of the first image); returns
     and stores as ``segmenter.precision`` the record ``{requested, used, reason, parity_dice, speedup}``."""
     keras_model = is_keras(segmenter)
-    check_precision(precision, "keras" if keras_model else "segmenter")
+    exported = None if keras_model else exported_precision(segmenter.card)
+    if exported != "bfloat16":
+        check_precision(precision, "keras" if keras_model else "segmenter")
+    elif precision not in PRECISIONS:
+        check_precision(precision, "saved_model")
     if segmenter.precision and segmenter.precision["requested"] == precision:
         return segmenter.precision
     wanted, reason = _wanted(precision, keras_model)
+    if exported == "bfloat16":
+        wanted, reason = "bfloat16", "the exported SavedModel computes in bfloat16 (its model card's precision)"
+        if precision == "float32":
+            reason += "; the export's saved_model/ is its float32 graph"
     dice = ratio = None
     if keras_model:
         float32_fn, fast, dice, ratio, _ = _checked(segmenter, slices, threshold) if wanted == "bfloat16" else (

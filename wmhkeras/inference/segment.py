@@ -368,7 +368,8 @@ def segment(
     settings.check()
     shard = parse_shard(shard)
     spec = None if isinstance(model, Segmenter) else inspect_model(model)
-    check_precision(precision, spec.format if spec else "keras" if is_keras(model) else "segmenter")
+    check_precision(precision, spec.format if spec else "keras" if is_keras(model) else "segmenter",
+                    spec.path if spec else model.source or None)
     items = select_shard(resolve_inputs(inputs, as_list(t1), as_list(brain_mask)), shard)
     settings = replace(settings, bids_out=bids_output(items, bids_out))
     modalities = model.modalities if isinstance(model, Segmenter) else spec.modalities

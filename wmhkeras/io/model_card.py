@@ -18,6 +18,13 @@ Format version 3 adds typed sections for people: ``intended_use``, ``not_intende
 is read into it), ``holdout_metrics`` (:class:`HoldoutMetrics`), ``project_version`` and ``serving``
 (:class:`ServingLayout`). Cards of versions 1 and 2 are still read; their keys that version 3 gives a
 typed home (e.g. texts a script added by hand) stay in ``extra`` as they were.
+
+Two optional fields, still format version 3, describe an export with more than one SavedModel:
+``precision`` (:data:`SAVED_MODEL_PRECISIONS`), what the SavedModel at ``saved_model`` computes in, and
+``saved_models``, every SavedModel of the export by precision (``{"float32": {"path": "saved_model", ...},
+"bfloat16": {"path": "saved_model_bf16", ...}}``). The card beside the SavedModels and the one inside
+``saved_model/`` describe the float32 one; the card inside ``saved_model_bf16/`` is the same card with
+``saved_model`` and ``precision`` naming that folder. A card without them (older exports) means float32.
 """
 
 from __future__ import annotations
@@ -52,9 +59,14 @@ THRESHOLD = 0.5
 RESAMPLE_MODES = ("fixed", "spacing", "none")
 #: Largest ``context_slices`` a card may record (``data.context_slices``).
 MAX_CONTEXT_SLICES = 7
-#: Fields that format version 3 added; in an older card these keys are left in ``extra``.
+#: Fields of format version 3 (``precision`` and ``saved_models`` came later, optional); in an older card
+#: these keys are left in ``extra``.
 V3_FIELDS = ("project_version", "intended_use", "not_intended_for", "limitations", "input_requirements",
-             "training_data", "holdout_metrics", "serving")
+             "training_data", "holdout_metrics", "serving", "precision", "saved_models")
+#: What an exported SavedModel may compute in (float32 inputs and outputs either way), and the folder
+#: ``wmhkeras export`` writes each to.
+SAVED_MODEL_PRECISIONS = ("float32", "bfloat16")
+SAVED_MODEL_FOLDERS = {"float32": "saved_model", "bfloat16": "saved_model_bf16"}
 
 Stated = Union[bool, str]
 
@@ -267,6 +279,8 @@ class ModelCard:
     training_data: TrainingData = field(default_factory=TrainingData)
     holdout_metrics: Optional[HoldoutMetrics] = None
     saved_model: str = "saved_model"
+    precision: str = "float32"
+    saved_models: dict = field(default_factory=dict)
     serving: Optional[ServingLayout] = None
     signatures: dict = field(default_factory=dict)
     orientation: str = ORIENTATION
@@ -310,6 +324,12 @@ class ModelCard:
         object.__setattr__(self, "training_data", section(TrainingData, self.training_data))
         object.__setattr__(self, "holdout_metrics", section(HoldoutMetrics, self.holdout_metrics, optional=True))
         object.__setattr__(self, "serving", section(ServingLayout, self.serving, optional=True))
+        _check(self.precision in SAVED_MODEL_PRECISIONS, "precision", self.precision,
+               f"one of {', '.join(SAVED_MODEL_PRECISIONS)}")
+        _check(isinstance(self.saved_models, dict) and set(self.saved_models) <= set(SAVED_MODEL_PRECISIONS)
+               and all(isinstance(v, dict) and isinstance(v.get("path"), str) and v["path"]
+                       for v in self.saved_models.values()),
+               "saved_models", self.saved_models, "a mapping of float32/bfloat16 to {path, ...}")
 
     @property
     def mode(self) -> str:

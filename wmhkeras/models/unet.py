@@ -232,6 +232,23 @@ def free_size(model: keras.Model) -> keras.Model:
     return copy
 
 
+def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
+    """The same generator with every layer (nested models included) under the Keras dtype ``policy``
+    (``"float32"``, ``"mixed_bfloat16"``, ...) and equal weight values (variables stay float32 under
+    the mixed policies). Used to segment in bfloat16 (``segment --precision``, the bfloat16 SavedModel)
+    and to bring a checkpoint saved under a mixed policy back to float32."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = keras.DTypePolicy(policy)
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _rebuilt(model: keras.Model, shape: tuple) -> keras.Model:
     """The functional ``model``'s graph rebuilt on an input of ``shape`` (new, unset weights)."""
     new = keras.Input(shape=shape)
