@@ -112,7 +112,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     info = args.work / "card_info.json"
     info.write_text(json.dumps(json_safe(card_info(args.results, args.config)), indent=2) + "\n")  # NaN -> null
-    run([*wmhkeras(), "export", str(run_dir), "--out", str(args.out), "--tflite", "fp16", "--force",
+    run([*wmhkeras(), "export", str(run_dir), "--out", str(args.out), "--tflite", "fp16", "--saved-model", "float32", "--force",
          "--card-info", str(info)])
     sizes = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{args.out}: {sizes / 2**20:.1f} MB in all")
