@@ -14,6 +14,21 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: The paper's generator (dense U-Net, depth 5, 32 base filters, 224 x 224 single-channel slices).
+PAPER_MODEL = {"arch": "dense_unet", "input_shape": (224, 224, 1), "depth": 5, "base_filters": 32}
+
+
+def save_random_generator(path: Path, spec: dict = PAPER_MODEL) -> int:
+    """Save the generator ``spec`` (``arch`` plus its build arguments) with random weights (seed 0) to
+    ``path``; return its FLOPs per slice. Speed does not depend on the weight values."""
+    import keras
+
+    from wmhkeras.models import build_generator, count_flops
+
+    keras.utils.set_random_seed(0)
+    model = build_generator(spec["arch"], **{k: v for k, v in spec.items() if k != "arch"})
+    model.save(path)
+    return count_flops(model)
 
 
 def peak_rss_mb() -> float:

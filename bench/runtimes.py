@@ -41,14 +41,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import REPO, add_fractions, matmul_peak, peak_rss_mb, run_child, timed_segment
+from benchlib import (
+    PAPER_MODEL,
+    REPO,
+    add_fractions,
+    matmul_peak,
+    peak_rss_mb,
+    run_child,
+    save_random_generator,
+    timed_segment,
+)
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU benchmark
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 SHARED = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
 SHIPPED = REPO / "saved_models" / "open_ms_flair"
-PAPER = {"arch": "dense_unet", "input_shape": (224, 224, 1), "depth": 5, "base_filters": 32}
 QUICK = {"arch": "dense_unet", "input_shape": (64, 64, 1), "depth": 2, "base_filters": 4}
 VOLUME_SHAPE, QUICK_SHAPE = (182, 218, 182), (64, 72, 12)
 #: (row name, how segment runs it: artifact key, segment precision, runtime text)
@@ -105,15 +113,9 @@ def _export(source: Path, out: Path, bf16: bool = True) -> dict[str, Path]:
 
 
 def _paper_artifacts(folder: Path, quick: bool) -> tuple[dict[str, Path], dict]:
-    import keras
-
-    from wmhkeras.models import build_generator
-
-    spec = QUICK if quick else PAPER
-    keras.utils.set_random_seed(0)
-    model = build_generator(spec["arch"], **{k: v for k, v in spec.items() if k != "arch"})
+    spec = QUICK if quick else PAPER_MODEL
     path = folder / "paper.keras"
-    model.save(path)
+    save_random_generator(path, spec)
     info = {"name": "paper" if not quick else "tiny (quick)", "model": {k: list(v) if isinstance(v, tuple) else v
                                                                         for k, v in spec.items()},
             "weights": "random (seed 0; timing only)", "resample": "fixed"}

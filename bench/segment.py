@@ -55,27 +55,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import REPO, add_fractions, card_checkpoint_model, matmul_peak, peak_rss_mb, run_child, timed_segment
+from benchlib import (
+    PAPER_MODEL,
+    REPO,
+    add_fractions,
+    card_checkpoint_model,
+    matmul_peak,
+    peak_rss_mb,
+    run_child,
+    save_random_generator,
+    timed_segment,
+)
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU benchmark
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SHARED = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
-PAPER_MODEL = {"arch": "dense_unet", "input_shape": (224, 224, 1), "depth": 5, "base_filters": 32}
 NATIVE_DEFAULT = REPO / "saved_models" / "open_ms_flair" / "saved_model"
 FRACTION_TARGET, RSS_TARGET_MB = 0.4, 3000.0
-
-
-def _build_model(path: Path) -> int:
-    """Save the paper-sized generator (random weights) to ``path``; return its FLOPs per slice."""
-    import keras
-
-    from wmhkeras.models import build_generator, count_flops
-
-    keras.utils.set_random_seed(0)
-    model = build_generator(PAPER_MODEL["arch"], **{k: v for k, v in PAPER_MODEL.items() if k != "arch"})
-    model.save(path)
-    return count_flops(model)
 
 
 def _child(args) -> dict:
@@ -292,7 +289,7 @@ def _segment_benchmark(args, report: dict) -> None:
     """Whole-volume run, native section, levers and matmul peak (TensorFlow); fills ``report`` in place."""
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / "paper.keras"
-        flops = _build_model(model_path)
+        flops = save_random_generator(model_path)
         report["model"]["flops_per_slice"] = flops
         report["model"]["weights"] = "random (timing only)"
         n = 1024 if args.quick else args.matmul_n
