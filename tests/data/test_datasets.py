@@ -25,6 +25,16 @@ def test_manifest_with_relative_paths_and_optional_columns(tmp_path):
     out = write_manifest(subjects, tmp_path / "copy" / "manifest.csv")
     assert read_manifest(out) == subjects
     assert load_dataset(tmp_path / "copy") == subjects  # a folder holding manifest.csv
+    assert "participant" not in out.read_text()  # the optional column only when a subject has one
+
+
+def test_manifest_participant_column_round_trips(tmp_path):
+    (tmp_path / "m.csv").write_text("subject,site,flair,t1,label,participant\n"
+                                    "p1-a,s,/f1.nii.gz,,,p1\np1-b,s,/f2.nii.gz,,,p1\np2,s,/f3.nii.gz,,,\n")
+    subjects = read_manifest(tmp_path / "m.csv")
+    assert [s.participant for s in subjects] == ["p1", "p1", None]
+    assert [s.group for s in subjects] == ["p1", "p1", "p2"]
+    assert read_manifest(write_manifest(subjects, tmp_path / "copy.csv")) == subjects
 
 
 @pytest.mark.parametrize(

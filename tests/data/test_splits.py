@@ -132,3 +132,56 @@ def test_make_splits_modes():
     assert list(make_splits(subjects, cfg, ExperimentConfig(folds=4, split_seed=0))) == ["fold1", "fold2", "fold3", "fold4"]
     (split,) = make_splits(subjects, cfg, ExperimentConfig(split_seed=0)).values()
     assert [len(getattr(split, k)) for k in ("train", "validation", "holdout")] == [16, 2, 2]  # the paper's 48/6/6, scaled
+
+
+# === Participants: one person's images (sessions) always in one set ===
+
+
+def sessions(n_participants: int, per: int, site: str = "a") -> list[Subject]:
+    return [Subject(f"sub-{p:02d}_ses-{s}", site, Path(f"/none/{p}-{s}.nii.gz"), participant=f"sub-{p:02d}")
+            for p in range(n_participants) for s in range(per)]
+
+
+def set_of(split, sid: str) -> str:
+    return next(key for key in ("train", "validation", "holdout") if sid in getattr(split, key))
+
+
+def test_split_keeps_each_participants_sessions_together():
+    subjects = sessions(10, 3)  # 10 participants x 3 sessions
+    for seed in range(5):
+        split = make_split(subjects, (0.8, 0.1, 0.1), seed=seed)
+        # the counts are of participants: 8 / 1 / 1 people, so 24 / 3 / 3 images
+        assert [len(getattr(split, k)) for k in ("train", "validation", "holdout")] == [24, 3, 3]
+        for p in range(10):
+            assert len({set_of(split, f"sub-{p:02d}_ses-{s}") for s in range(3)}) == 1
+
+
+def test_split_without_participants_is_unchanged_by_the_grouping():
+    plain = cohort({"a": 6, "b": 5})
+    # each subject its own participant: the same split as without the field
+    named = [Subject(s.subject, s.site, s.flair, participant=s.subject) for s in plain]
+    assert make_split(named, (0.6, 0.2, 0.2), seed=3) == make_split(plain, (0.6, 0.2, 0.2), seed=3)
+    assert kfold_splits(named, 3, seed=3) == kfold_splits(plain, 3, seed=3)
+
+
+def test_kfold_tests_whole_participants_and_counts_them():
+    subjects = sessions(4, 2)
+    folds = kfold_splits(subjects, 4, fractions=(0.7, 0.3, 0.0), seed=0)
+    for split in folds.values():
+        assert len(split.holdout) == 2 and len({sid.split("_")[0] for sid in split.holdout}) == 1
+        for p in range(4):  # no participant straddles train / validation either
+            assert len({set_of(split, f"sub-{p:02d}_ses-{s}") for s in range(2)}) == 1
+    with pytest.raises(InputError, match="the 4 participants"):
+        kfold_splits(subjects, 5)
+
+
+def test_loaded_split_that_separates_a_participant_warns(caplog):
+    subjects = sessions(3, 2)
+    split = {"train": ["sub-00_ses-0", "sub-01_ses-0", "sub-01_ses-1", "sub-02_ses-0"], "validation": ["sub-02_ses-1"],
+             "holdout": ["sub-00_ses-1"]}
+    from wmhkeras.data.splits import check_split
+    with caplog.at_level("WARNING", logger="wmhkeras.data.splits"):
+        check_split(split, subjects)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "sub-00 has images in holdout and train" in warned and "sub-02 has images in train and validation" in warned
+    assert "sub-01" not in warned

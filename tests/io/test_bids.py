@@ -84,6 +84,7 @@ def test_entries_of_the_tree(tree):
 def test_load_dataset_gives_subjects(tree):
     subjects = load_dataset(tree)
     assert [s.subject for s in subjects] == ["sub-01_acq-3d", "sub-02_ses-01", "sub-02_ses-02"]
+    assert [s.group for s in subjects] == ["sub-01", "sub-02", "sub-02"]  # splits keep sub-02's sessions together
     assert all(s.flair.is_file() and s.t1.is_file() and s.label.is_file() for s in subjects)
     by_pipeline = load_dataset(tree / "derivatives" / "manual")
     assert [s.label for s in by_pipeline] == [s.label for s in subjects]

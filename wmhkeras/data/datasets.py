@@ -44,6 +44,14 @@ class Subject:
     flair: Path
     t1: Optional[Path] = None
     label: Optional[Path] = None
+    #: The person the image belongs to, when one person has several images (BIDS sessions, a manifest's
+    #: optional ``participant`` column): splits keep a participant's images in one set.
+    participant: Optional[str] = None
+
+    @property
+    def group(self) -> str:
+        """The unit a split assigns: the participant, else the subject itself."""
+        return self.participant or self.subject
 
     def modality(self, name: str) -> Path:
         path = {"flair": self.flair, "t1": self.t1}[name]
@@ -78,7 +86,8 @@ def read_manifest(path: str | Path) -> list[Subject]:
         if not name or flair is None:
             raise InputError(f"{path}, line {line}: subject and flair must not be empty")
         subjects.append(
-            Subject(name, (row.get("site") or "").strip() or "site0", flair, resolve(row.get("t1")), resolve(row.get("label")))
+            Subject(name, (row.get("site") or "").strip() or "site0", flair, resolve(row.get("t1")), resolve(row.get("label")),
+                    (row.get("participant") or "").strip() or None)
         )
     check_subject_ids([s.subject for s in subjects], str(path))
     if not subjects:
@@ -101,9 +110,11 @@ def write_manifest(subjects: list[Subject], path: str | Path) -> Path:
 
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
+    participants = any(s.participant for s in subjects)
+    writer.writerow(MANIFEST_COLUMNS + (("participant",) if participants else ()))
     for s in subjects:
-        writer.writerow([s.subject, s.site, rel(s.flair), rel(s.t1), rel(s.label)])
+        writer.writerow([s.subject, s.site, rel(s.flair), rel(s.t1), rel(s.label)]
+                        + ([s.participant or ""] if participants else []))
     return atomic_write_text(path, out.getvalue())
 
 
@@ -125,17 +136,18 @@ def discover_miccai(root: str | Path) -> list[Subject]:
 def read_bids_dataset(path: str | Path) -> list[Subject]:
     """The subjects of a BIDS dataset (a root, or ``<root>/derivatives/<pipeline>``), with their labels.
 
-    Each FLAIR image is one subject: sessions of one participant are split independently (a warning says so).
+    Each FLAIR image is one subject, with its participant (``sub-<id>``) recorded: splits keep a
+    participant's sessions and acquisitions in one set.
     """
     entries = read_bids(path, labels=True)
-    sessions: dict[str, int] = {}
+    images: dict[str, int] = {}
     for e in entries:
-        sessions[e.participant] = sessions.get(e.participant, 0) + 1
-    repeated = sorted(p for p, n in sessions.items() if n > 1)
+        images[e.participant] = images.get(e.participant, 0) + 1
+    repeated = sorted(p for p, n in images.items() if n > 1)
     if repeated:
-        log.warning("%s: participants with several FLAIR images (sessions, acquisitions): %s; each image is a subject "
-                    "of its own, so a split can put one participant's images in different sets", path, ", ".join(repeated[:5]))
-    return [Subject(e.key, e.site, e.flair, e.t1, e.label) for e in entries]
+        log.info("%s: %d participants with several FLAIR images (e.g. %s); splits keep each participant's images "
+                 "in one set", path, len(repeated), ", ".join(repeated[:3]))
+    return [Subject(e.key, e.site, e.flair, e.t1, e.label, e.participant) for e in entries]
 
 
 def load_dataset(path: str | Path) -> list[Subject]:

@@ -12,6 +12,10 @@ A split is a :class:`wmhkeras.io.run_folder.Split`, saved as ``split.json`` in e
 (:func:`load_split` reads it back and checks it against the cohort). The experiment's folds are built
 here too: site-stratified K-fold cross-validation (:func:`kfold_splits`) and leave-one-site-out
 (:func:`leave_one_site_out_splits`), one :class:`Split` per fold (:func:`make_splits`). No TensorFlow here.
+
+The unit of every split is the participant (``Subject.group``): the images of one person (BIDS sessions,
+a manifest's ``participant`` column) always land in one set, so a model is never tested on a scan of
+someone it was trained on. Without participants each subject is its own unit.
 """
 
 from __future__ import annotations
@@ -97,9 +101,10 @@ def make_split(subjects: list[Subject], fractions: Sequence[float] = (0.8, 0.1, 
     if len(set(ids)) != len(ids):
         raise InputError("split: subject ids must be unique; found duplicates "
                          f"{sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+    units = _units(subjects)
     by_site: dict[str, list[str]] = {}
-    for s in subjects:
-        by_site.setdefault(s.site, []).append(s.subject)
+    for unit, members in units.items():
+        by_site.setdefault(members[0].site, []).append(unit)
 
     rng = np.random.default_rng(seed)
     sites = sorted(by_site)
@@ -110,14 +115,23 @@ def make_split(subjects: list[Subject], fractions: Sequence[float] = (0.8, 0.1, 
         rng.shuffle(members)
         start = 0
         for key, count in zip(SPLIT_KEYS, site_counts, strict=True):
-            split[key].extend(members[start:start + count])
+            split[key].extend(s.subject for unit in members[start:start + count] for s in units[unit])
             start += count
-        log.debug("site %s: %d subjects -> %s", site, len(members), dict(zip(SPLIT_KEYS, site_counts.tolist(), strict=True)))
+        log.debug("site %s: %d units -> %s", site, len(members), dict(zip(SPLIT_KEYS, site_counts.tolist(), strict=True)))
     split = Split(**split)
     _check_sizes(split, fractions, len(subjects))
     log.info("split of %d subjects over %d sites: %s", len(subjects), len(by_site),
              ", ".join(f"{k} {v}" for k, v in split.counts().items()))
     return split
+
+
+def _units(subjects: list[Subject]) -> dict[str, list[Subject]]:
+    """``{unit: its subjects sorted by id}``: a unit is a participant (``Subject.group``); its site is that
+    of its first image."""
+    units: dict[str, list[Subject]] = {}
+    for s in subjects:
+        units.setdefault(s.group, []).append(s)
+    return {u: sorted(members, key=lambda s: s.subject) for u, members in units.items()}
 
 
 def _check_sizes(split: Split, fractions: Sequence[float] | None, total: int) -> None:
@@ -156,6 +170,12 @@ def check_split(split: Split | dict, subjects: list[Subject], source="split") ->
                 raise InputError(f"{source}: {key} lists subject {sid!r}, which is not in the dataset "
                                  f"({len(known)} subjects)")
     _check_sizes(split, None, len(split.subjects))
+    where = {sid: key for key in SPLIT_KEYS for sid in getattr(split, key)}
+    for unit, members in _units([s for s in subjects if s.subject in where]).items():
+        sets = sorted({where[s.subject] for s in members})
+        if len(sets) > 1:
+            log.warning("%s: participant %s has images in %s (%s): results on them are not independent of training",
+                        source, unit, " and ".join(sets), ", ".join(s.subject for s in members))
     return split
 
 
@@ -191,7 +211,7 @@ def _train_validation(subjects: list[Subject], test: Sequence[str], fractions, s
 def kfold_splits(subjects: list[Subject], k: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, Split]:
     """Site-stratified K-fold cross-validation: every subject is in exactly one test fold.
 
-    Each site's subjects (ids sorted, then shuffled with ``seed``) are dealt to the folds in turn, the deal
+    Each site's participants (ids sorted, then shuffled with ``seed``) are dealt to the folds in turn, the deal
     continuing from site to site, so every fold holds about ``1/k`` of each site and fold sizes differ by at
     most one. The rest of each fold is split into train and validation, stratified by site, with the
     train : validation ratio of ``fractions`` (the hold-out fraction is not used: the fold is the test set).
@@ -205,16 +225,21 @@ def kfold_splits(subjects: list[Subject], k: int, fractions=(0.8, 0.1, 0.1), see
     Returns:
         ``{"fold1": Split, ...}`` (``holdout`` = the test fold).
     """
-    if not 2 <= k <= len(subjects):
-        raise InputError(f"folds: {k} folds need 2 <= folds <= the {len(subjects)} subjects of the cohort")
+    units = _units(subjects)
+    if not 2 <= k <= len(units):
+        what = "participants" if len(units) < len(subjects) else "subjects"
+        raise InputError(f"folds: {k} folds need 2 <= folds <= the {len(units)} {what} of the cohort")
+    by_site: dict[str, list[str]] = {}
+    for unit, members in units.items():
+        by_site.setdefault(members[0].site, []).append(unit)
     rng = np.random.default_rng(seed)
     tests: list[list[str]] = [[] for _ in range(k)]
     dealt = 0
-    for members in _by_site(subjects).values():
-        ids = sorted(s.subject for s in members)
+    for site in sorted(by_site):
+        ids = sorted(by_site[site])
         rng.shuffle(ids)
-        for sid in ids:
-            tests[dealt % k].append(sid)
+        for unit in ids:
+            tests[dealt % k].extend(s.subject for s in units[unit])
             dealt += 1
     return {f"fold{i + 1}": _train_validation(subjects, test, fractions, seed + i, f"fold{i + 1}")
             for i, test in enumerate(tests)}
