@@ -154,7 +154,7 @@ def segment_image(
     flair_nii = _nifti(flair_img, "flair_img")
     flair = image_volume(flair_nii, "flair_img")  # a bad image fails before a model is loaded
     segmenter = _model(model)
-    check_precision(precision, "keras" if is_keras(segmenter) else "segmenter", segmenter.source or None)
+    check_precision(precision, "keras" if is_keras(segmenter) else "segmenter", segmenter.source or None, segmenter.card)
     images, brain = _inputs(flair, t1_img, brain_mask_img, segmenter.modalities)
     # The per-subject steps of wmhkeras segment, without its files.
     prob, _, mask = segment_volumes(segmenter, images, brain, settings, "flair_img")

@@ -195,10 +195,17 @@ def _export_folder(root, bf16: bool):
 
 def test_bfloat16_saved_model_is_allowed_and_named_in_the_refusal(tmp_path):
     with_bf16 = _export_folder(tmp_path / "a", bf16=True)
-    precision.check_precision("bfloat16", "saved_model", with_bf16 / "saved_model_bf16")  # it computes in bfloat16
+    def card_of(folder):
+        return ModelCard.read(folder / "assets.extra" / "model_card.json")
+
+    bf16_card, f32_card = card_of(with_bf16 / "saved_model_bf16"), card_of(with_bf16 / "saved_model")
+    # the loaded card says it computes in bfloat16
+    precision.check_precision("bfloat16", "saved_model", with_bf16 / "saved_model_bf16", bf16_card)
     for model in (with_bf16, with_bf16 / "saved_model", with_bf16 / "tflite" / "model_fp32.tflite"):
         with pytest.raises(ConfigError, match=f"bfloat16 SavedModel: segment with {with_bf16 / 'saved_model_bf16'}$"):
-            precision.check_precision("bfloat16", "saved_model", model)
+            precision.check_precision("bfloat16", "saved_model", model, f32_card)
+    with pytest.raises(ConfigError, match="needs a .keras file"):  # the card decides, not the folder's name
+        precision.check_precision("bfloat16", "saved_model", with_bf16 / "saved_model_bf16", f32_card)
     without = _export_folder(tmp_path / "b", bf16=False)
     assert precision.bfloat16_export_beside(without / "saved_model") is None
     with pytest.raises(ConfigError, match=r"float32 \(use --precision auto or float32\)$"):

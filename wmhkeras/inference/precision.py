@@ -104,22 +104,15 @@ def bfloat16_export_beside(path: str | Path) -> Path | None:
     return None
 
 
-def _card_at(path: Path) -> ModelCard | None:
-    found = ModelCard.find(path) if path.is_dir() else None
-    try:
-        return None if found is None else ModelCard.read(found)
-    except Exception:  # a bad card is reported by the loader, with its own message
-        return None
-
-
-def check_precision(precision: str, fmt: str, path: str | Path | None = None) -> None:
+def check_precision(precision: str, fmt: str, path: str | Path | None = None, card: ModelCard | None = None) -> None:
     """Refuse an unknown precision, and ``bfloat16`` for a source that is not a Keras model (ConfigError),
-    unless ``path`` is a bfloat16 SavedModel of ``wmhkeras export``; the refusal names the export's
+    unless its model ``card`` (``ModelSpec.card``, ``Segmenter.card``: the card that was loaded with it)
+    says it is a bfloat16 SavedModel of ``wmhkeras export``; the refusal names the export's
     ``saved_model_bf16/`` when there is one beside ``path``."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision (--precision): {precision!r} is not allowed; use one of {', '.join(PRECISIONS)}")
     if precision == "bfloat16" and fmt in ("saved_model", "tflite", "segmenter"):
-        if path is not None and exported_precision(_card_at(Path(path))) == "bfloat16":
+        if exported_precision(card) == "bfloat16":
             return
         beside = None if path is None else bfloat16_export_beside(path)
         if path is None:  # the model may be an export's saved_model_bf16/: say how that one is run

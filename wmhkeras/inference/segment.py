@@ -369,7 +369,7 @@ def segment(
     shard = parse_shard(shard)
     spec = None if isinstance(model, Segmenter) else inspect_model(model)
     check_precision(precision, spec.format if spec else "keras" if is_keras(model) else "segmenter",
-                    spec.path if spec else model.source or None)
+                    spec.path if spec else model.source or None, spec.card if spec else model.card)
     items = select_shard(resolve_inputs(inputs, as_list(t1), as_list(brain_mask)), shard)
     settings = replace(settings, bids_out=bids_output(items, bids_out))
     modalities = model.modalities if isinstance(model, Segmenter) else spec.modalities
