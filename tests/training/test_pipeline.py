@@ -137,7 +137,7 @@ def test_balance_sites_makes_sites_equally_likely(slice_cache):
         assert check(share), (balance, share)
 
 
-def test_patches_are_centred_on_lesions_and_on_brain(cohort):
+def test_patches_hold_lesions_anywhere_and_centre_on_brain(cohort):
     cfg = make_cfg(sampling="patches", patch_size=[32, 32], lesion_fraction=0.4, augment={"rotation_degrees": 15})
     data = build_datasets(cfg, cohort, SPLIT)
     assert data.input_shape == (32, 32, 1)
@@ -145,13 +145,28 @@ def test_patches_are_centred_on_lesions_and_on_brain(cohort):
     cache = MemoryCache()
     records = check_cohort(cfg, cohort, SPLIT, cache=cache)
     sampler = Sampler(cfg, cache, [records[s] for s in SPLIT.train], seed=0)
+    centred = Sampler(make_cfg(sampling="patches", patch_size=[32, 32], lesion_fraction=0.4, lesion_position="centre"), cache,
+                      [records[s] for s in SPLIT.train], seed=0)
+    positions = []
     for b in range(20):
-        category, *_ = sampler.plan(b)
+        category, rec, k, off, position = sampler.plan(b)
         x, mask = sampler.batch(b)
-        centre_lesion = mask[:, 16, 16, 0] == 1
-        assert (centre_lesion[category == 0]).all()  # lesion samples: a lesion voxel at the centre
-        assert (mask[category == 1].max(axis=(1, 2, 3)) == 0).all()  # background patches: lesion-free
+        lesion = category == 0
+        rows, cols = position[lesion].T
+        assert (mask[lesion, rows, cols, 0] == 1).all()  # lesion samples: the drawn lesion voxel at its position
+        positions.append(position[lesion])
+        assert (position[~lesion] == 16).all()  # background patches stay centred on their voxel ...
+        assert (mask[category == 1].max(axis=(1, 2, 3)) == 0).all()  # ... and lesion-free
         assert (x[category == 1][:, 16, 16, 0] > BRAIN_THRESHOLD).all()  # ... centred on brain
+        # lesion_position: centre draws the same samples, each lesion voxel at the patch centre
+        c_category, c_rec, c_k, c_off, c_position = centred.plan(b)
+        for a, o in ((category, c_category), (rec, c_rec), (k, c_k), (off, c_off)):
+            np.testing.assert_array_equal(a, o)
+        assert (c_position == 16).all() and (centred.batch(b)[1][lesion, 16, 16, 0] == 1).all()
+    positions = np.concatenate(positions)
+    # uniform over the 32 x 32 patch: every quadrant holds lesion voxels, the centre is not special
+    quadrants = {(r >= 16, c >= 16) for r, c in positions}
+    assert len(quadrants) == 4 and (positions == 16).all(axis=1).mean() < 0.05
     # validation tiles cover the brain of the validation subjects, at native resolution
     tiles = sum(y.shape[0] for _, y in data.validation)
     assert tiles == data.stats["validation_samples"] > 0

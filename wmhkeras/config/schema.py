@@ -37,6 +37,10 @@ class DataConfig:
     lesion_fraction: Optional[float] = 0.5
     #: Where the other samples come from: brain tissue only, or anywhere (empty background too).
     background: Literal["brain", "any"] = "brain"
+    #: Patches: where the drawn lesion voxel sits in its lesion patch. ``random``: anywhere in the patch,
+    #: uniformly; ``centre``: at the centre (before 2026-12-02), which teaches a fully convolutional model
+    #: a centre prior that whole-slice segmentation never meets (docs/real_data.md).
+    lesion_position: Literal["random", "centre"] = "random"
     balance_sites: bool = False
     #: Soft labels (low, high) for 0 and 1; the paper uses 0.1 / 0.9. ``null`` keeps hard labels.
     label_smoothing: Optional[list[float]] = field(default_factory=lambda: [0.1, 0.9])

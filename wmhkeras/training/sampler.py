@@ -95,7 +95,8 @@ class Sampler:
     subjects; in ``fixed`` mode they already have that size.
 
     Per sample: with probability ``lesion_fraction`` a lesion sample (a slice with lesion; or a patch
-    centred on a lesion voxel drawn uniformly), else a sample without lesion: a lesion-free slice with
+    holding a lesion voxel drawn uniformly, at a uniformly random position of the patch with
+    ``lesion_position: random``, at its centre with ``centre``), else a sample without lesion: a lesion-free slice with
     brain, or a patch centred on a brain voxel whose patch holds no lesion (``background: brain``), or
     the same from anywhere (``any``). With ``lesion_fraction: null`` slices (patch centres) are drawn
     uniformly from all brain slices (brain voxels), or from everything with ``background: any`` - the
@@ -115,6 +116,7 @@ class Sampler:
         self.patch_size = tuple(d.patch_size)
         self.canvas = tuple(cfg.model.input_size)
         self.any_background = d.background == "any"
+        self.random_position = self.patches and d.lesion_position == "random"
         rec, k, site, lesion, brain, has_brain, area, background = [], [], [], [], [], [], [], []
         for i, r in enumerate(records):
             z = r.x_shape[0]
@@ -150,7 +152,12 @@ class Sampler:
             self.pools[_OTHER] = self.pools[_UNIFORM]
 
     def plan(self, b: int):
-        """Categories and ``(record, slice, offset)`` of the samples of batch ``b``."""
+        """Categories, ``(record, slice, offset)`` and ``position`` of the samples of batch ``b``.
+
+        ``position`` ``(n, 2)``: the row and column of the patch at which its drawn voxel sits: uniform
+        over the patch for lesion patches with ``lesion_position: random`` (drawn last, so the other
+        draws do not depend on it), else the patch centre ``(h // 2, w // 2)``.
+        """
         rng = np.random.default_rng([self.seed, int(b)])
         n = self.batch_size
         if self.lesion_fraction is None:
@@ -162,7 +169,14 @@ class Sampler:
             sel = np.flatnonzero(category == c)
             if len(sel):
                 rec[sel], k[sel], off[sel] = self.pools[c].draw(rng, len(sel))
-        return category, rec, k, off
+        h, w = self.patch_size
+        position = np.tile(np.array([h // 2, w // 2], np.int64), (n, 1))
+        if self.random_position:
+            # Background patches stay centred: their lesion-free window was marked at preprocessing.
+            drawn = rng.integers(0, (h, w), size=(n, 2))
+            lesion = category == _LESION
+            position[lesion] = drawn[lesion]
+        return category, rec, k, off, position
 
     def _centre(self, labels: np.ndarray, category: int, offset: int) -> tuple[int, int]:
         """The ``offset``-th candidate centre of the slice (row, column)."""
@@ -173,18 +187,20 @@ class Sampler:
             flat = np.flatnonzero(labels & bit)[offset]
         return divmod(int(flat), labels.shape[1])
 
-    def sample(self, category: int, rec: int, k: int, off: int):
-        """One unaugmented sample ``(x (H, W, C), mask (H, W, 1))``."""
+    def sample(self, category: int, rec: int, k: int, off: int, position=None):
+        """One unaugmented sample ``(x (H, W, C), mask (H, W, 1))``; ``position``: the ``(row, column)`` of
+        the patch at which the drawn voxel sits (the centre when ``None``)."""
         x, labels = self.cache.read(self.subjects[rec], int(k))
         mask = (labels & LESION_BIT).astype(np.float32)[..., None]
         if not self.patches:
             return fit_canvas(x, self.canvas), fit_canvas(mask, self.canvas)
         h, w = self.patch_size
         r, c = self._centre(labels, category, int(off))
-        return crop(x, r - h // 2, c - w // 2, h, w), crop(mask, r - h // 2, c - w // 2, h, w)
+        pr, pc = (h // 2, w // 2) if position is None else (int(position[0]), int(position[1]))
+        return crop(x, r - pr, c - pc, h, w), crop(mask, r - pr, c - pc, h, w)
 
     def batch(self, b) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``b``: ``x`` ``(batch, H, W, C)`` float32 and ``mask`` ``(batch, H, W, 1)`` float32."""
-        category, rec, k, off = self.plan(int(b))
-        pairs = [self.sample(category[i], rec[i], k[i], off[i]) for i in range(len(category))]
+        category, rec, k, off, position = self.plan(int(b))
+        pairs = [self.sample(category[i], rec[i], k[i], off[i], position[i]) for i in range(len(category))]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
