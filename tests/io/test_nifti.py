@@ -138,3 +138,14 @@ def test_grid_mismatch_is_refused(tmp_path):
         check_same_grid(a, b)
     with pytest.raises(InputError, match="affine differs .* by up to 0.5 mm"):
         check_same_grid(a, c)
+
+
+def test_canonical_grid_from_the_header_alone():
+    from wmhkeras.io.nifti import canonical_grid
+
+    affine = np.array([[0.0, 0.5, 0.0, 0.0],    # native axis 1 runs along x, 0.5 mm
+                       [2.0, 0.0, 0.0, 0.0],    # native axis 0 along y, 2 mm
+                       [0.0, 0.0, -3.0, 0.0],   # native axis 2 along -z, 3 mm
+                       [0.0, 0.0, 0.0, 1.0]])
+    img = nib.Nifti1Image(np.zeros((10, 20, 30), np.float32), affine)
+    assert canonical_grid(img) == ([20, 10, 30], [0.5, 2.0, 3.0])

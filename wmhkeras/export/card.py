@@ -42,8 +42,8 @@ from wmhkeras.io.model_card import (
     TrainingData,
     VoxelSize,
 )
+from wmhkeras.io.nifti import canonical_grid
 from wmhkeras.io.provenance import package_versions, utc_now
-from wmhkeras.training.cache import _canonical_grid  # the one reader of a header's canonical voxel size
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def training_voxel_size(subjects: Optional[Sequence[Subject]]) -> Optional[Voxel
     if not subjects:
         return None
     try:
-        sizes = [_canonical_grid(nib.load(str(s.flair)))[1] for s in subjects]
+        sizes = [canonical_grid(nib.load(str(s.flair)))[1] for s in subjects]
     except Exception as exc:  # nibabel raises many types; the card then records no voxel size
         log.warning("training voxel sizes not recorded: %s", exc)
         return None

@@ -148,6 +148,18 @@ def _volume(img: nib.Nifti1Image | nib.Nifti2Image, data: np.ndarray, path: str 
     return Volume(path=path, data=canonical, affine=canonical_affine, header=header, to_canonical=to_canonical)
 
 
+def canonical_grid(img) -> tuple[list[int], list[float]]:
+    """The ``[X, Y, Z]`` shape and voxel size (mm) of a NIfTI image in canonical (RAS) axis order, from its
+    header alone (no voxel is read)."""
+    axes = nib.orientations.io_orientation(img.affine)[:, 0].astype(int)
+    sizes = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
+    shape, voxel = [0, 0, 0], [0.0, 0.0, 0.0]
+    for native_axis, out_axis in enumerate(axes):
+        shape[out_axis] = int(img.shape[native_axis])
+        voxel[out_axis] = float(sizes[native_axis])
+    return shape, voxel
+
+
 def same_grid(a: Volume, b: Volume, tolerance: float = AFFINE_TOLERANCE) -> bool:
     """True when two volumes share shape and affine (within ``tolerance`` mm)."""
     return a.native_shape == b.native_shape and np.allclose(a.native_affine, b.native_affine, atol=tolerance)

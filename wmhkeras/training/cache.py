@@ -37,6 +37,7 @@ from wmhkeras.data.datasets import Subject
 from wmhkeras.data.preprocessing import resample_mode
 from wmhkeras.errors import InputError
 from wmhkeras.io.files import atomic_path, atomic_write_json
+from wmhkeras.io.nifti import canonical_grid
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ def estimate_cache_bytes(cfg: Config, subjects: list[Subject]) -> int:
             img = nib.load(str(s.flair))
         except Exception as exc:
             raise InputError(f"{s.flair}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from None
-        shape, voxel = _canonical_grid(img)
+        shape, voxel = canonical_grid(img)
         if mode == "fixed":
             h, w = cfg.model.input_size
         elif mode == "spacing":
@@ -246,17 +247,6 @@ def estimate_cache_bytes(cfg: Config, subjects: list[Subject]) -> int:
             h, w = shape[:2]
         total += shape[2] * int(h) * int(w) * (4 * channels + 1)
     return total
-
-
-def _canonical_grid(img) -> tuple[list[int], list[float]]:
-    """The ``[X, Y, Z]`` shape and voxel size (mm) of a NIfTI image in canonical (RAS) axis order."""
-    axes = nib.orientations.io_orientation(img.affine)[:, 0].astype(int)
-    sizes = np.sqrt((np.asarray(img.affine)[:3, :3] ** 2).sum(axis=0))
-    shape, voxel = [0, 0, 0], [0.0, 0.0, 0.0]
-    for native_axis, out_axis in enumerate(axes):
-        shape[out_axis] = int(img.shape[native_axis])
-        voxel[out_axis] = float(sizes[native_axis])
-    return shape, voxel
 
 
 def choose_cache_mode(cfg: Config, subjects: list[Subject]) -> str:
