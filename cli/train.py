@@ -43,7 +43,7 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
     `tensorboard --logdir RUN_DIR/tensorboard`); one train process per run folder (docs/training.md#resume).
     With --resume RUN_DIR, --set overrides apply on top of RUN_DIR/config.yaml (e.g. train.epochs=200).
     """
-    from wmhkeras.config import load_config
+    from wmhkeras.config import load_config, load_run_config
     from wmhkeras.errors import ConfigError
     from wmhkeras.io.run_folder import RunFolder
 
@@ -53,7 +53,7 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
                               "--out or --split")
         run = RunFolder(resume_dir)
         run.check_resumable()
-        cfg = load_config(run.config, overrides)
+        cfg = load_run_config(run.config, overrides)
         target = Path(resume_dir)
         click.echo(f"resuming run folder: {target.resolve()}")
     else:

@@ -31,14 +31,14 @@ def measure(run: Path, batches: int = 10) -> dict:
     import keras
 
     import wmhkeras.registration  # noqa: F401  (the custom layers of the checkpoint)
-    from wmhkeras.config import load_config
+    from wmhkeras.config import load_run_config
     from wmhkeras.data.datasets import load_dataset
     from wmhkeras.data.splits import load_split
     from wmhkeras.training.cache import open_cache
     from wmhkeras.training.cohort import check_cohort
     from wmhkeras.training.sampler import Sampler, crop
 
-    cfg = load_config(run / "config.yaml")
+    cfg = load_run_config(run / "config.yaml")
     if cfg.data.sampling != "patches":
         raise SystemExit(f"{run}: data.sampling is {cfg.data.sampling!r}; this check is for patch-trained runs")
     subjects = load_dataset(cfg.data.path)
@@ -71,12 +71,8 @@ def measure(run: Path, batches: int = 10) -> dict:
         rows.append({"offset_px": o, "patch_dice": round(2 * tp / max(pred + true, 1), 3), "patch_predicted": int(pred),
                      "true": int(true), "whole_slice_dice": round(2 * tp_whole / max(pred_whole + true, 1), 3),
                      "whole_slice_predicted": int(pred_whole)})
-    import yaml
-
-    saved = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data", {})
-    # a run saved before the key existed was trained with its lesion voxels at the patch centre
-    position = saved.get("lesion_position", "centre (saved before data.lesion_position existed)")
-    return {"run": str(run), "lesion_position": position,
+    # load_run_config reads a run saved before data.lesion_position existed as the centre it ran with
+    return {"run": str(run), "lesion_position": cfg.data.lesion_position,
             "patch_size": [h, w], "batches": batches, "rows": rows}
 
 

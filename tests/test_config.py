@@ -161,3 +161,20 @@ def test_experiment_config_errors(tmp_path, section, message):
 def test_experiment_without_a_test_set_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="experiment.external"):
         load_config([write_config(tmp_path, {"data": {"split": [0.9, 0.1, 0.0]}})], experiment=True)
+
+
+def test_a_run_saved_before_a_changed_default_reads_back_as_it_ran(tmp_path):
+    from wmhkeras.config import load_run_config
+
+    saved = load_config(REPO / "configs" / "real_flair.yaml").to_dict()
+    assert saved["data"]["lesion_position"] == "random"
+    old = {**saved, "data": {k: v for k, v in saved["data"].items() if k != "lesion_position"}}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    (tmp_path / "new.yaml").write_text(yaml.safe_dump(saved))
+    # a saved run config that lacks the key ran with its lesion voxels at the patch centre
+    assert load_run_config(tmp_path / "old.yaml").data.lesion_position == "centre"
+    assert load_run_config(tmp_path / "new.yaml").data.lesion_position == "random"
+    # a user's config without the key gets today's default; overrides apply to run configs too
+    assert load_config(tmp_path / "old.yaml").data.lesion_position == "random"
+    assert load_run_config(tmp_path / "old.yaml", ["data.lesion_position=random", "train.epochs=3"]).train.epochs == 3
+    assert load_run_config(tmp_path / "old.yaml", ["data.lesion_position=random"]).data.lesion_position == "random"

@@ -23,6 +23,9 @@ from wmhkeras.io.model_card import MAX_CONTEXT_SLICES
 
 #: Values in a config file that name a file or folder; a relative one is resolved against the file's folder.
 RELATIVE_PATHS = (("data", "path"), ("experiment", "external"))
+#: Keys whose default changed after runs were saved without them: a run folder's ``config.yaml`` (saved
+#: whole, every key written) that lacks one ran with this value (:func:`load_run_config`).
+SAVED_RUN_DEFAULTS = {("data", "lesion_position"): "centre"}
 
 
 def deep_merge(base: dict, update: dict) -> dict:
@@ -242,6 +245,19 @@ def load_config(paths=(), overrides=(), *, experiment: bool = False) -> Config:
         merged = deep_merge(merged, parse_override(text))
     if experiment and merged.get("experiment") is None:
         merged["experiment"] = {}
+    return config_from_dict(merged)
+
+
+def load_run_config(path: str | Path, overrides=()) -> Config:
+    """A run folder's saved ``config.yaml``, read as the run was made: a key of :data:`SAVED_RUN_DEFAULTS`
+    that the file lacks (it was saved before the key existed) takes the value the run used, not today's
+    default; then ``overrides`` apply, as in :func:`load_config`."""
+    merged = _resolve_relative_paths(read_yaml(path), Path(path).parent)
+    for (section, key), value in SAVED_RUN_DEFAULTS.items():
+        if isinstance(merged.get(section), dict) and key not in merged[section]:
+            merged[section] = {**merged[section], key: value}
+    for text in overrides:
+        merged = deep_merge(merged, parse_override(text))
     return config_from_dict(merged)
 
 

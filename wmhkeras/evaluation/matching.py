@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from wmhkeras.config import load_config
+from wmhkeras.config import load_run_config
 from wmhkeras.data.datasets import MANIFEST_NAME, load_dataset, read_manifest
 from wmhkeras.data.splits import load_split
 from wmhkeras.errors import InputError
@@ -74,7 +74,7 @@ def _flair_beside(label: Path) -> Optional[Path]:
 
 def _holdout(folder: RunFolder) -> list[TruthCase]:
     """The hold-out subjects of a training run folder (``split.json`` over the dataset of ``config.yaml``)."""
-    subjects = load_dataset(load_config(folder.config).data.path)
+    subjects = load_dataset(load_run_config(folder.config).data.path)
     holdout = load_split(folder.split, subjects).holdout
     if not holdout:
         raise InputError(f"{folder.split}: the hold-out list is empty; the run kept no subject for evaluation")

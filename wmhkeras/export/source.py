@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from wmhkeras.config import Config, load_config
+from wmhkeras.config import Config, load_run_config
 from wmhkeras.data.datasets import Subject, load_dataset
 from wmhkeras.data.splits import load_split
 from wmhkeras.errors import InputError
@@ -93,7 +93,7 @@ def resolve_source(model_or_run_dir: str | Path) -> ExportSource:
         run_dir = spec.path.parent.parent
     cfg = None
     if run_dir is not None:
-        cfg = load_config(RunFolder(run_dir).config)
+        cfg = load_run_config(RunFolder(run_dir).config)
     else:
         log.info("no run folder: %s normalisation (the paper's), modalities %s from the model's channels",
                  segmenter.normalisation, list(segmenter.modalities))

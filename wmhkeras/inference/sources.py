@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmhkeras import KERAS_PACKAGE
-from wmhkeras.config import load_config
+from wmhkeras.config import load_run_config
 from wmhkeras.data.preprocessing import Resampling, resampling_for
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.io.files import read_json
@@ -169,7 +169,7 @@ def _export_saved_model(folder: Path) -> Optional[Path]:
 
 def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info: KerasInfo) -> ModelSpec:
     """A checkpoint with the settings of its run's ``config.yaml``, checked against the checkpoint."""
-    cfg = load_config(config_path)
+    cfg = load_run_config(config_path)
     modalities, k = tuple(cfg.data.modalities), cfg.data.context_slices
     resampling = resampling_for(cfg.data, cfg.model)
     where = f"{checkpoint}: the model takes {info.shape} inputs but the run config says"

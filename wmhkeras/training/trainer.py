@@ -25,7 +25,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from wmhkeras.config import Config, load_config, save_config
+from wmhkeras.config import Config, load_run_config, save_config
 from wmhkeras.data.datasets import Subject, load_dataset
 from wmhkeras.data.preprocessing import resample_mode
 from wmhkeras.data.splits import check_split, load_split, make_split
@@ -236,7 +236,7 @@ def _run_config(cfg: Config | None, run: RunFolder, data_path, *, resume: bool, 
             raise ConfigError("train: a resumed run keeps its own split.json; do not pass a split")
         run.check_resumable()
         if cfg is None:
-            cfg = load_config(run.config)
+            cfg = load_run_config(run.config)
     elif cfg is None:
         raise ConfigError("train: a config is needed for a new run (only --resume reads it from the run folder)")
     data = data_path or cfg.data.path
