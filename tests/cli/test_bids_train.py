@@ -20,8 +20,8 @@ def tree(tmp_path_factory):
 
 @pytest.fixture
 def config(tmp_path):
-    """The trainer tests' tiny setup for one short epoch; 3 images split 1 / 1 / 1."""
-    data = {**TINY, "data": {**TINY["data"], "split": [0.4, 0.3, 0.3]},
+    """The trainer tests' tiny setup for one short epoch; 2 participants (3 images) split 1 / 0 / 1."""
+    data = {**TINY, "data": {**TINY["data"], "split": [0.5, 0.0, 0.5]},
             "train": {**TINY["train"], "epochs": 1, "steps_per_epoch": 2, "image_summary_every": 0}}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -44,6 +44,8 @@ def test_train_segment_evaluate_on_a_bids_root(tree, config, tmp_path):
     assert result.exit_code == 0, result.output
     split = json.loads((run / "split.json").read_text())
     assert sorted(sum(split.values(), [])) == ["sub-01_acq-3d", "sub-02_ses-01", "sub-02_ses-02"]
+    # one participant trains, the other is held out; sub-02's two sessions stay together
+    assert sorted([split["train"], split["holdout"]]) == [["sub-01_acq-3d"], ["sub-02_ses-01", "sub-02_ses-02"]]
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"].endswith("derivatives/manual")
 
     out = tmp_path / "derivative"
