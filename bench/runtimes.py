@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from benchlib import (
+    OPEN_MS_DATA,
     PAPER_MODEL,
     REPO,
     add_fractions,
@@ -55,7 +56,7 @@ from benchlib import (
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU benchmark
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-SHARED = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
+SHARED = OPEN_MS_DATA
 SHIPPED = REPO / "saved_models" / "open_ms_flair"
 QUICK = {"arch": "dense_unet", "input_shape": (64, 64, 1), "depth": 2, "base_filters": 4}
 VOLUME_SHAPE, QUICK_SHAPE = (182, 218, 182), (64, 72, 12)

@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 
 from benchlib import (
+    OPEN_MS_DATA,
     PAPER_MODEL,
     REPO,
     add_fractions,
@@ -70,7 +71,7 @@ from benchlib import (
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # CPU benchmark
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SHARED = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
+SHARED = OPEN_MS_DATA
 NATIVE_DEFAULT = REPO / "saved_models" / "open_ms_flair" / "saved_model"
 FRACTION_TARGET, RSS_TARGET_MB = 0.4, 3000.0
 

@@ -102,9 +102,7 @@ def make_split(subjects: list[Subject], fractions: Sequence[float] = (0.8, 0.1, 
         raise InputError("split: subject ids must be unique; found duplicates "
                          f"{sorted({i for i in ids if ids.count(i) > 1})[:5]}")
     units = _units(subjects)
-    by_site: dict[str, list[str]] = {}
-    for unit, members in units.items():
-        by_site.setdefault(members[0].site, []).append(unit)
+    by_site = _units_by_site(units)
 
     rng = np.random.default_rng(seed)
     sites = sorted(by_site)
@@ -132,6 +130,14 @@ def _units(subjects: list[Subject]) -> dict[str, list[Subject]]:
     for s in subjects:
         units.setdefault(s.group, []).append(s)
     return {u: sorted(members, key=lambda s: s.subject) for u, members in units.items()}
+
+
+def _units_by_site(units: dict[str, list[Subject]]) -> dict[str, list[str]]:
+    """``{site: its unit ids}``; a unit's site is that of its first image."""
+    by_site: dict[str, list[str]] = {}
+    for unit, members in units.items():
+        by_site.setdefault(members[0].site, []).append(unit)
+    return by_site
 
 
 def _check_sizes(split: Split, fractions: Sequence[float] | None, total: int) -> None:
@@ -229,9 +235,7 @@ def kfold_splits(subjects: list[Subject], k: int, fractions=(0.8, 0.1, 0.1), see
     if not 2 <= k <= len(units):
         what = "participants" if len(units) < len(subjects) else "subjects"
         raise InputError(f"folds: {k} folds need 2 <= folds <= the {len(units)} {what} of the cohort")
-    by_site: dict[str, list[str]] = {}
-    for unit, members in units.items():
-        by_site.setdefault(members[0].site, []).append(unit)
+    by_site = _units_by_site(units)
     rng = np.random.default_rng(seed)
     tests: list[list[str]] = [[] for _ in range(k)]
     dealt = 0
