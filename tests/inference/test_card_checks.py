@@ -1,4 +1,5 @@
-"""The voxel-size warning at ``segment`` time: the rule at its edges, and a warning per far-off subject."""
+"""The voxel-size and skull-stripping warnings at ``segment`` time: each rule at its edges, and a warning
+per subject it concerns."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import numpy as np
 import pytest
 
 from tests.inference.helpers import blob_volume, bright_segmenter, write_nifti
-from wmhkeras.inference.card_checks import FAR_ABOVE, FAR_BELOW, check_voxel_size, voxel_size_problems
+from wmhkeras.inference.card_checks import (
+    FAR_ABOVE,
+    FAR_BELOW,
+    HEAD_ML,
+    check_skull_stripped,
+    check_voxel_size,
+    tissue_volume_ml,
+    voxel_size_problems,
+)
 from wmhkeras.inference.segment import segment
 from wmhkeras.io.model_card import InputRequirements, ModelCard, VoxelSize
 
@@ -53,3 +62,59 @@ def test_segment_warns_for_the_far_off_subject_only(tmp_path, caplog):
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("thick: voxel size 1 x 1 x 6 mm is far outside the model's training data")
     assert "Z 6 mm is above 1.5 x the largest in training (3 mm)" in warnings[0]
+
+
+def _stripped_card(stated=True) -> ModelCard:
+    return ModelCard(("flair",), "zscore", (32, 32), input_requirements=InputRequirements(skull_stripped=stated))
+
+
+def test_tissue_volume_counts_voxels_above_a_tenth_of_the_maximum():
+    flair = np.zeros((4, 4, 4), np.float32)
+    flair[0, 0, 0] = 100.0
+    flair[1, :, :] = 10.5    # 16 voxels just above 0.1 x 100
+    flair[2, :, :] = 10.0    # 16 voxels at exactly 0.1 x 100: not counted
+    assert tissue_volume_ml(flair, 2.0) == pytest.approx(17 * 2.0)
+    assert tissue_volume_ml(np.zeros((3, 3, 3)), 1.0) == 0.0
+
+
+def test_skull_rule_at_its_edge(caplog):
+    assert HEAD_ML == 2200.0
+    caplog.set_level(logging.WARNING)
+    flair = np.zeros((10, 10, 30), np.float32)
+    flair[:, :, :22] = 1.0                                   # 2200 voxels of tissue
+    assert check_skull_stripped(_stripped_card(), flair, 1.0, "s") is None   # exactly at the bound: fine
+    assert not caplog.records
+    flair[0, 0, 22] = 1.0                                    # one voxel more
+    problem = check_skull_stripped(_stripped_card(), flair, 1.0, "s")
+    assert problem.startswith("2201 mL of tissue is above the 2200 mL")
+    assert caplog.records[-1].getMessage().startswith("s: 2201 mL of tissue")
+    # the same volume in half-size voxels is a brain
+    assert check_skull_stripped(_stripped_card(), flair, 0.5, "s") is None
+
+
+def test_skull_warns_only_when_the_card_says_skull_stripped(caplog):
+    caplog.set_level(logging.WARNING)
+    head = np.ones((20, 20, 10), np.float32)                 # 4000 mL
+    assert check_skull_stripped(None, head, 1.0) is None
+    assert check_skull_stripped(_stripped_card(False), head, 1.0) is None
+    assert check_skull_stripped(_stripped_card("not stated"), head, 1.0) is None
+    assert not caplog.records
+    assert check_skull_stripped(_stripped_card(True), head, 1.0) is not None
+
+
+def test_segment_warns_for_the_whole_head_unless_a_brain_mask_is_given(tmp_path, caplog):
+    brain = write_nifti(tmp_path / "brain.nii.gz", blob_volume(), np.diag([1.0, 1.0, 1.0, 1.0]))
+    head = write_nifti(tmp_path / "head.nii.gz", blob_volume(1), np.diag([10.0, 10.0, 10.0, 1.0]))
+    model = bright_segmenter()
+    model.card = _stripped_card()
+    caplog.set_level(logging.WARNING, logger="wmhkeras")
+    result = segment(model, [brain, head], tmp_path / "out")
+    assert result.ok  # a warning, not a failure: both are segmented
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("head: "), warnings
+    assert "looks not skull-stripped" in warnings[0] and "--brain-mask" in warnings[0]
+    # with the scan's brain mask, predictions outside the brain are dropped anyway: no warning
+    caplog.clear()
+    mask = write_nifti(tmp_path / "mask.nii.gz", np.ones_like(blob_volume(1)), np.diag([10.0, 10.0, 10.0, 1.0]))
+    assert segment(model, [head], tmp_path / "out2", brain_mask=mask).ok
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -33,7 +33,11 @@ def _tf():
     return tf
 
 
-def normalise(volume, method: str = "max", brain_threshold: float = 0.1):
+#: The ``zscore`` brain mask: voxels brighter than this fraction of the volume's maximum.
+BRAIN_THRESHOLD = 0.1
+
+
+def normalise(volume, method: str = "max", brain_threshold: float = BRAIN_THRESHOLD):
     """Normalise one modality's volume (any shape) as a float32 tensor.
 
     ``max``: divide by the volume's maximum, giving values in [0, 1] (Mac et al. 2020, sec. 3.2).

@@ -6,7 +6,13 @@ is *far outside* them when, along any axis, its voxel size is more than :data:`F
 largest training voxel size on that axis, or less than :data:`FAR_BELOW` (0.5) times the smallest. Then
 a warning is logged and the subject is still segmented: the model never saw such data, so its output
 deserves a look. Nothing is checked for a model without a card (a ``.keras`` file or a run folder) or a
-card without voxel sizes. No TensorFlow here.
+card without voxel sizes.
+
+Skull stripping: when the card says the training scans were skull-stripped, an input whose tissue (the
+voxels the ``zscore`` normalisation counts as brain: brighter than
+:data:`~wmhkeras.data.preprocessing.BRAIN_THRESHOLD` times the maximum) takes more than :data:`HEAD_ML`
+mL holds more than any adult brain: it most likely still has its skull and scalp. Then a warning is
+logged and the subject is still segmented. No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import logging
 from collections.abc import Sequence
 from typing import Optional
 
+import numpy as np
+
+from wmhkeras.data.preprocessing import BRAIN_THRESHOLD
 from wmhkeras.io.model_card import ModelCard, VoxelSize
 
 log = logging.getLogger(__name__)
@@ -24,6 +33,8 @@ FAR_ABOVE = 1.5
 #: ... or is below this times the smallest in training.
 FAR_BELOW = 0.5
 AXES = ("X", "Y", "Z")
+#: More tissue than this (mL) is more than an adult brain holds (intracranial volumes reach about 2000 mL).
+HEAD_ML = 2200.0
 
 
 def voxel_size_problems(voxel_size: Sequence[float], trained: VoxelSize) -> list[str]:
@@ -51,3 +62,29 @@ def check_voxel_size(card: Optional[ModelCard], voxel_size: Optional[Sequence[fl
                     " x ".join(f"{v:.3g}" for v in trained.min), " x ".join(f"{v:.3g}" for v in trained.max),
                     trained.subjects, "; ".join(problems))
     return problems
+
+
+def tissue_volume_ml(flair: np.ndarray, voxel_volume_ml: float, threshold: float = BRAIN_THRESHOLD) -> float:
+    """The volume (mL) of the voxels brighter than ``threshold`` times ``flair``'s maximum: the region the
+    ``zscore`` normalisation treats as brain."""
+    flair = np.asarray(flair, dtype=np.float32)
+    peak = float(flair.max()) if flair.size else 0.0
+    return float(np.count_nonzero(flair > threshold * peak)) * float(voxel_volume_ml) if peak > 0 else 0.0
+
+
+def check_skull_stripped(card: Optional[ModelCard], flair: np.ndarray, voxel_volume_ml: float,
+                         subject: str = "") -> Optional[str]:
+    """Log a warning naming ``subject`` when the card says the model was trained on skull-stripped scans
+    and ``flair`` holds more than :data:`HEAD_ML` mL of tissue; returns the problem (``None``: fine, or a
+    card that does not say)."""
+    if card is None or card.input_requirements.skull_stripped is not True:
+        return None
+    volume = tissue_volume_ml(flair, voxel_volume_ml)
+    if volume <= HEAD_ML:
+        return None
+    problem = (f"{volume:.0f} mL of tissue is above the {HEAD_ML:.0f} mL any adult brain holds: the scan looks "
+               "not skull-stripped")
+    log.warning("%s: %s, but the model was trained on skull-stripped FLAIR; extra-cerebral tissue may be "
+                "segmented and the intensity normalisation differs. Skull-strip it first, or pass --brain-mask "
+                "(a brain mask of this scan) to keep only predictions inside the brain", subject or "input", problem)
+    return problem

@@ -21,7 +21,7 @@ import numpy as np
 
 from wmhkeras.data.preprocessing import Resampling, preprocess_volume, restore_volume
 from wmhkeras.errors import ConfigError, InputError
-from wmhkeras.inference.card_checks import check_voxel_size
+from wmhkeras.inference.card_checks import check_skull_stripped, check_voxel_size
 from wmhkeras.inference.sources import ModelSpec, inspect_model, modalities_of
 from wmhkeras.io.model_card import ModelCard
 
@@ -101,6 +101,11 @@ class Segmenter:
         """Warn (log) when ``voxel_size`` (mm, canonical X, Y, Z) is far from the training data's voxel size
         in the model card (:func:`wmhkeras.inference.card_checks.check_voxel_size`); returns the problems."""
         return check_voxel_size(self.card, voxel_size, subject or self.source)
+
+    def warn_skull(self, flair: np.ndarray, voxel_volume_ml: float, subject: str = "") -> Optional[str]:
+        """Warn (log) when the card says skull-stripped training scans and ``flair`` looks like a whole
+        head (:func:`wmhkeras.inference.card_checks.check_skull_stripped`); returns the problem."""
+        return check_skull_stripped(self.card, flair, voxel_volume_ml, subject or self.source)
 
     def _check_voxel_size(self, voxel_size) -> None:
         if self.resampling.mode == "spacing" and voxel_size is None:

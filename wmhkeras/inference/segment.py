@@ -128,10 +128,13 @@ def segment_volumes(segmenter: Segmenter, images: list, brain, settings: Segment
     ``images`` are the model's modalities (FLAIR first) and ``brain`` an optional brain mask, each a
     loaded volume (``wmhkeras.io.nifti``) on the FLAIR's grid. Returns ``(prob, disagreement, mask)`` on
     that grid: probabilities zeroed outside the brain region, the flip disagreement (``None`` without
-    TTA), and the thresholded mask with small lesions removed. ``name`` labels the voxel-size warning.
+    TTA), and the thresholded mask with small lesions removed. ``name`` labels the voxel-size and
+    skull-stripping warnings (the latter only without a brain mask).
     """
     flair = images[0]
     segmenter.warn_voxel_size(flair.spacing, name)  # warns when far from the card's training data
+    if brain is None:
+        segmenter.warn_skull(flair.data, flair.voxel_volume_ml, name)  # warns when it looks like a whole head
     first_image_precision(segmenter, settings.precision, images, settings.threshold)  # the parity gate, once
     prob, disagreement = predict_maps(segmenter, [v.data for v in images], settings.batch_size, settings.tta_flip,
                                       flair.spacing)
