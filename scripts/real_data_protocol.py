@@ -12,6 +12,12 @@ against its consensus mask. Wall times are measured around each command. Results
 An arm's value is ``CONFIG[,KEY=VALUE...]``. The data folder comes from ``--data``, else
 ``$WMH_SHARED_DATA/open_ms_data``, else ``../shared/data/open_ms_data`` beside the repository; the
 scans are read in place, never copied.
+
+``--split hemispheres`` asks a different question: how does a model trained on *both* patients (as the
+shipped model is) do on lesions it has not seen? Each patient's scans are cut at the brain's midline
+into a left and a right copy (the other half set to 0, image and mask alike; written under
+``OUT/halves/``, outside the project). Train on the two left halves, score the two right halves, and
+the other way round: one row per scored half.
 """
 
 from __future__ import annotations
@@ -51,6 +57,52 @@ def write_manifest(data: Path, patient: str, path: Path) -> Path:
     return path
 
 
+def midline(volume, axis: int) -> int:
+    """The index along ``axis`` at the centre of mass of the brain (voxels above a tenth of the maximum)."""
+    import numpy as np
+
+    brain = volume > 0.1 * volume.max()
+    profile = brain.sum(axis=tuple(a for a in range(volume.ndim) if a != axis))
+    return int(round(float((profile * np.arange(profile.size)).sum() / profile.sum())))
+
+
+def half_copies(data: Path, out: Path) -> dict[str, Path]:
+    """Left and right copies of each patient (the other side zeroed at the brain's midline), and a
+    manifest per side: ``{"left": ..., "right": ...}``. Copies already written are reused."""
+    import nibabel as nib
+    import numpy as np
+
+    manifests = {side: out / f"{side}_manifest.csv" for side in ("left", "right")}
+    if all(m.is_file() for m in manifests.values()):
+        return manifests
+    rows = {"left": [], "right": []}
+    for patient in PATIENTS:
+        flair = nib.load(str(data / patient / "FLAIR.nii.gz"))
+        codes = nib.aff2axcodes(flair.affine)
+        axis = next(i for i, c in enumerate(codes) if c in ("L", "R"))
+        cut = midline(np.asarray(flair.dataobj, dtype=np.float32), axis)
+        for side in ("left", "right"):
+            folder = out / f"{patient}_{side}"
+            folder.mkdir(parents=True, exist_ok=True)
+            # voxels beyond the cut towards `side` are kept; the other half is zeroed
+            keep_high = (codes[axis] == "L") == (side == "left")
+            for name in ("FLAIR", "T1", "GOLD_STANDARD"):
+                image = nib.load(str(data / patient / f"{name}.nii.gz"))
+                array = np.asarray(image.dataobj).copy()
+                index = [slice(None)] * array.ndim
+                index[axis] = slice(0, cut) if keep_high else slice(cut, None)
+                array[tuple(index)] = 0
+                nib.save(nib.Nifti1Image(array, image.affine, image.header), str(folder / f"{name}.nii.gz"))
+            rows[side].append([f"{patient}_{side}", "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz",
+                               folder / "GOLD_STANDARD.nii.gz"])
+    for side, path in manifests.items():
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["subject", "site", "flair", "t1", "label"])
+            writer.writerows(rows[side])
+    return manifests
+
+
 def run(cmd: list[str], log: Path) -> float:
     """Run a command with its output in ``log``; returns the wall time; raises on failure."""
     start = time.monotonic()
@@ -61,12 +113,21 @@ def run(cmd: list[str], log: Path) -> float:
     return time.monotonic() - start
 
 
-def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path, out: Path) -> dict:
-    # Overrides are split before each ",KEY=", so list values such as data.patch_size=[96, 96] stay whole.
-    config, *overrides = re.split(r",\s*(?=[A-Za-z_][\w.]*=)", spec)
+def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path, out: Path) -> list[dict]:
+    """Train on patient ``train_on``, score patient ``test_on``: a list of its one row."""
     folder = out / name / f"train-{train_on}"
     train_manifest = write_manifest(data, train_on, folder / "train_manifest.csv")
     test_manifest = write_manifest(data, test_on, folder / "test_manifest.csv")
+    return train_and_score(name, spec, train_on, train_manifest, test_manifest, folder)
+
+
+def train_and_score(name: str, spec: str, train_on: str, train_manifest: Path, test_manifest: Path,
+                    folder: Path) -> list[dict]:
+    """``wmhkeras train`` on ``train_manifest``, ``segment`` and ``evaluate`` of ``test_manifest``: a row
+    per scored subject."""
+    # Overrides are split before each ",KEY=", so list values such as data.patch_size=[96, 96] stay whole.
+    config, *overrides = re.split(r",\s*(?=[A-Za-z_][\w.]*=)", spec)
+    folder.mkdir(parents=True, exist_ok=True)
     sets = [a for o in ["data.split=[1.0, 0.0, 0.0]", *overrides] for a in ("--set", o)]
     # A finished training (summary.json and its measured time) is reused, so a protocol interrupted
     # after training resumes at segmentation.
@@ -82,11 +143,11 @@ def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path,
     run([*wmhkeras(), "evaluate", "--pred", str(folder / "segment"), "--truth", str(test_manifest),
          "--out", str(folder / "evaluate"), "--no-qc"], folder / "evaluate.log")
     with open(folder / "evaluate" / "metrics.csv") as f:
-        row = next(csv.DictReader(f))
+        scored = list(csv.DictReader(f))
     summary = json.loads((folder / "run" / "summary.json").read_text())
-    return {"arm": name, "config": spec, "train_on": train_on, "test_on": test_on,
-            "train_s": round(train_s, 1), "segment_s": round(segment_s, 1),
-            "epochs": summary.get("epochs"), **{k: float(row[k]) for k in REPORTED if row.get(k) not in (None, "")}}
+    return [{"arm": name, "config": spec, "train_on": train_on, "test_on": row["subject"],
+             "train_s": round(train_s, 1), "segment_s": round(segment_s, 1), "epochs": summary.get("epochs"),
+             **{k: float(row[k]) for k in REPORTED if row.get(k) not in (None, "")}} for row in scored]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -104,17 +165,27 @@ def main() -> int:
     parser.add_argument("--arm", action="append", required=True, metavar="NAME=CONFIG[,KEY=VALUE...]")
     parser.add_argument("--data", type=Path, default=None, help="the open_ms_data folder")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--split", choices=("patients", "hemispheres"), default="patients",
+                        help="patients: train on one, score the other; hemispheres: train on both patients' "
+                             "left halves, score the right halves, and the other way round")
     args = parser.parse_args()
     data = args.data or default_data()
     if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
         parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    halves = half_copies(data, args.out / "halves") if args.split == "hemispheres" else None
     rows = []
     for arm in args.arm:
         name, spec = arm.split("=", 1)
-        for train_on, test_on in (PATIENTS, PATIENTS[::-1]):
-            row = one_direction(name, spec, train_on, test_on, data, args.out)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        for train_on, test_on in ((PATIENTS, PATIENTS[::-1]) if halves is None else (("left", "right"),
+                                                                                       ("right", "left"))):
+            if halves is None:
+                new = one_direction(name, spec, train_on, test_on, data, args.out)
+            else:
+                new = train_and_score(name, spec, f"{train_on} halves", halves[train_on], halves[test_on],
+                                      args.out / name / f"train-{train_on}")
+            for row in new:
+                print(json.dumps(row), flush=True)
+            rows.extend(new)
             (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
             (args.out / "results.md").write_text(markdown(rows))
     print(markdown(rows))

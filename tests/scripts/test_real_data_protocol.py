@@ -1,0 +1,54 @@
+"""scripts/real_data_protocol.py --split hemispheres: each patient cut at its brain's midline into halves."""
+
+import csv
+import importlib.util
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("real_data_protocol", REPO / "scripts" / "real_data_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_midline_is_the_brain_centre_of_mass(protocol):
+    volume = np.zeros((10, 3, 2), np.float32)
+    volume[2:6] = 1.0                       # brain over x = 2..5: centre 3.5, rounds to 4
+    volume[9] = 0.05                        # below a tenth of the maximum: not brain
+    assert protocol.midline(volume, 0) == 4
+    assert protocol.midline(volume.transpose(1, 0, 2), 1) == 4
+
+
+@pytest.mark.parametrize("first_axis, kept_by_left", [(-1.0, "high"), (1.0, "low")])
+def test_halves_split_each_image_at_the_midline(protocol, tmp_path, first_axis, kept_by_left):
+    # first_axis -1: LAS (index grows to the left); +1: RAS (index grows to the right)
+    affine = np.diag([first_axis, 1.0, 1.0, 1.0])
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    originals = {}
+    for patient in protocol.PATIENTS:
+        (data / patient).mkdir(parents=True)
+        flair = np.zeros((8, 4, 3), np.float32)
+        flair[1:7] = rng.uniform(1, 2, (6, 4, 3))           # brain 1..6: midline 3.5 -> 4
+        label = (flair > 1.8).astype(np.uint8)
+        for name, array in (("FLAIR", flair), ("T1", flair * 2), ("GOLD_STANDARD", label)):
+            nib.save(nib.Nifti1Image(array, affine), str(data / patient / f"{name}.nii.gz"))
+            originals[patient, name] = array
+    manifests = protocol.half_copies(data, tmp_path / "halves")
+    for side in ("left", "right"):
+        rows = list(csv.DictReader(open(manifests[side])))
+        assert [r["subject"] for r in rows] == [f"{p}_{side}" for p in protocol.PATIENTS]
+    for patient in protocol.PATIENTS:
+        for name in ("FLAIR", "T1", "GOLD_STANDARD"):
+            left = nib.load(str(tmp_path / "halves" / f"{patient}_left" / f"{name}.nii.gz")).get_fdata()
+            right = nib.load(str(tmp_path / "halves" / f"{patient}_right" / f"{name}.nii.gz")).get_fdata()
+            np.testing.assert_allclose(left + right, originals[patient, name], rtol=1e-6)   # a partition
+            high, low = (left, right) if kept_by_left == "high" else (right, left)
+            assert not high[:4].any() and not low[4:].any()
