@@ -50,15 +50,22 @@ def test_nothing_to_compare_with_warns_nothing(caplog):
     assert not caplog.records
 
 
-def test_segment_warns_for_the_far_off_subject_only(tmp_path, caplog):
-    near = write_nifti(tmp_path / "near.nii.gz", blob_volume(), np.diag([1.0, 1.0, 2.0, 1.0]))
-    thick = write_nifti(tmp_path / "thick.nii.gz", blob_volume(1), np.diag([1.0, 1.0, 6.0, 1.0]))
+def _segment_warnings(tmp_path, caplog, card: ModelCard, voxels: dict, **options) -> list[str]:
+    """Segment one blob volume per ``{name: voxel size (mm)}`` with a model carrying ``card``; the
+    warnings logged (every subject must still be segmented)."""
+    files = [write_nifti(tmp_path / f"{name}.nii.gz", blob_volume(i), np.diag([*size, 1.0]))
+             for i, (name, size) in enumerate(voxels.items())]
     model = bright_segmenter()
-    model.card = _card()
+    model.card = card
+    caplog.clear()
     caplog.set_level(logging.WARNING, logger="wmhkeras")
-    result = segment(model, [near, thick], tmp_path / "out")
-    assert result.ok  # a warning, not a failure: both are segmented
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    result = segment(model, files, tmp_path / f"out{len(list(tmp_path.glob('out*')))}", **options)
+    assert result.ok  # a warning, not a failure: each is segmented
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_segment_warns_for_the_far_off_subject_only(tmp_path, caplog):
+    warnings = _segment_warnings(tmp_path, caplog, _card(), {"near": (1.0, 1.0, 2.0), "thick": (1.0, 1.0, 6.0)})
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("thick: voxel size 1 x 1 x 6 mm is far outside the model's training data")
     assert "Z 6 mm is above 1.5 x the largest in training (3 mm)" in warnings[0]
@@ -103,18 +110,11 @@ def test_skull_warns_only_when_the_card_says_skull_stripped(caplog):
 
 
 def test_segment_warns_for_the_whole_head_unless_a_brain_mask_is_given(tmp_path, caplog):
-    brain = write_nifti(tmp_path / "brain.nii.gz", blob_volume(), np.diag([1.0, 1.0, 1.0, 1.0]))
-    head = write_nifti(tmp_path / "head.nii.gz", blob_volume(1), np.diag([10.0, 10.0, 10.0, 1.0]))
-    model = bright_segmenter()
-    model.card = _stripped_card()
-    caplog.set_level(logging.WARNING, logger="wmhkeras")
-    result = segment(model, [brain, head], tmp_path / "out")
-    assert result.ok  # a warning, not a failure: both are segmented
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # blob_volume: about 8200 voxels above a tenth of its maximum; 8 mL at 1 mm, 8 L at 10 mm
+    warnings = _segment_warnings(tmp_path, caplog, _stripped_card(), {"brain": (1.0, 1.0, 1.0),
+                                                                     "head": (10.0, 10.0, 10.0)})
     assert len(warnings) == 1 and warnings[0].startswith("head: "), warnings
     assert "looks not skull-stripped" in warnings[0] and "--brain-mask" in warnings[0]
     # with the scan's brain mask, predictions outside the brain are dropped anyway: no warning
-    caplog.clear()
-    mask = write_nifti(tmp_path / "mask.nii.gz", np.ones_like(blob_volume(1)), np.diag([10.0, 10.0, 10.0, 1.0]))
-    assert segment(model, [head], tmp_path / "out2", brain_mask=mask).ok
-    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    mask = write_nifti(tmp_path / "mask.nii.gz", np.ones_like(blob_volume()), np.diag([10.0, 10.0, 10.0, 1.0]))
+    assert _segment_warnings(tmp_path, caplog, _stripped_card(), {"head": (10.0, 10.0, 10.0)}, brain_mask=mask) == []
