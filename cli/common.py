@@ -98,6 +98,16 @@ def configure_logging(verbose: int) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_TF_CPP_LEVEL)
 
 
+class OutputPath(click.Path):
+    """``click.Path`` for output folders and files that refuses an empty value (``--out ""`` would
+    otherwise become the current folder)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path: name the output (. is the current folder)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 # === TensorFlow ===
 
 

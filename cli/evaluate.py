@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from wmhkeras.cli.common import EXIT_SOME_FAILED, handle_errors
+from wmhkeras.cli.common import EXIT_SOME_FAILED, OutputPath, handle_errors
 
 
 @click.command("evaluate")
@@ -23,7 +23,7 @@ from wmhkeras.cli.common import EXIT_SOME_FAILED, handle_errors
 @click.option("--truth", required=True, type=click.Path(path_type=Path),
               help="Ground truth: a label file, a folder, a manifest CSV, a BIDS root or ROOT/derivatives/PIPELINE "
                    "(its WMH masks), or a training run folder (its hold-out).")
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", "out_dir", required=True, type=OutputPath(file_okay=False, path_type=Path),
               help="Output folder for metrics.csv, summary.json, table.md, report.md and the PNGs.")
 @click.option("--model-name", default=None, help="Model row label in table.md (default: the name of --pred).")
 @click.option("--dataset-name", default=None, help="Dataset row label in table.md (default: the name of --truth).")

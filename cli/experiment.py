@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from wmhkeras.cli.common import handle_errors, start_tensorflow, threads_option
+from wmhkeras.cli.common import OutputPath, handle_errors, start_tensorflow, threads_option
 
 
 @click.command("experiment")
@@ -13,7 +13,7 @@ from wmhkeras.cli.common import handle_errors, start_tensorflow, threads_option
               help="Override a value, e.g. train.epochs=5 or experiment.losses=[dice,content].")
 @click.option("--data", "data_path", type=click.Path(), default=None,
               help="The cohort: manifest CSV, folder with manifest.csv, or MICCAI 2017 layout (default: data.path).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="experiment", show_default=True,
+@click.option("--out", "out_dir", type=OutputPath(file_okay=False), default="experiment", show_default=True,
               help="Experiment folder; run again with the same config to continue an interrupted experiment.")
 @click.option("--folds", type=click.IntRange(2), default=None,
               help="Site-stratified K-fold cross-validation instead of one hold-out split.")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
-from wmhkeras.cli.common import EXIT_OUTSIDE_TOLERANCE, handle_errors, start_tensorflow, threads_option
+from wmhkeras.cli.common import EXIT_OUTSIDE_TOLERANCE, OutputPath, handle_errors, start_tensorflow, threads_option
 
 
 @click.command("export")
 @click.argument("model_or_run_dir", type=click.Path(path_type=Path))
-@click.option("--out", "-o", "out_dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", "out_dir", default=None, type=OutputPath(file_okay=False, path_type=Path),
               help="Export folder [default: saved_models/<run name>].")
 @click.option("--tflite", default=None, metavar="LIST",
               help="TFLite variants, comma-separated, from fp32,fp16,dynamic,int8, or none "

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import click
 
-from wmhkeras.cli.common import EXIT_SOME_FAILED, handle_errors, progress_bar, start_tensorflow, threads_option
+from wmhkeras.cli.common import (
+    EXIT_SOME_FAILED,
+    OutputPath,
+    handle_errors,
+    progress_bar,
+    start_tensorflow,
+    threads_option,
+)
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
@@ -31,7 +38,7 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.command("segment")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", "out_dir", required=True, type=OutputPath(file_okay=False, path_type=Path),
               help="Output folder (created if missing).")
 @click.option("--t1", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
               help="T1 of each FLAIR file, in the same order (models trained on FLAIR + T1).")

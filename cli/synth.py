@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from wmhkeras.cli.common import handle_errors
+from wmhkeras.cli.common import OutputPath, handle_errors
 
 
 @click.command("synth")
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out", type=OutputPath(file_okay=False))
 @click.option("--subjects", default=12, show_default=True, type=click.IntRange(1), help="Number of subjects.")
 @click.option("--sites", default=3, show_default=True, type=click.IntRange(1), help="Number of scanner sites.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same voxels).")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from wmhkeras.cli.common import handle_errors, start_tensorflow, threads_option
+from wmhkeras.cli.common import OutputPath, handle_errors, start_tensorflow, threads_option
 
 
 def default_run_dir(configs: tuple[str, ...]) -> Path:
@@ -23,7 +23,7 @@ def default_run_dir(configs: tuple[str, ...]) -> Path:
 @click.option("--data", "data_path", type=click.Path(), default=None,
               help="Dataset: manifest CSV, folder with manifest.csv, MICCAI 2017 layout, BIDS root or "
                    "ROOT/derivatives/PIPELINE (labels from that pipeline; docs/bids.md) (default: data.path).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "out_dir", type=OutputPath(file_okay=False), default=None,
               help="New run folder (default: runs/<config name>-<date-time>).")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue the run in this folder from its last committed epoch (config and split read from it; "

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -34,3 +35,23 @@ def test_config_prints_the_resolved_config_and_refuses_a_bad_override():
     assert yaml.safe_load(res.output)["train"]["epochs"] == 3
     bad = CliRunner().invoke(main, ["config", "--set", "train.nonsense=1"])
     assert bad.exit_code == 2 and "error:" in bad.output
+
+
+@pytest.mark.parametrize("args", [
+    ["synth", ""],
+    ["train", "configs/demo.yaml", "--out", ""],
+    ["experiment", "configs/demo.yaml", "--out", ""],
+    ["export", "model.keras", "--out", ""],
+    ["segment", "model.keras", "flair.nii.gz", "--out", ""],
+    ["segment", "model.keras", "flair.nii.gz", "--out", " "],
+    ["evaluate", "--pred", "p", "--truth", "t", "--out", ""],
+    ["summarize", "configs", "--out", ""],
+])
+def test_an_empty_out_is_refused_before_any_work(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo.yaml").write_text("version: 1\n")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert "an empty path: name the output" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["configs"]   # nothing written
