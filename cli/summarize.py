@@ -17,7 +17,7 @@ from wmhkeras.cli.common import OutputPath, handle_errors
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", "-o", "out", required=True, type=OutputPath(dir_okay=False, path_type=Path),
               help="The combined summary CSV to write.")
-@click.option("--qc-html", default=None, type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--qc-html", default=None, type=OutputPath(dir_okay=False, path_type=Path), metavar="FILE",
               help="Also write the QC index of the whole cohort here, linking each shard's qc/<subject>.png "
                    "(from segment --qc).")
 @handle_errors

@@ -49,7 +49,7 @@ def wmhkeras() -> list[str]:
 
 def write_manifest(data: Path, patient: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = data / patient
+    folder = data.resolve() / patient   # absolute: a manifest's relative paths are read from its own folder
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["subject", "site", "flair", "t1", "label"])
@@ -82,12 +82,14 @@ def half_copies(data: Path, out: Path) -> dict[str, Path]:
         axis = next(i for i, c in enumerate(codes) if c in ("L", "R"))
         cut = midline(np.asarray(flair.dataobj, dtype=np.float32), axis)
         for side in ("left", "right"):
-            folder = out / f"{patient}_{side}"
+            folder = (out / f"{patient}_{side}").resolve()   # absolute, as in write_manifest
             folder.mkdir(parents=True, exist_ok=True)
             # voxels beyond the cut towards `side` are kept; the other half is zeroed
             keep_high = (codes[axis] == "L") == (side == "left")
             for name in ("FLAIR", "T1", "GOLD_STANDARD"):
                 image = nib.load(str(data / patient / f"{name}.nii.gz"))
+                if image.shape != flair.shape or not np.allclose(image.affine, flair.affine, atol=1e-4):
+                    raise SystemExit(f"{patient}/{name}: not on the FLAIR's grid; the halves need one grid")
                 array = np.asarray(image.dataobj).copy()
                 index = [slice(None)] * array.ndim
                 index[axis] = slice(0, cut) if keep_high else slice(cut, None)

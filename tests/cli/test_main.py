@@ -46,6 +46,7 @@ def test_config_prints_the_resolved_config_and_refuses_a_bad_override():
     ["segment", "model.keras", "flair.nii.gz", "--out", " "],
     ["evaluate", "--pred", "p", "--truth", "t", "--out", ""],
     ["summarize", "configs", "--out", ""],
+    ["summarize", "configs", "--out", "all.csv", "--qc-html", ""],
 ])
 def test_an_empty_out_is_refused_before_any_work(args, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
