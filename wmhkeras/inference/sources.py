@@ -170,6 +170,11 @@ def _export_saved_model(folder: Path) -> Optional[Path]:
 def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info: KerasInfo) -> ModelSpec:
     """A checkpoint with the settings of its run's ``config.yaml``, checked against the checkpoint."""
     cfg = load_run_config(config_path)
+    if cfg.data.sampling == "patches" and cfg.data.lesion_position == "centre":
+        log.warning("%s: trained with each lesion patch's lesion voxel at the patch centre "
+                    "(data.lesion_position: centre, the only behaviour before 2026-12-02); such models learn a "
+                    "centre prior and miss lesions in whole slices (docs/real_data.md, 'The centre prior'). "
+                    "Retrain with data.lesion_position: random", config_path.parent)
     modalities, k = tuple(cfg.data.modalities), cfg.data.context_slices
     resampling = resampling_for(cfg.data, cfg.model)
     where = f"{checkpoint}: the model takes {info.shape} inputs but the run config says"
