@@ -223,11 +223,7 @@ def test_serving_layout_is_found_from_the_export_and_the_base_folder(tmp_path):
     ({"sampling": "slices", "lesion_position": "centre"}, False),     # whole slices have no patch centre
 ])
 def test_a_run_trained_with_centred_lesions_is_flagged(tmp_path, caplog, data, warned):
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    tiny_model_file(run / "checkpoints" / "best.keras")
-    save_config(config_from_dict({"data": data, "model": {"arch": "unet", "input_size": [32, 32], "depth": 2,
-                                                          "base_filters": 4}}), run / "config.yaml")
+    run = run_folder(tmp_path / "run", data)
     caplog.set_level(logging.WARNING, logger="wmhkeras")
     inspect_model(run)
     flagged = [r.getMessage() for r in caplog.records if "centre prior" in r.getMessage()]
@@ -238,12 +234,7 @@ def test_an_old_patch_run_without_lesion_position_is_flagged(tmp_path, caplog):
     """A config.yaml saved before the key existed is read as ``centre`` (the run's own behaviour)."""
     import yaml
 
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    tiny_model_file(run / "checkpoints" / "best.keras")
-    save_config(config_from_dict({"data": {"sampling": "patches", "patch_size": [32, 32]},
-                                  "model": {"arch": "unet", "input_size": [32, 32], "depth": 2, "base_filters": 4}}),
-                run / "config.yaml")
+    run = run_folder(tmp_path / "run", {"sampling": "patches", "patch_size": [32, 32]})
     saved = yaml.safe_load((run / "config.yaml").read_text())
     del saved["data"]["lesion_position"]
     (run / "config.yaml").write_text(yaml.safe_dump(saved))

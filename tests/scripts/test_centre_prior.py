@@ -1,13 +1,12 @@
 """scripts/centre_prior.py: a model without a centre prior scores the same wherever the lesion sits."""
 
 import dataclasses
-import importlib.util
 import json
 
 import keras
 import pytest
 
-from tests.conftest import REPO
+from tests.scripts.helpers import load_script
 from wmhkeras.config import config_from_dict, save_config
 from wmhkeras.data.datasets import load_dataset
 from wmhkeras.data.splits import make_split
@@ -15,10 +14,7 @@ from wmhkeras.data.synth import SITE_PRESETS, make_cohort
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("centre_prior", REPO / "scripts" / "centre_prior.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("centre_prior")
 
 
 @pytest.mark.parametrize("patch", [32])

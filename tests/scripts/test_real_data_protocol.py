@@ -1,23 +1,19 @@
 """scripts/real_data_protocol.py --split hemispheres: each patient cut at its brain's midline into halves."""
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.scripts.helpers import load_script
 from wmhkeras.data.datasets import read_manifest
 
 
 @pytest.fixture(scope="module")
 def protocol():
-    spec = importlib.util.spec_from_file_location("real_data_protocol", REPO / "scripts" / "real_data_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("real_data_protocol")
 
 
 def test_midline_is_the_brain_centre_of_mass(protocol):

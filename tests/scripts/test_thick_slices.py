@@ -1,21 +1,17 @@
 """scripts/thick_slices.py: thin slices averaged into thick ones, each placed at the centre of its thin slices."""
 
 import csv
-import importlib.util
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.scripts.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def thick():
-    spec = importlib.util.spec_from_file_location("thick_slices", REPO / "scripts" / "thick_slices.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("thick_slices")
 
 
 # LAS, 1 x 1 x 1 mm, origin off zero (open_ms_data's kind of grid)
