@@ -9,6 +9,7 @@ is allowed. The resolved config is written into every run folder with :func:`sav
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -150,6 +151,17 @@ def _check(cfg: Config) -> None:
     need(0 <= a.scale < 1, "augment.scale", a.scale, "use a value in [0, 1)")
     need(0 <= a.intensity_shift <= 1, "augment.intensity_shift", a.intensity_shift, "use a value in [0, 1]")
     need(0 <= a.noise <= 1, "augment.noise", a.noise, "use a value in [0, 1]")
+    need(0 <= a.bias_field <= 1, "augment.bias_field", a.bias_field, "use a value in [0, 1]")
+    need(0 <= a.blur <= 3, "augment.blur", a.blur, "use 0 to 3 pixels")
+    need(0 <= a.low_resolution <= 3, "augment.low_resolution", a.low_resolution, "use 0 to 3")
+    ls = d.lesion_synthesis
+    need(ls.volumes >= 1, "data.lesion_synthesis.volumes", ls.volumes, "use at least 1")
+    need(0 <= ls.share <= 1, "data.lesion_synthesis.share", ls.share, "use a value in [0, 1]")
+    need(ls.seed >= 0, "data.lesion_synthesis.seed", ls.seed, "use a non-negative integer")
+    need(not ls.enabled or len(ls.masks) >= 1, "data.lesion_synthesis.masks", ls.masks,
+         "name at least one folder (or NIfTI file) of lesion masks when data.lesion_synthesis.enabled is true")
+    need(not ls.enabled or d.lesion_fraction is not None, "data.lesion_fraction", d.lesion_fraction,
+         "lesion synthesis paints a share of the lesion samples; set a lesion fraction, not null")
     need(t.epochs >= 1, "train.epochs", t.epochs, "use at least 1")
     need(t.steps_per_epoch >= 1, "train.steps_per_epoch", t.steps_per_epoch, "use at least 1")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "use at least 1")
@@ -217,12 +229,23 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def _resolve_relative_paths(data: dict, folder: Path) -> dict:
-    """``data.path`` and ``experiment.external`` of one file, when relative, made absolute from ``folder``."""
+    """``data.path``, ``experiment.external`` and ``data.lesion_synthesis.masks`` of one file, when
+    relative, made absolute from ``folder`` (the masks after ``$VARIABLE`` and ``~`` expansion)."""
     for section, key in RELATIVE_PATHS:
         value = data.get(section).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             data = deep_merge(data, {section: {key: str((folder / value).resolve())}})
+    synthesis = data.get("data", {}).get("lesion_synthesis") if isinstance(data.get("data"), dict) else None
+    masks = synthesis.get("masks") if isinstance(synthesis, dict) else None
+    if isinstance(masks, list) and all(isinstance(m, str) for m in masks):
+        data = deep_merge(data, {"data": {"lesion_synthesis": {"masks": [_absolute(m, folder) for m in masks]}}})
     return data
+
+
+def _absolute(path: str, folder: Path) -> str:
+    """``path`` with ``$VARIABLES`` and ``~`` expanded, made absolute from ``folder`` when relative."""
+    expanded = Path(os.path.expandvars(path)).expanduser()
+    return str(expanded if expanded.is_absolute() else (folder / expanded).resolve())
 
 
 def load_config(paths=(), overrides=(), *, experiment: bool = False) -> Config:

@@ -20,6 +20,32 @@ PCD_BIN_EDGES = (0.0, 0.03, 0.06, 0.09, 0.15, 0.25, 0.35, 0.45, 0.55)
 
 
 @dataclass
+class LesionSynthesisConfig:
+    """Lesion synthesis (``data.lesion_synthesis``): real lesion shapes painted into training FLAIRs.
+
+    Before training, ``volumes`` painted copies of the training subjects are made (round-robin over the
+    subjects), each holding the lesions of one donor mask from ``masks``, resampled into the subject's
+    space through the two affines, kept inside the subject's brain tissue. Each painted lesion's contrast
+    is drawn from a model fitted to the training subjects' own labelled lesions (contrast to the
+    surrounding tissue, in units of the brain's standard deviation), with partial-volume edges and the
+    scan's own noise. Painted voxels join the label. A share of the *lesion* samples comes from the
+    painted copies; lesion-free samples always come from the real scans
+    (:mod:`wmhkeras.training.lesion_synthesis`).
+    """
+
+    enabled: bool = False
+    #: Folders (or single NIfTI files) of binary lesion masks, the donors. Relative paths are read from
+    #: the config file's folder; ``$VARIABLES`` and ``~`` are expanded.
+    masks: list[str] = field(default_factory=list)
+    #: Number of painted copies of the training subjects, made once and cached like the real ones.
+    volumes: int = 24
+    #: Fraction of lesion samples drawn from the painted copies (the rest from the real scans).
+    share: float = 0.5
+    #: Seed of the painting (donor order, contrasts); the same seed paints the same volumes.
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how samples are drawn from it."""
 
@@ -63,6 +89,8 @@ class DataConfig:
     #: Folder for on-disk shards (kept and reused by later runs on the same data and settings);
     #: ``null`` uses a temporary folder removed when training ends.
     cache_dir: Optional[str] = None
+    #: Real lesion shapes painted into training FLAIRs (off by default).
+    lesion_synthesis: LesionSynthesisConfig = field(default_factory=LesionSynthesisConfig)
 
 
 @dataclass
@@ -111,6 +139,13 @@ class AugmentConfig:
     intensity_shift: float = 0.0
     #: Gaussian noise: a standard deviation uniform in ``[0, noise]`` per sample (z units, or of [0, 1]).
     noise: float = 0.0
+    #: Scanner variation. Bias field: a smooth multiplicative field ``exp(f)``, ``f`` a random
+    #: second-order polynomial over the sample with ``|f| <= bias_field``.
+    bias_field: float = 0.0
+    #: Blur: a Gaussian of standard deviation uniform in ``[0, blur]`` pixels.
+    blur: float = 0.0
+    #: Resolution: downsampled by a factor uniform in ``[1, 1 + low_resolution]`` and back (bilinear).
+    low_resolution: float = 0.0
 
 
 @dataclass

@@ -32,6 +32,25 @@ from wmhkeras.errors import ConfigError
 MASK_THRESHOLD = 0.5
 
 
+def gaussian_blur(x, sigma, radius: int = 4):
+    """Each sample of ``x`` ``(batch, H, W, C)`` blurred by a Gaussian of its own ``sigma`` (pixels; 0 leaves
+    it unchanged), separably, edges reflected. The batch rides in the channels of one depthwise
+    convolution, so every sample has its own kernel."""
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    sigma = tf.maximum(tf.convert_to_tensor(sigma, tf.float32), 1e-3)
+    kernel = tf.exp(-0.5 * (offsets[None, :] / sigma[:, None]) ** 2)
+    kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)  # (batch, 2r+1)
+    batch, height, width, channels = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2], x.shape[-1]
+    stacked = tf.reshape(tf.transpose(x, (1, 2, 0, 3)), tf.stack([1, height, width, batch * channels]))
+    per_channel = tf.reshape(tf.repeat(kernel, channels, axis=0), tf.stack([batch * channels, 2 * radius + 1]))
+    taps = tf.transpose(per_channel)  # (2r+1, batch*C)
+    pad = [[0, 0], [radius, radius], [radius, radius], [0, 0]]
+    stacked = tf.pad(stacked, pad, mode="REFLECT")
+    stacked = tf.nn.depthwise_conv2d(stacked, taps[:, None, :, None], [1, 1, 1, 1], "VALID")
+    stacked = tf.nn.depthwise_conv2d(stacked, taps[None, :, :, None], [1, 1, 1, 1], "VALID")
+    return tf.transpose(tf.reshape(stacked, tf.stack([height, width, batch, channels])), (2, 0, 1, 3))
+
+
 def rotation_transforms(angles, height: int, width: int, zoom=None):
     """Projective transforms ``(batch, 8)`` rotating each image by ``angles`` (radians) about its centre.
 
@@ -96,7 +115,13 @@ class Augmenter:
     def active(self) -> bool:
         c = self.cfg
         return (c.rotation_degrees > 0 or c.flip or c.scale > 0 or c.intensity_scale > 0 or c.gamma > 0
-                or c.intensity_shift > 0 or c.noise > 0)
+                or c.intensity_shift > 0 or c.noise > 0 or self.scanner)
+
+    @property
+    def scanner(self) -> bool:
+        """Whether any scanner variation (bias field, blur, low resolution) is on."""
+        c = self.cfg
+        return c.bias_field > 0 or c.blur > 0 or c.low_resolution > 0
 
     def __call__(self, x, mask, batch_index):
         if not self.active:
@@ -115,6 +140,11 @@ class Augmenter:
 
         if c.rotation_degrees > 0 or c.flip or c.scale > 0:
             x, mask = self._geometry(x, mask, u, v)
+        if self.scanner:
+            # The third stream: blur, resolution, bias amplitude, then the bias field's 5 coefficients.
+            w = tf.random.stateless_uniform(tf.stack([batch, 8]),
+                                            seed=seed + tf.constant([3 * self.EXTRA_STREAM, 0], tf.int64))
+            x = self._scanner(x, w, modalities)
         x = self._intensity(x, u, v, modalities)
         if c.noise > 0:
             sigma = v[:, 1] * c.noise
@@ -147,6 +177,45 @@ class Augmenter:
             has = tf.reduce_max(moved[..., channels:], axis=(1, 2, 3)) >= MASK_THRESHOLD
             both = tf.where((had & ~has)[:, None, None, None], both, moved)
         return both[..., :channels], tf.cast(both[..., channels:] >= MASK_THRESHOLD, tf.float32)
+
+    def _scanner(self, x, w, modalities: int):
+        """Scanner variation, image only: a smooth multiplicative bias field, Gaussian blur, a lower
+        resolution (down and back up, bilinear). One draw per sample, shared by its channels."""
+        c = self.cfg
+        if c.bias_field > 0:
+            x = self._bias(x, w, modalities)
+        if c.blur > 0:
+            x = gaussian_blur(x, w[:, 0] * c.blur)
+        if c.low_resolution > 0:
+            factor = 1.0 + w[:, 1] * c.low_resolution
+            height, width = x.shape[1], x.shape[2]
+
+            def resample(args):
+                image, f = args
+                small = tf.maximum(tf.cast(tf.round(tf.constant([height, width], tf.float32) / f), tf.int32), 1)
+                return tf.image.resize(tf.image.resize(image[None], small, "bilinear", antialias=True),
+                                       (height, width), "bilinear")[0]
+
+            x = tf.map_fn(resample, (x, factor), fn_output_signature=tf.float32)
+        return x
+
+    def _bias(self, x, w, modalities: int):
+        """``x`` times ``exp(f)``, ``f`` a second-order polynomial over the sample (coordinates in
+        [-1, 1]) with ``|f| <= bias_field``; under ``zscore`` relative to each modality's minimum over the
+        sample (the background), as the gamma is."""
+        c = self.cfg
+        shape = tf.shape(x)
+        rows = tf.linspace(-1.0, 1.0, shape[1])[:, None]
+        cols = tf.linspace(-1.0, 1.0, shape[2])[None, :]
+        basis = tf.stack([rows + 0 * cols, cols + 0 * rows, rows**2 + 0 * cols, cols**2 + 0 * rows,
+                          rows * cols])  # (5, H, W), each in [-1, 1]
+        coefficients = 2.0 * w[:, 3:8] - 1.0
+        scale = w[:, 2] * c.bias_field / tf.maximum(tf.reduce_sum(tf.abs(coefficients), axis=1), 1e-6)
+        field = tf.exp(tf.einsum("bk,khw->bhw", coefficients, basis) * scale[:, None, None])[..., None]
+        if self.normalisation == "max":
+            return x * field
+        low = tf.reduce_min(x, axis=(1, 2), keepdims=True)
+        return low + (x - low) * field
 
     def _intensity(self, x, u, v, modalities: int):
         """Scale, shift and gamma per modality (the context slices of a modality share the draws)."""

@@ -71,6 +71,8 @@ class CachedSubject:
     brain_fraction: np.ndarray
     lesion_voxels_native: int
     background: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    #: A painted copy of a training subject (lesion synthesis), not a real scan.
+    painted: bool = False
 
     @property
     def has_brain(self) -> np.ndarray:
@@ -81,14 +83,14 @@ class CachedSubject:
             "subject": self.subject, "site": self.site, "x_shape": list(self.x_shape),
             "lesion": self.lesion.tolist(), "brain": self.brain.tolist(),
             "brain_fraction": self.brain_fraction.tolist(), "lesion_voxels_native": self.lesion_voxels_native,
-            "background": self.background.tolist(),
+            "background": self.background.tolist(), "painted": self.painted,
         }
 
     @classmethod
     def from_meta(cls, m: dict) -> CachedSubject:
         return cls(m["subject"], m["site"], tuple(m["x_shape"]), np.asarray(m["lesion"], np.int64),
                    np.asarray(m["brain"], np.int64), np.asarray(m["brain_fraction"], np.float64),
-                   int(m["lesion_voxels_native"]), np.asarray(m["background"], np.int64))
+                   int(m["lesion_voxels_native"]), np.asarray(m["background"], np.int64), bool(m.get("painted", False)))
 
 
 class MemoryCache:

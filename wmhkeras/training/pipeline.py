@@ -41,6 +41,7 @@ from wmhkeras.data import preprocessing as pp
 from wmhkeras.data.datasets import Subject
 from wmhkeras.data.splits import check_split
 from wmhkeras.io.run_folder import Split
+from wmhkeras.training import lesion_synthesis
 from wmhkeras.training.augment import Augmenter
 from wmhkeras.training.cache import CachedSubject, ShardCache, open_cache
 from wmhkeras.training.cohort import check_cohort
@@ -78,6 +79,8 @@ class TrainingData:
     cache_dir: Optional[Path] = None
     #: Counts for the run log: subjects, slices, lesion / brain slices per split and site, cache bytes.
     stats: dict = field(default_factory=dict)
+    #: Lesion synthesis: the contrast model and the painted copies (``synthesis.json``); None when off.
+    synthesis: Optional[dict] = None
 
 
 def input_shape(cfg: Config) -> tuple[int, int, int]:
@@ -111,24 +114,31 @@ def build_datasets(cfg: Config, subjects: list[Subject], split: Split | Mapping,
     """
     split = check_split(split, subjects)
     by_id = {s.subject: s for s in subjects}
-    cache = open_cache(cfg, [by_id[s] for s in split.train + split.validation], cache_dir)
+    synthesis = cfg.data.lesion_synthesis
+    train_subjects = [by_id[s] for s in split.train]
+    donors = lesion_synthesis.donor_files(cfg) if synthesis.enabled else []  # checked before any reading
+    # the painted copies are cached too: each counts as its subject in the cache's size estimate
+    copies = [by_id[s] for s, _ in lesion_synthesis.plan(cfg, split.train, donors)] if donors else []
+    cache = open_cache(cfg, [by_id[s] for s in split.train + split.validation] + copies, cache_dir)
     augmenter = Augmenter(cfg.augment, cfg.train.seed, cfg.data.normalisation,  # refuses bad settings before reading
                           context=cfg.data.context_slices)
     records = check_cohort(cfg, subjects, split, cache=cache)
     train_records = [records[s] for s in split.train]
     val_records = [records[s] for s in split.validation]
+    painted, report = lesion_synthesis.synthesise(cfg, train_subjects, cache) if donors else ([], None)
 
-    train = _train_dataset(cfg, Sampler(cfg, cache, train_records, cfg.train.seed), augmenter, first_batch)
+    sampler = Sampler(cfg, cache, train_records + painted, cfg.train.seed)
+    train = _train_dataset(cfg, sampler, augmenter, first_batch)
     table = validation_table(cfg, cache, val_records) if val_records else np.zeros((0, 4), np.int64)
     validation, n_val_batches = _validation_dataset(cfg, cache, val_records, table)
-    stats = _stats(train_records, val_records, len(table), cache.nbytes)
+    stats = _stats(train_records, val_records, len(table), cache.nbytes, painted)
     log.info("training data: %s", stats)
     return TrainingData(
         train=train, validation=validation, train_subjects=list(split.train),
         validation_subjects=list(split.validation), sites=sorted({r.site for r in train_records}),
-        cache_mode=cache.mode, preview=preview_batch(cfg, cache, val_records, train_records),
+        cache_mode=cache.mode, preview=preview_batch(cfg, cache, val_records, train_records, painted),
         input_shape=input_shape(cfg), validation_batches=n_val_batches,
-        cache_dir=cache.folder if isinstance(cache, ShardCache) else None, stats=stats,
+        cache_dir=cache.folder if isinstance(cache, ShardCache) else None, stats=stats, synthesis=report,
     )
 
 
@@ -189,8 +199,10 @@ def _validation_dataset(cfg: Config, cache, records: list[CachedSubject],
 
 
 def _stats(train: list[CachedSubject], validation: list[CachedSubject], validation_samples: int,
-           cache_bytes: int) -> dict:
+           cache_bytes: int, painted: list[CachedSubject] = ()) -> dict:
     """Counts for the run log and ``summary.json`` (``data``)."""
+    extra = {"painted_volumes": len(painted),
+             "painted_lesion_voxels": int(sum(int(r.lesion.sum()) for r in painted))} if painted else {}
     return {
         "train_subjects": len(train), "validation_subjects": len(validation),
         "train_slices": sum(r.x_shape[0] for r in train),
@@ -200,4 +212,5 @@ def _stats(train: list[CachedSubject], validation: list[CachedSubject], validati
         "validation_samples": int(validation_samples),
         "sites": {s: sum(r.site == s for r in train) for s in sorted({r.site for r in train})},
         "cache_bytes": int(cache_bytes),
+        **extra,
     }

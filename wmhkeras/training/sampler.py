@@ -16,8 +16,8 @@ from wmhkeras.training.cache import BACKGROUND_BIT, BRAIN_BIT, LESION_BIT, Cache
 
 log = logging.getLogger(__name__)
 
-# Sample categories drawn by the sampler.
-_LESION, _OTHER, _UNIFORM = 0, 1, 2
+# Sample categories drawn by the sampler: _PAINTED is a lesion sample from a painted copy (lesion synthesis).
+_LESION, _OTHER, _UNIFORM, _PAINTED = 0, 1, 2, 3
 
 
 class _Pool:
@@ -102,6 +102,11 @@ class Sampler:
     uniformly from all brain slices (brain voxels), or from everything with ``background: any`` - the
     paper's uniform sampling.
     ``balance_sites``: the site is drawn first, uniformly.
+
+    Lesion synthesis (records with ``painted=True``, :mod:`~wmhkeras.training.lesion_synthesis`): a lesion
+    sample comes from the painted copies with probability ``data.lesion_synthesis.share`` (drawn after
+    the category); every other sample comes from the real scans, so lesion-free samples are always real
+    tissue, and a batch that drew none gets its last sample turned into one (when ``lesion_fraction`` < 1).
     """
 
     def __init__(self, cfg: Config, cache, records: list[CachedSubject], seed: int):
@@ -117,6 +122,8 @@ class Sampler:
         self.canvas = tuple(cfg.model.input_size)
         self.any_background = d.background == "any"
         self.random_position = self.patches and d.lesion_position == "random"
+        self.share = d.lesion_synthesis.share if any(r.painted for r in records) else 0.0
+        real = np.concatenate([np.full(r.x_shape[0], not r.painted) for r in records])
         rec, k, site, lesion, brain, has_brain, area, background = [], [], [], [], [], [], [], []
         for i, r in enumerate(records):
             z = r.x_shape[0]
@@ -135,17 +142,22 @@ class Sampler:
         if self.patches:
             # Weights are voxel counts: centres uniform over lesion / brain / all voxels.
             self.pools = {
-                _LESION: _Pool(rec, k, lesion, site, bal),
-                _OTHER: _Pool(rec, k, background, site, bal),
-                _UNIFORM: _Pool(rec, k, area if self.any_background else brain, site, bal),
+                _LESION: _Pool(rec, k, lesion * real, site, bal),
+                _OTHER: _Pool(rec, k, background * real, site, bal),
+                _UNIFORM: _Pool(rec, k, (area if self.any_background else brain) * real, site, bal),
+                _PAINTED: _Pool(rec, k, lesion * ~real, site, bal),
             }
         else:
             allowed = np.ones_like(has_brain) if self.any_background else (has_brain | (lesion > 0))
             self.pools = {
-                _LESION: _Pool(rec, k, lesion > 0, site, bal),
-                _OTHER: _Pool(rec, k, allowed & (lesion == 0), site, bal),
-                _UNIFORM: _Pool(rec, k, allowed, site, bal),
+                _LESION: _Pool(rec, k, (lesion > 0) & real, site, bal),
+                _OTHER: _Pool(rec, k, allowed & (lesion == 0) & real, site, bal),
+                _UNIFORM: _Pool(rec, k, allowed & real, site, bal),
+                _PAINTED: _Pool(rec, k, (lesion > 0) & ~real, site, bal),
             }
+        if self.share and not len(self.pools[_PAINTED]):
+            log.warning("the painted copies hold no lesion sample; training on the real scans only")
+            self.share = 0.0
         if self.lesion_fraction is not None and self.lesion_fraction < 1 and not len(self.pools[_OTHER]):
             log.warning("no lesion-free training %s to draw background samples from; drawing uniformly",
                         "patch" if self.patches else "slice")
@@ -164,8 +176,12 @@ class Sampler:
             category = np.full(n, _UNIFORM)
         else:
             category = np.where(rng.random(n) < self.lesion_fraction, _LESION, _OTHER)
+        if self.share:
+            category = np.where((category == _LESION) & (rng.random(n) < self.share), _PAINTED, category)
+            if self.lesion_fraction is not None and self.lesion_fraction < 1 and not (category == _OTHER).any():
+                category[-1] = _OTHER  # real lesion-free tissue in every batch
         rec, k, off = (np.zeros(n, np.int64) for _ in range(3))
-        for c in (_LESION, _OTHER, _UNIFORM):
+        for c in (_LESION, _OTHER, _UNIFORM, _PAINTED):
             sel = np.flatnonzero(category == c)
             if len(sel):
                 rec[sel], k[sel], off[sel] = self.pools[c].draw(rng, len(sel))
@@ -174,7 +190,7 @@ class Sampler:
         if self.random_position:
             # Background patches stay centred: their lesion-free window was marked at preprocessing.
             drawn = rng.integers(0, (h, w), size=(n, 2))
-            lesion = category == _LESION
+            lesion = (category == _LESION) | (category == _PAINTED)
             position[lesion] = drawn[lesion]
         return category, rec, k, off, position
 
@@ -183,7 +199,7 @@ class Sampler:
         if category == _UNIFORM and self.any_background:
             flat = offset
         else:
-            bit = {_LESION: LESION_BIT, _OTHER: BACKGROUND_BIT, _UNIFORM: BRAIN_BIT}[category]
+            bit = {_LESION: LESION_BIT, _PAINTED: LESION_BIT, _OTHER: BACKGROUND_BIT, _UNIFORM: BRAIN_BIT}[category]
             flat = np.flatnonzero(labels & bit)[offset]
         return divmod(int(flat), labels.shape[1])
 

@@ -44,6 +44,9 @@ from wmhkeras.training.resume import first_batch, load_checkpoint
 
 log = logging.getLogger(__name__)
 
+#: Lesion synthesis: the fitted contrast model and the painted copies of a run.
+SYNTHESIS_FILE = "synthesis.json"
+
 #: Step schedule: the learning rate is multiplied by this factor at each boundary ...
 STEP_DECAY_FACTOR = 0.1
 #: ... placed at these fractions of the total number of training steps.
@@ -297,6 +300,8 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
     if resume and chief:  # the files of the chosen state back under their own names
         restore(read, point)
     _write_run_files(cfg, write, split, resume=resume, initial_epoch=initial_epoch)
+    if data.synthesis is not None:
+        atomic_write_json(write.path / SYNTHESIS_FILE, data.synthesis)
     if commit is not None:  # every input is valid and the model is built: the run folder may exist now
         write = RunFolder(commit())
 

@@ -16,6 +16,8 @@ from wmhkeras.data.preprocessing import center_channels
 from wmhkeras.training.cache import BRAIN_BIT, LESION_BIT, CachedSubject
 from wmhkeras.training.sampler import crop, fit_canvas
 
+#: Largest number of painted (lesion synthesis) slices appended to the TensorBoard preview.
+PAINTED_PREVIEW = 4
 #: Largest number of slices in the TensorBoard preview batch.
 PREVIEW_SIZE = 8
 
@@ -101,15 +103,20 @@ def flair_channel(cfg: Config) -> int:
 
 
 def preview_batch(cfg: Config, cache, validation: list[CachedSubject],
-                  train: list[CachedSubject]) -> tuple[np.ndarray, np.ndarray]:
+                  train: list[CachedSubject], painted: list[CachedSubject] = ()) -> tuple[np.ndarray, np.ndarray]:
     """The TensorBoard preview ``(x, y)``: ``y`` ``(n, H, W, 2)`` = hard mask and FLAIR, unaugmented.
 
     The FLAIR is :func:`flair_channel` of ``x`` (the slice itself, also with 2.5D context).
 
     Validation slices with lesion; training slices when the validation subjects have none (the
-    training subjects always have lesion: ``check_cohort``), so the preview is never empty.
+    training subjects always have lesion: ``check_cohort``), so the preview is never empty. With lesion
+    synthesis, up to :data:`PAINTED_PREVIEW` slices of the painted copies follow the real ones.
     """
     records = validation if any(r.lesion.any() for r in validation) else train
     x, mask = read_entries(cfg, cache, records, preview_entries(cfg, cache, records))
+    if painted:
+        entries = preview_entries(cfg, cache, list(painted))[:PAINTED_PREVIEW]
+        px, pmask = read_entries(cfg, cache, list(painted), entries)
+        x, mask = np.concatenate([x, px]), np.concatenate([mask, pmask])
     c = flair_channel(cfg)
     return x, np.concatenate([mask, x[..., c:c + 1]], axis=-1)

@@ -1,0 +1,327 @@
+"""Lesion synthesis: real lesion shapes painted into training FLAIRs (in the spirit of CarveMix / LesionMix).
+
+Two training patients show only part of what lesions look like in size, number and place. Lesion
+masks of other patients (donors) carry the missing shapes and places; what they lack is an image. This
+module paints them into the training subjects' FLAIRs so that a painted lesion is hard to tell from a
+real one, while painting nothing that real lesions do not show:
+
+* **Where**: each donor mask is resampled into the subject's voxel space through the two affines
+  (nearest neighbour), then kept only on the subject's brain tissue (:func:`paintable_tissue`: the
+  brain, one voxel in from its edge, without CSF), and off the subject's own lesions.
+* **How bright**: the contrast of each real lesion of the training subjects is measured as the mean
+  FLAIR of the lesion minus the median of a ring of surrounding tissue (1 to 3 voxels out), in units
+  of the standard deviation of the subject's non-lesion brain (:func:`lesion_contrasts`). A normal
+  distribution fitted to these contrasts, truncated to the measured range, is the
+  :class:`ContrastModel`; each painted lesion (a connected component of the donor) draws its contrast
+  from it, faint lesions included, and from nothing brighter or fainter than real lesions are.
+* **What it looks like**: painting *adds* the contrast to the scan, so the scan's own noise and
+  texture stay. The edges are partial-volume: the added intensity is weighted by ``alpha``, 0.5 plus
+  half of the mask blurred by a Gaussian (``PARTIAL_VOLUME_SIGMA`` voxels) inside the lesion, half of
+  the blurred mask outside it; each lesion's amplitude is scaled so that its measured contrast
+  (:func:`lesion_contrasts` on the painted scan) is the drawn one.
+* **The label**: exactly the painted voxels (where ``alpha > 0.5``) join the label.
+* Painted intensities are capped at the scan's maximum, so the brain mask of the preprocessing (a share
+  of the maximum) is the same for the painted copy as for the real scan.
+
+:func:`paint` works on one volume; :func:`synthesise` makes the painted training copies of a run and
+puts them in the training cache, where the sampler draws a share of the lesion samples from them
+(``data.lesion_synthesis``). NumPy and SciPy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from wmhkeras.config import Config
+from wmhkeras.data.datasets import Subject, check_subject
+from wmhkeras.errors import InputError
+from wmhkeras.io.nifti import Volume
+
+log = logging.getLogger(__name__)
+
+#: Standard deviation (voxels) of the Gaussian that softens painted edges (partial volume).
+PARTIAL_VOLUME_SIGMA = 0.6
+#: The ring of surrounding tissue a lesion's contrast is measured against: voxels 1 to 3 steps out.
+RING = (1, 3)
+#: Tissue darker than (brain mean - CSF_SD x brain SD) after light smoothing is CSF: never painted.
+CSF_SD = 2.0
+#: At most this many training subjects are read to fit the contrast model.
+MAX_FIT_SUBJECTS = 20
+#: Bumped whenever painted volumes would change for the same inputs and settings (the shard key).
+SYNTHESIS_VERSION = 1
+#: Suffix of a painted copy's subject id: ``<subject>~painted<i>``.
+PAINTED_TAG = "~painted"
+#: 26-connectivity: the lesions of a mask are its 3D connected components.
+CONNECTIVITY = np.ones((3, 3, 3), bool)
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class ContrastModel:
+    """Painted-lesion contrasts: a normal ``(mean, sd)`` truncated to ``[low, high]`` (brain SD units)."""
+
+    mean: float
+    sd: float
+    low: float
+    high: float
+    n_lesions: int
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` contrasts from the truncated normal (inverse-CDF sampling: exact, no rejection loop)."""
+        from scipy.stats import truncnorm
+
+        if self.sd <= 0 or self.high <= self.low:
+            return np.full(n, self.mean)
+        a, b = (self.low - self.mean) / self.sd, (self.high - self.mean) / self.sd
+        return truncnorm.ppf(rng.random(n), a, b, loc=self.mean, scale=self.sd)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def fit_contrast_model(contrasts) -> ContrastModel:
+    """The truncated normal of measured lesion contrasts: their mean and SD, truncated to their range
+    (kept above zero: a painted lesion is never darker than its surroundings)."""
+    c = np.asarray(contrasts, np.float64)
+    c = c[np.isfinite(c)]
+    if c.size == 0:
+        raise InputError("lesion synthesis: the training subjects' lesions gave no contrast to fit")
+    low = max(float(c.min()), 1e-3)
+    high = max(float(c.max()), low)
+    return ContrastModel(float(c.mean()), float(c.std()), low, high, int(c.size))
+
+
+def brain_statistics(flair: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the non-lesion brain: the unit of contrasts."""
+    tissue = flair[brain & ~lesion]
+    if tissue.size < 2:
+        raise InputError("lesion synthesis: the scan has no brain outside its lesions")
+    return float(tissue.mean()), float(tissue.std())
+
+
+def brain_mask(flair: np.ndarray) -> np.ndarray:
+    """The pipeline's brain: the max-normalised FLAIR above the training cache's brain threshold."""
+    from wmhkeras.training.cache import BRAIN_THRESHOLD
+
+    peak = float(flair.max())
+    return flair > BRAIN_THRESHOLD * peak if peak > 0 else np.zeros(flair.shape, bool)
+
+
+def _ring(component: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    inner = ndimage.binary_dilation(component, CONNECTIVITY, iterations=RING[0])
+    outer = ndimage.binary_dilation(component, CONNECTIVITY, iterations=RING[1])
+    return outer & ~inner & allowed
+
+
+def lesion_contrasts(flair: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each lesion's contrast and size: ``(contrasts, voxels)``, one entry per 3D connected component.
+
+    Contrast = (mean FLAIR over the lesion - median FLAIR over its ring of brain tissue outside every
+    lesion, :data:`RING`) / standard deviation of the non-lesion brain. A lesion with no ring voxel
+    (it fills its surroundings) is skipped.
+    """
+    lesion = lesion.astype(bool)
+    _, sd = brain_statistics(flair, brain, lesion)
+    labels, n = ndimage.label(lesion, CONNECTIVITY)
+    contrasts, sizes = [], []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        box = _grow(box, RING[1] + 1, flair.shape)
+        component = labels[box] == index
+        ring = _ring(component, brain[box] & ~lesion[box])
+        if not ring.any():
+            continue
+        contrasts.append((float(flair[box][component].mean()) - float(np.median(flair[box][ring]))) / sd)
+        sizes.append(int(component.sum()))
+    return np.asarray(contrasts, np.float64), np.asarray(sizes, np.int64)
+
+
+def _grow(box: tuple[slice, ...], margin: int, shape) -> tuple[slice, ...]:
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape, strict=True))
+
+
+def paintable_tissue(flair: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> np.ndarray:
+    """Where lesions may be painted: the brain one voxel in from its edge, without CSF (tissue darker
+    than the brain mean minus :data:`CSF_SD` SDs after a one-voxel Gaussian smoothing), without the
+    subject's own lesions."""
+    mean, sd = brain_statistics(flair, brain, lesion.astype(bool))
+    smooth = ndimage.gaussian_filter(flair.astype(np.float32), 1.0)
+    inner = ndimage.binary_erosion(brain, CONNECTIVITY, iterations=1)
+    return inner & (smooth >= mean - CSF_SD * sd) & ~lesion.astype(bool)
+
+
+def donor_on_grid(donor: nib.Nifti1Image, volume: Volume) -> np.ndarray:
+    """A donor mask (any grid) resampled to ``volume``'s canonical voxel grid through the two affines
+    (nearest neighbour; outside the donor's field of view: no lesion). Boolean, ``volume.data.shape``."""
+    data = np.asarray(donor.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    mapping = np.linalg.inv(donor.affine) @ volume.affine
+    moved = ndimage.affine_transform((data > 0.5).astype(np.uint8), mapping[:3, :3], mapping[:3, 3],
+                                     output_shape=volume.data.shape, order=0, mode="constant", cval=0)
+    return moved > 0
+
+
+def paint(flair: np.ndarray, lesion: np.ndarray, donor: np.ndarray, model: ContrastModel,
+          rng: np.random.Generator, brain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paint the lesions of ``donor`` (boolean, on ``flair``'s grid) into ``flair``.
+
+    Args:
+        flair: the scan ``(X, Y, Z)``; ``lesion``: its own lesion mask (kept; never painted over).
+        donor: the donor lesion mask on the same grid (:func:`donor_on_grid`).
+        model: the contrast model (:func:`fit_contrast_model`).
+        rng: draws one contrast per painted lesion, in the order of the donor's connected components.
+        brain: the brain mask (default :func:`brain_mask`).
+
+    Returns:
+        ``(painted flair, painted mask, contrasts)``: the painted voxels (the donor on paintable tissue,
+        :func:`paintable_tissue`) are exactly where ``alpha > 0.5``; add them to the label. ``contrasts``
+        holds the drawn contrast of each painted lesion (components of the painted mask).
+    """
+    lesion = lesion.astype(bool)
+    brain = brain_mask(flair) if brain is None else brain
+    _, sd = brain_statistics(flair, brain, lesion)
+    painted = donor & paintable_tissue(flair, brain, lesion)
+    labels, n = ndimage.label(painted, CONNECTIVITY)
+    contrasts = model.draw(rng, n)
+    blurred = ndimage.gaussian_filter(painted.astype(np.float32), PARTIAL_VOLUME_SIGMA)
+    alpha = np.where(painted, 0.5 + 0.5 * blurred, 0.5 * blurred) * brain
+    # Each lesion's amplitude: its drawn contrast over its mean alpha, so the measured mean contrast is
+    # the drawn one; outside the lesions the amplitude of the nearest lesion (edges of partial volume).
+    mean_alpha = ndimage.mean(alpha, labels, index=np.arange(1, n + 1)) if n else np.zeros(0)
+    amplitude = np.zeros(n + 1, np.float32)
+    amplitude[1:] = contrasts / np.maximum(mean_alpha, 1e-6)
+    near = labels
+    if n:
+        _, (i, j, k) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        near = labels[i, j, k]
+    out = flair.astype(np.float32) + alpha * amplitude[near] * np.float32(sd)
+    # Never above the scan's maximum: the pipeline's brain mask (a share of the maximum) stays the same.
+    out = np.minimum(out, np.float32(flair.max()))
+    return out.astype(np.float32), painted, np.asarray(contrasts, np.float64)
+
+
+# === A run's painted training copies ===
+
+
+def donor_files(cfg: Config) -> list[Path]:
+    """The donor masks named by ``data.lesion_synthesis.masks`` (folders: their ``*.nii``/``*.nii.gz``,
+    sorted), each checked to parse as 3D. InputError before any work when one is missing or broken."""
+    files: list[Path] = []
+    for entry in cfg.data.lesion_synthesis.masks:
+        path = Path(os.path.expandvars(entry)).expanduser().resolve()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+            if not found:
+                raise InputError(f"data.lesion_synthesis.masks: {path} holds no .nii or .nii.gz file")
+            files.extend(found)
+        elif path.is_file() and path.name.endswith(NIFTI_SUFFIXES):
+            files.append(path)
+        else:
+            raise InputError(f"data.lesion_synthesis.masks: {path} is neither a folder of lesion masks nor a "
+                             "NIfTI file")
+    for path in files:
+        try:
+            shape = nib.load(str(path)).shape
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable NIfTI lesion mask ({exc.__class__.__name__}: {exc})") from None
+        if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+            raise InputError(f"{path}: a lesion mask must be 3D; got shape {tuple(shape)}")
+    return files
+
+
+def plan(cfg: Config, train: list[str], donors: list[Path]) -> list[tuple[str, Path]]:
+    """``(subject, donor)`` of each painted copy: subjects round-robin in split order, donors in a
+    seeded random order (each used once before any is used twice)."""
+    ls = cfg.data.lesion_synthesis
+    rng = np.random.default_rng([ls.seed, SYNTHESIS_VERSION])
+    order: list[int] = []
+    while len(order) < ls.volumes:
+        order.extend(rng.permutation(len(donors)).tolist())
+    return [(train[i % len(train)], donors[order[i]]) for i in range(ls.volumes)]
+
+
+def painted_id(subject: str, index: int) -> str:
+    return f"{subject}{PAINTED_TAG}{index}"
+
+
+def painted_key(cfg: Config, subject_key: str, fit_keys: list[str], donor: Path, index: int) -> str:
+    """The shard key of a painted copy: its subject's key, the fitted subjects' keys, the donor file,
+    the synthesis settings and its index."""
+    st = donor.stat()
+    settings = {"version": SYNTHESIS_VERSION, "subject": subject_key, "fit": fit_keys,
+                "donor": [str(donor), st.st_size, st.st_mtime_ns], "index": index,
+                "seed": cfg.data.lesion_synthesis.seed, "pv": PARTIAL_VOLUME_SIGMA, "csf": CSF_SD, "ring": RING}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def fit_subjects_model(cfg: Config, subjects: list[Subject]) -> ContrastModel:
+    """The contrast model of the training subjects' own lesions (the first :data:`MAX_FIT_SUBJECTS`)."""
+    contrasts = []
+    for subject in subjects[:MAX_FIT_SUBJECTS]:
+        images, label = check_subject(subject, ("flair",), need_label=True)
+        flair = images[0].data
+        c, _ = lesion_contrasts(flair, label.data == 1, brain_mask(flair))
+        contrasts.append(c)
+    model = fit_contrast_model(np.concatenate(contrasts) if contrasts else [])
+    log.info("lesion synthesis: contrast model from %d lesions of %d subjects: mean %.2f, SD %.2f, range "
+             "%.2f to %.2f brain SD", model.n_lesions, min(len(subjects), MAX_FIT_SUBJECTS), model.mean, model.sd,
+             model.low, model.high)
+    return model
+
+
+def synthesise(cfg: Config, train: list[Subject], cache) -> tuple[list, dict]:
+    """Make the run's painted training copies and put them in ``cache``: ``(records, report)``.
+
+    Each copy is preprocessed by the shared training preprocessing
+    (:func:`~wmhkeras.training.cohort.preprocess_subject`) and cached as a record with ``painted=True``;
+    a :class:`~wmhkeras.training.cache.ShardCache` that holds it already (same key) is reused. The
+    report (for ``synthesis.json`` in the run folder) lists the contrast model and each copy's subject,
+    donor and painted lesions.
+    """
+    from wmhkeras.training.cache import cache_key
+    from wmhkeras.training.cohort import preprocess_subject
+
+    donors = donor_files(cfg)
+    by_id = {s.subject: s for s in train}
+    keys = {s.subject: cache_key(cfg, s) for s in train}
+    fit_keys = [keys[s.subject] for s in train[:MAX_FIT_SUBJECTS]]
+    model = None
+    jobs = list(enumerate(plan(cfg, [s.subject for s in train], donors)))
+    records, copies = [None] * len(jobs), [None] * len(jobs)
+    loaded: tuple[str, list, object] | None = None  # one subject's volumes at a time, reused by its copies
+    for index, (sid, donor) in sorted(jobs, key=lambda job: (job[1][0], job[0])):
+        subject = dataclasses.replace(by_id[sid], subject=painted_id(sid, index))
+        key = painted_key(cfg, keys[sid], fit_keys, donor, index)
+        record = cache.lookup(subject, key)
+        info = {"id": subject.subject, "subject": sid, "donor": donor.name}
+        if record is None:
+            model = model or fit_subjects_model(cfg, train)
+            if loaded is None or loaded[0] != sid:
+                loaded = (sid, *check_subject(by_id[sid], cfg.data.modalities, need_label=True))
+            _, images, label = loaded
+            mask = donor_on_grid(nib.load(str(donor)), images[0])
+            rng = np.random.default_rng([cfg.data.lesion_synthesis.seed, SYNTHESIS_VERSION, index])
+            data, painted, contrasts = paint(images[0].data, label.data == 1, mask, model, rng)
+            record, x, labels = preprocess_subject(
+                cfg, subject, [dataclasses.replace(images[0], data=data), *images[1:]],
+                dataclasses.replace(label, data=np.where(painted, 1, label.data).astype(label.data.dtype)))
+            record = dataclasses.replace(record, painted=True)
+            cache.put(record, key, x, labels)
+            info.update(lesions=int(contrasts.size), voxels=int(painted.sum()),
+                        contrast_mean=float(contrasts.mean()) if contrasts.size else None)
+            log.info("painted %s: %d lesions (%d voxels) of %s into %s", subject.subject, contrasts.size,
+                     int(painted.sum()), donor.name, sid)
+        records[index], copies[index] = record, info
+    report = {"donors": [str(d) for d in donors], "model": model.to_dict() if model else None,
+              "share": cfg.data.lesion_synthesis.share, "copies": copies}
+    return records, report
