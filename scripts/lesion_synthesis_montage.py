@@ -50,10 +50,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None, help="the open_ms_data folder")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
-    parser.add_argument("--donors", nargs="+", default=["patient05", "patient13", "patient22"],
+    parser.add_argument("--donors", nargs="+", default=["patient13", "patient22", "patient02"],
                         help="donor masks of lesion_masks_mni/ to paint (default: a heavy, a medium, a light load)")
     parser.add_argument("--into", default="patient07", choices=PATIENTS, help="the scan painted into")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dpi", type=int, default=80)
     args = parser.parse_args()
     data = args.data or default_data()
     if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
@@ -102,7 +103,7 @@ def main() -> int:
                  f"{model.n_lesions} real lesions", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80)
+    fig.savefig(args.out, dpi=args.dpi)
     print(f"wrote {args.out}")
     return 0
 

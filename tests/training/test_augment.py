@@ -164,3 +164,77 @@ def test_zscore_gamma_keeps_each_samples_range_and_bends_between():
     for g in per_sample:  # one gamma per sample (the context slices of the modality share it)
         np.testing.assert_allclose(g, g.mean(), rtol=1e-3)
     assert ((gammas >= 0.6 - 1e-3) & (gammas <= 1.4 + 1e-3)).all()
+
+
+# === Scanner variation: bias field, blur, lower resolution ===
+
+
+def test_gaussian_blur_matches_scipy_and_sigma_zero_is_identity():
+    from scipy import ndimage
+
+    from wmhkeras.training.augment import gaussian_blur
+
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 24, 20, 2)).astype(np.float32)
+    sigmas = np.array([0.0, 0.7, 1.5], np.float32)
+    out = gaussian_blur(x, sigmas).numpy()
+    assert np.allclose(out[0], x[0], atol=1e-6)
+    for i in (1, 2):
+        for c in range(2):
+            # reflect without repeating the edge pixel: scipy's "mirror"; radius 4 = truncate 4 / sigma
+            ref = ndimage.gaussian_filter(x[i, ..., c], float(sigmas[i]), mode="mirror", truncate=4 / sigmas[i])
+            assert np.allclose(out[i, ..., c], ref, atol=1e-5)
+
+
+def test_bias_field_is_smooth_bounded_and_multiplicative():
+    cfg = AugmentConfig(rotation_degrees=0, bias_field=0.4)
+    x = np.full((64, 16, 16, 1), 2.0, np.float32)
+    mask = np.zeros((64, 16, 16, 1), np.float32)
+    out, out_mask = Augmenter(cfg, seed=3)(x, mask, 5)
+    ratio = out.numpy() / 2.0
+    assert ratio.min() >= math.exp(-0.4) - 1e-6 and ratio.max() <= math.exp(0.4) + 1e-6
+    assert np.ptp(ratio) > 0.1  # some samples bend
+    # a second-order polynomial in the exponent: the log-ratio is exactly quadratic over each sample
+    rows, cols = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16), indexing="ij")
+    design = np.stack([np.ones(256), rows.ravel(), cols.ravel(), rows.ravel() ** 2, cols.ravel() ** 2,
+                       (rows * cols).ravel()], axis=1)
+    for sample in np.log(ratio[..., 0]):
+        coef, residual, *_ = np.linalg.lstsq(design, sample.ravel(), rcond=None)
+        assert np.abs(design @ coef - sample.ravel()).max() < 1e-5
+    assert np.array_equal(out_mask.numpy(), mask)
+
+
+def test_zscore_bias_field_is_relative_to_the_sample_minimum():
+    x = np.zeros((8, 12, 12, 1), np.float32) - 1.5
+    x[:, 4:8, 4:8] = 1.0
+    out, _ = Augmenter(AugmentConfig(rotation_degrees=0, bias_field=0.3), seed=0, normalisation="zscore")(
+        x, np.zeros_like(x), 0)
+    out = out.numpy()
+    assert np.allclose(out[:, :4, :4], -1.5)  # the background (the minimum) stays
+    assert not np.allclose(out[:, 4:8, 4:8], 1.0)
+
+
+def test_low_resolution_keeps_constants_and_smooths_fine_detail():
+    cfg = AugmentConfig(rotation_degrees=0, low_resolution=2.0)
+    flat = np.full((16, 32, 32, 1), 0.7, np.float32)
+    out, _ = Augmenter(cfg, seed=0)(flat, np.zeros_like(flat), 1)
+    assert np.allclose(out.numpy(), 0.7, atol=1e-5)
+    checker = (np.indices((32, 32)).sum(axis=0) % 2).astype(np.float32)[None, ..., None].repeat(16, axis=0)
+    out, _ = Augmenter(cfg, seed=0)(checker, np.zeros_like(checker), 1)
+    assert out.numpy().std(axis=(1, 2, 3)).mean() < 0.5 * checker.std()
+
+
+def test_scanner_variation_leaves_the_geometry_and_its_draws_alone():
+    rng = np.random.default_rng(1)
+    x = rng.random((8, 32, 32, 1)).astype(np.float32)
+    mask = np.zeros_like(x)
+    mask[:, 10:14, 12:20] = 1.0
+    plain = AugmentConfig(rotation_degrees=20, flip=True, intensity_scale=0.1)
+    with_scanner = AugmentConfig(rotation_degrees=20, flip=True, intensity_scale=0.1, bias_field=0.3, blur=1.0,
+                                 low_resolution=1.0)
+    a_x, a_mask = Augmenter(plain, seed=4)(x, mask, 9)
+    b_x, b_mask = Augmenter(with_scanner, seed=4)(x, mask, 9)
+    assert np.array_equal(a_mask.numpy(), b_mask.numpy())
+    assert not np.allclose(a_x.numpy(), b_x.numpy())
+    again, _ = Augmenter(with_scanner, seed=4)(x, mask, 9)
+    assert np.array_equal(again.numpy(), b_x.numpy())
