@@ -184,7 +184,7 @@ def weights_source(name: str, weights: str | os.PathLike,
             than the file holds (the message names the layer and the file's deepest layer).
     """
     _check_name(name)
-    deepest_layer(name, layers)
+    deepest = deepest_layer(name, layers)
     if weights == "random":
         return WeightsSource("random", None)
     ctor, filename = BACKBONES[name]
@@ -195,14 +195,13 @@ def weights_source(name: str, weights: str | os.PathLike,
             if not carried.is_file():
                 raise WeightsError(f"the ImageNet {name} weights the package carries are missing ({carried}); "
                                    "reinstall wmhkeras")
-            if deepest_layer(name, layers) in read_npz_layers(name, carried):
+            if deepest in read_npz_layers(name, carried):
                 return WeightsSource("carried", carried)
             if cached.is_file():
                 return WeightsSource("keras_cache", cached)
             _check_covers(name, layers, carried, f"the ImageNet weights the package carries, {carried.name}",
                           f", and {filename} is not in {cached.parent} ($KERAS_HOME/models): put that file "
-                          f"there, or set `weights: <path>` to a weights file that holds "
-                          f"{deepest_layer(name, layers)}")
+                          f"there, or set `weights: <path>` to a weights file that holds {deepest}")
         if not cached.is_file():
             offline = " (`backbone: vgg19` works offline: the package carries its ImageNet blocks 1-2)"
             raise WeightsError(
