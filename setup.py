@@ -46,6 +46,8 @@ setup(
     # The top-level cli/ folder is installed as wmhkeras.cli: no package named `cli` in site-packages.
     packages=find_packages(include=["wmhkeras", "wmhkeras.*"]) + ["wmhkeras.cli"],
     package_dir={"wmhkeras.cli": "cli"},
+    # The ImageNet VGG19 blocks 1-2 of the content loss, with their credit (wmhkeras/losses/weights/NOTICE).
+    package_data={"wmhkeras.losses": ["weights/*.npz", "weights/NOTICE"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "litert": ["ai-edge-litert>=2.3,<3"],

@@ -11,6 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 #: Real test data (two MS patients, CC-BY): WMH_SHARED_DATA points at the folder holding open_ms_data/.
 SHARED_DATA = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data"))
 OPEN_MS = SHARED_DATA / "open_ms_data"
+#: ImageNet VGG19 blocks 1-3 (Keras layout, .npz; CC BY 4.0), beside the data: WMH_SHARED_WEIGHTS overrides.
+SHARED_WEIGHTS = Path(os.environ.get("WMH_SHARED_WEIGHTS", SHARED_DATA.parent / "weights"))
+SHARED_VGG19 = SHARED_WEIGHTS / "vgg19_imagenet_block1-3.npz"
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -29,6 +32,14 @@ def open_ms():
     if not (OPEN_MS / "patient07" / "FLAIR.nii.gz").is_file():
         pytest.skip(f"real data not found at {OPEN_MS} (set WMH_SHARED_DATA)")
     return OPEN_MS
+
+
+@pytest.fixture
+def shared_vgg19():
+    """Path to ../shared/weights/vgg19_imagenet_block1-3.npz (skips when it is absent)."""
+    if not SHARED_VGG19.is_file():
+        pytest.skip(f"shared VGG19 weights not found at {SHARED_VGG19} (set WMH_SHARED_WEIGHTS)")
+    return SHARED_VGG19
 
 
 #: A second process that holds folder ``argv[1]`` as command ``argv[2]`` until it is killed.

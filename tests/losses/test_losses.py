@@ -178,8 +178,10 @@ def test_content_loss_needs_the_packed_image(content_pair):
 
 
 def test_content_loss_fails_at_construction_without_weights():
-    with pytest.raises(WeightsError, match="vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"):
-        SiameseContentLoss(backbone="vgg19")
+    with pytest.raises(WeightsError, match="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+        SiameseContentLoss(backbone="vgg16")
+    with pytest.raises(WeightsError, match="layer 'block3_pool' of vgg19 is deeper"):  # past the carried blocks
+        SiameseContentLoss(backbone="vgg19", layers=("block1_pool", "block3_pool"))
     with pytest.raises(ConfigError, match="reduction_mode 'sum'"):
         SiameseContentLoss(weights="random", reduction_mode="sum")
     with pytest.raises(ConfigError, match="block9_pool"):

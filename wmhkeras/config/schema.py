@@ -114,7 +114,8 @@ class LossConfig:
     name: LossName = "content"
     backbone: Literal["vgg16", "vgg19"] = "vgg16"
     layers: list[str] = field(default_factory=lambda: ["block1_pool", "block2_pool"])
-    #: ``imagenet`` (Keras cache, never downloaded at run time), ``random`` or a weights file path.
+    #: ``imagenet`` (never downloaded: VGG19 up to ``block2_pool`` from the weights the package carries,
+    #: else the Keras cache), ``random`` or a weights file path (``.h5``, or an ``.npz`` of the first layers).
     weights: str = "imagenet"
     reduction: Literal["paper", "per_layer_mean"] = "paper"
     #: For ``hybrid``: content + weight * overlap.
@@ -123,6 +124,11 @@ class LossConfig:
     #: The paper's Table 2 ablation: train the backbone adversarially with its own learning rate.
     finetune_backbone: bool = False
     backbone_learning_rate: float = 1e-5
+
+    @property
+    def uses_backbone(self) -> bool:
+        """Whether the loss runs the backbone (``content`` and ``hybrid``)."""
+        return self.name in ("content", "hybrid")
 
 
 @dataclass

@@ -2,10 +2,11 @@
 
 :func:`build_card` fills a :class:`~wmhkeras.io.model_card.ModelCard` from the exported model, its run
 folder (config, split, ``summary.json``, the training subjects' voxel sizes read from their NIfTI headers,
-hold-out metrics of ``wmhkeras evaluate``) and the free texts of a card-info file (:func:`read_card_info`:
-intended use, limitations, input requirements, licence and citation; :data:`~wmhkeras.io.model_card.NOT_STATED`
-where nobody said). :func:`portable` makes every path in it relative and drops the exporting machine's
-folders. :func:`write_card` writes it beside the SavedModel and inside it (``assets.extra/``).
+hold-out metrics of ``wmhkeras evaluate``, the content loss's backbone weights as ``versions.json`` records
+them, with their credit) and the free texts of a card-info file (:func:`read_card_info`: intended use,
+limitations, input requirements, licence and citation; :data:`~wmhkeras.io.model_card.NOT_STATED` where
+nobody said). :func:`portable` makes every path in it relative and drops the exporting machine's folders.
+:func:`write_card` writes it beside the SavedModel and inside it (``assets.extra/``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ CARD_INFO_KEYS = {
 }
 #: Where a run folder keeps the ``wmhkeras evaluate`` output of its hold-out subjects (found by the export).
 RUN_EVALUATION = Path("evaluate") / "summary.json"
+#: The licence and credit of pretrained VGG weights (the ImageNet VGG of K. Simonyan and A. Zisserman, Visual
+#: Geometry Group, University of Oxford), in the card of every model trained with them (``backbone``).
+VGG_LICENCE = "CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/)"
+VGG_CREDIT = ('K. Simonyan, A. Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition", '
+              "ICLR 2015, arXiv:1409.1556")
 #: An absolute or ``~/`` path inside a text (not a URL's ``//host``, not ``a/b``).
 _ABSOLUTE = re.compile(r"(?<![\w.~+:/-])(?:~(?=/)|/[\w.~+-]+)(?:/[\w.~+-]+)*/?")
 
@@ -133,6 +139,30 @@ def training_voxel_size(subjects: Optional[Sequence[Subject]]) -> Optional[Voxel
     axes = list(zip(*sizes, strict=True))
     return VoxelSize(tuple(min(a) for a in axes), tuple(max(a) for a in axes),
                      tuple(float(statistics.median(a)) for a in axes), len(sizes))
+
+
+def backbone_section(src: ExportSource) -> Optional[dict]:
+    """The card's ``backbone``: what the run's ``versions.json`` records of the content loss's backbone
+    (name, layers, weights, source, file, sha256), else the config's recipe with ``source``, ``file`` and
+    ``sha256`` null (a run folder that recorded none), plus the licence and credit of pretrained weights.
+    ``None`` without a config or for a loss without a backbone."""
+    cfg = src.config
+    if cfg is None or not cfg.loss.uses_backbone:
+        return None
+    lo = cfg.loss
+    recorded = None
+    run = src.run
+    if run is not None and run.versions.is_file():
+        try:
+            recorded = read_json(run.versions).get("backbone")
+        except InputError as err:
+            log.warning("the card records no backbone weights: %s", err)
+    if not isinstance(recorded, dict):
+        recorded = {"name": lo.backbone, "layers": list(lo.layers), "weights": lo.weights, "source": None,
+                    "file": None, "sha256": None}
+    if recorded.get("weights") == "random":
+        return dict(recorded)
+    return {**recorded, "licence": VGG_LICENCE, "credit": VGG_CREDIT}
 
 
 def holdout_metrics(summary_path: Optional[Path], run_dir: Optional[Path]) -> Optional[HoldoutMetrics]:
@@ -219,7 +249,7 @@ def build_card(src: ExportSource, *, variants: Sequence[str], subjects: Optional
         saved_models=saved_models or {"float32": {"path": saved_model, "compute": "float32"}},
         serving=serving, signatures=signatures, orientation=ORIENTATION,
         threshold=THRESHOLD, tflite=tflite, calibration=calibration if "int8" in variants else None,
-        training_config=src.config.to_dict() if src.config is not None else None,
+        training_config=src.config.to_dict() if src.config is not None else None, backbone=backbone_section(src),
         validation_metrics=run.read_summary().to_dict() if run is not None and run.summary.is_file() else None,
         versions=package_versions(extra=("ai-edge-litert",)),
         verification={"passed": passed, "report": REPORT_NAME},

@@ -25,6 +25,12 @@ Two optional fields, still format version 3, describe an export with more than o
 "bfloat16": {"path": "saved_model_bf16", ...}}``). The card beside the SavedModels and the one inside
 ``saved_model/`` describe the float32 one; the card inside ``saved_model_bf16/`` is the same card with
 ``saved_model`` and ``precision`` naming that folder. A card without them (older exports) means float32.
+
+One more optional field, still format version 3: ``backbone``, the content loss's backbone of a model
+trained with it (``loss.name`` content or hybrid): ``name``, ``layers``, ``weights`` (as configured),
+``source``, ``file`` and ``sha256`` as the run recorded them in its ``versions.json`` (``null`` where the run
+recorded none), and, for pretrained weights, their ``licence`` and ``credit``. ``null`` or absent: the model
+was trained without a backbone, or its run folder was not known to the export.
 """
 
 from __future__ import annotations
@@ -59,10 +65,10 @@ THRESHOLD = 0.5
 RESAMPLE_MODES = ("fixed", "spacing", "none")
 #: Largest ``context_slices`` a card may record (``data.context_slices``).
 MAX_CONTEXT_SLICES = 7
-#: Fields of format version 3 (``precision`` and ``saved_models`` came later, optional); in an older card
-#: these keys are left in ``extra``.
+#: Fields of format version 3 (``precision``, ``saved_models`` and ``backbone`` came later, optional); in an
+#: older card these keys are left in ``extra``.
 V3_FIELDS = ("project_version", "intended_use", "not_intended_for", "limitations", "input_requirements",
-             "training_data", "holdout_metrics", "serving", "precision", "saved_models")
+             "training_data", "holdout_metrics", "serving", "precision", "saved_models", "backbone")
 #: What an exported SavedModel may compute in (float32 inputs and outputs either way), and the folder
 #: ``wmhkeras export`` writes each to.
 SAVED_MODEL_PRECISIONS = ("float32", "bfloat16")
@@ -288,6 +294,7 @@ class ModelCard:
     tflite: dict = field(default_factory=dict)
     calibration: Optional[dict] = None
     training_config: Optional[dict] = None
+    backbone: Optional[dict] = None
     validation_metrics: Optional[dict] = None
     versions: dict = field(default_factory=dict)
     verification: Optional[dict] = None
@@ -330,6 +337,8 @@ class ModelCard:
                and all(isinstance(v, dict) and isinstance(v.get("path"), str) and v["path"]
                        for v in self.saved_models.values()),
                "saved_models", self.saved_models, "a mapping of float32/bfloat16 to {path, ...}")
+        _check(self.backbone is None or isinstance(self.backbone, dict), "backbone", self.backbone,
+               "a mapping or null")
 
     @property
     def mode(self) -> str:

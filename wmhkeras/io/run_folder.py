@@ -4,7 +4,9 @@ Layout (``RUN_DIR``)::
 
     config.yaml               the resolved config (what ``wmhkeras train --resume`` reads back)
     split.json                the subjects of train / validation / hold-out
-    versions.json             package versions (``wmhkeras.io.provenance.package_versions``)
+    versions.json             package versions (``wmhkeras.io.provenance.package_versions``); with the
+                              content loss also ``backbone``: its weights' source, file and sha256
+                              (``wmhkeras.losses.backbones.weights_record``)
     summary.json              epochs completed, best validation Dice and its epoch, wall time, ...
     log.csv                   one row per epoch (Keras ``CSVLogger``; epoch column 0-based)
     checkpoints/best.keras    the generator at the best validation Dice (inference: no optimizer, no loss)

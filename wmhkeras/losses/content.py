@@ -6,9 +6,10 @@ the prediction (``x*y'``) go through one frozen ImageNet backbone (both Siamese 
 
 Serialisation: :meth:`SiameseContentLoss.get_config` stores the backbone's *recipe* (name, layers,
 weights source), never its weights. Loading a compiled ``.keras`` model rebuilds the backbone from that
-recipe and resolves the weights again from the same source: ``'imagenet'`` needs the cached file on the
-loading machine too (else :class:`~wmhkeras.errors.WeightsError`), a path must exist there (relative
-paths resolve against the working directory), and ``'random'`` gives a *new* random backbone. Inference
+recipe and resolves the weights again from the same source: ``'imagenet'`` needs the weights on the
+loading machine too (VGG19 up to ``block2_pool``: the ones the package carries; otherwise the Keras cache
+file, else :class:`~wmhkeras.errors.WeightsError`), a path must exist there (relative paths resolve
+against the working directory), and ``'random'`` gives a *new* random backbone. Inference
 needs no backbone: load with ``compile=False`` (see :func:`wmhkeras.registration.load_model`).
 """
 
@@ -66,8 +67,9 @@ class SiameseContentLoss(keras.losses.Loss):
     Args:
         backbone: ``'vgg16'`` (default) or ``'vgg19'`` (the paper's).
         layers: backbone layers whose outputs form ``f_c``; default the first two max-pools.
-        weights: ``'imagenet'`` (offline cache file), ``'random'`` (tests/timing only) or a file path;
-            resolved at construction, so a missing file fails before training starts.
+        weights: ``'imagenet'`` (VGG19: the blocks the package carries; VGG16: the Keras cache file),
+            ``'random'`` (tests/timing only) or a file path (``.h5``, or an ``.npz`` reaching the deepest
+            layer); resolved at construction, so a missing file fails before training starts.
         reduction_mode: ``'paper'`` or ``'per_layer_mean'`` (see :data:`REDUCTION_MODES`).
         input_size: ``(H, W)`` to build the backbone now; ``None`` builds it on the first call.
         trainable_backbone: leave the backbone trainable and let gradients reach it through both
@@ -112,7 +114,7 @@ class SiameseContentLoss(keras.losses.Loss):
         self.reduction_mode = reduction_mode
         self.input_size = input_size
         self.trainable_backbone = bool(trainable_backbone)
-        resolve_weights(backbone, self.weights)  # fail now, not at the first training step
+        resolve_weights(backbone, self.weights, self.layers)  # fail now, not at the first training step
         self._hidden = _Hidden()
         if input_size is not None:
             self.get_backbone()

@@ -36,6 +36,7 @@ from wmhkeras.io.lock import FolderLock, check_free
 from wmhkeras.io.provenance import package_versions, utc_now
 from wmhkeras.io.run_folder import RunFolder, RunState, RunSummary, Split, staged_run_folder, trim_log
 from wmhkeras.losses import DiceMetric, HybridLoss, LossTermMetric, get_loss
+from wmhkeras.losses.backbones import weights_record
 from wmhkeras.models.unet import build_generator, check_spatial_size
 from wmhkeras.training.callbacks import RunCheckpoint, run_callbacks
 from wmhkeras.training.multiworker import is_chief, make_strategy, no_empty_replica, prepare_multi_worker_fit
@@ -339,13 +340,17 @@ def _check_replicas(cfg: Config, replicas: int) -> int:
 
 
 def _write_run_files(cfg: Config, run: RunFolder, split: Split, *, resume: bool, initial_epoch: int) -> None:
-    """``config.yaml``, ``split.json`` (new run), ``versions.json``; on resume ``log.csv`` trimmed to
-    the epochs of the checkpoint."""
+    """``config.yaml``, ``split.json`` (new run), ``versions.json`` (with the backbone's weights and their
+    sha256 when the loss uses one); on resume ``log.csv`` trimmed to the epochs of the checkpoint."""
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
     if not resume:
         run.write_split(split)
-    atomic_write_json(run.versions, package_versions())
+    versions: dict = package_versions()
+    lo = cfg.loss
+    if lo.uses_backbone:
+        versions["backbone"] = weights_record(lo.backbone, lo.weights, lo.layers)
+    atomic_write_json(run.versions, versions)
     if resume:
         trim_log(run.log, initial_epoch)
 
