@@ -160,6 +160,30 @@ def test_donor_masks_are_resampled_through_the_affines(tmp_path):
     assert [sorted(set(a)) for a in np.argwhere(moved).T] == [[14, 15], [5, 6], [7, 8]]
 
 
+def test_white_matter_is_the_brightest_t1_class():
+    rng = np.random.default_rng(4)
+    brain = ball(SHAPE, (20, 20, 20), 17)
+    # about the proportions of a brain: CSF inside, a white-matter shell, grey matter outside
+    truth = ball(SHAPE, (20, 20, 20), 13) & ~ball(SHAPE, (20, 20, 20), 7)
+    t1 = np.where(brain, 250.0, 0.0)  # grey matter
+    t1[ball(SHAPE, (20, 20, 20), 7)] = 120.0  # CSF
+    t1[truth] = 380.0
+    t1 = (t1 + np.where(brain, 12.0 * rng.standard_normal(SHAPE), 0.0)).astype(np.float32)
+    wm = ls.white_matter(t1, brain)
+    assert (wm == truth).mean() > 0.999
+
+
+def test_painting_can_be_kept_to_a_region(scan):
+    flair, lesion, brain, _ = scan
+    donor = ball(SHAPE, (20, 20, 20), 14)
+    region = np.zeros(SHAPE, bool)
+    region[:, :20] = True
+    model = ls.ContrastModel(1.0, 0.3, 0.5, 1.5, 5)
+    out, painted, _ = ls.paint(flair, lesion, donor, model, np.random.default_rng(0), brain=brain, region=region)
+    assert painted.any() and not painted[:, 20:].any()
+    assert np.array_equal(painted, donor & ls.paintable_tissue(flair, brain, lesion) & region)
+
+
 # === A run's painted copies ===
 
 
@@ -271,3 +295,31 @@ def test_bad_donor_settings_are_refused_before_work(cohort, tmp_path):
     (tmp_path / "broken" / "a.nii.gz").write_bytes(b"not a nifti")
     with pytest.raises(InputError, match="not a readable NIfTI"):
         ls.donor_files(synth_cfg(tmp_path / "broken"))
+    subjects, _ = cohort
+    no_t1 = [dataclasses.replace(s, t1=None) for s in subjects[:2]]
+    with pytest.raises(InputError, match="where=tissue"):
+        ls.check_inputs(synth_cfg(donors), no_t1)
+    assert ls.check_inputs(synth_cfg(donors, where="tissue"), no_t1) == ls.donor_files(synth_cfg(donors))
+
+
+def test_white_matter_painting_stays_near_the_t1_white_matter(cohort, monkeypatch):
+    subjects, donors = cohort
+    monkeypatch.setattr(ls, "WHITE_MATTER_MARGIN", 0)  # the synthetic lesions all lie within 2 voxels of it
+    cfg = synth_cfg(donors, volumes=2)
+    cache = MemoryCache()
+    train = subjects[:2]
+    from wmhkeras.training.cohort import check_cohort
+
+    real = check_cohort(cfg, subjects, Split(train=tuple(s.subject for s in train)), cache=cache)
+    records, report = ls.synthesise(cfg, train, cache)
+    _, tissue_report = ls.synthesise(synth_cfg(donors, volumes=2, where="tissue"), train, MemoryCache())
+    assert report["where"] == "white_matter" and tissue_report["where"] == "tissue"
+    # the same donors and contrasts, painted into less room: only the T1's white matter
+    assert [c["donor"] for c in report["copies"]] == [c["donor"] for c in tissue_report["copies"]]
+    assert 0 < sum(c["voxels"] for c in report["copies"]) < sum(c["voxels"] for c in tissue_report["copies"])
+    for record, info in zip(records, report["copies"], strict=True):
+        subject = next(s for s in train if s.subject == info["subject"])
+        region = ls.paint_region(cfg, subject, load_volume(subject.flair))
+        labels = lambda sid, n: np.stack([(cache.read_labels(sid, k) & LESION_BIT) > 0 for k in range(n)])  # noqa: E731
+        added = labels(record.subject, record.x_shape[0]) & ~labels(subject.subject, real[subject.subject].x_shape[0])
+        assert added.any() and not (added & ~np.moveaxis(region, 2, 0)).any()

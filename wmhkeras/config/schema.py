@@ -43,6 +43,9 @@ class LesionSynthesisConfig:
     share: float = 0.5
     #: Seed of the painting (donor order, contrasts); the same seed paints the same volumes.
     seed: int = 0
+    #: Where lesions are painted: ``white_matter`` (within 2 voxels of the white matter of the subject's
+    #: T1, which the data must list) or ``tissue`` (anywhere in the brain but CSF: for FLAIR-only data).
+    where: Literal["white_matter", "tissue"] = "white_matter"
 
 
 @dataclass

@@ -116,7 +116,7 @@ def build_datasets(cfg: Config, subjects: list[Subject], split: Split | Mapping,
     by_id = {s.subject: s for s in subjects}
     synthesis = cfg.data.lesion_synthesis
     train_subjects = [by_id[s] for s in split.train]
-    donors = lesion_synthesis.donor_files(cfg) if synthesis.enabled else []  # checked before any reading
+    donors = lesion_synthesis.check_inputs(cfg, train_subjects) if synthesis.enabled else []  # before any reading
     # the painted copies are cached too: each counts as its subject in the cache's size estimate
     copies = [by_id[s] for s, _ in lesion_synthesis.plan(cfg, split.train, donors)] if donors else []
     cache = open_cache(cfg, [by_id[s] for s in split.train + split.validation] + copies, cache_dir)
