@@ -53,10 +53,11 @@ from wmhkeras.inference.record import (
     model_record,
     write_record,
 )
-from wmhkeras.inference.sources import inspect_model
+from wmhkeras.inference.sources import ModelSpec, inspect_model
 from wmhkeras.inference.summary import flag_rows, merge_rows, read_summary, write_summary
 from wmhkeras.io import load_volume, save_like
 from wmhkeras.io.bids import DerivativeOutput, output_paths, write_derivative
+from wmhkeras.io.builtin_models import BUILTIN_PREFIX, default_model
 from wmhkeras.io.files import atomic_write_csv, make_folder
 from wmhkeras.io.header_check import one_line
 from wmhkeras.io.lock import holds_folder
@@ -299,9 +300,17 @@ def _write_qc_index(out_dir: Path) -> Path:
 # === Many subjects ===
 
 
+def default_spec() -> ModelSpec:
+    """The default built-in model (:func:`~wmhkeras.io.builtin_models.default_model`), inspected, with a log line."""
+    builtin = default_model()
+    log.info("no model given: segmenting with the built-in model %s (the default; wmhkeras models show %s)",
+             builtin.name, builtin.name)
+    return inspect_model(f"{BUILTIN_PREFIX}{builtin.name}")
+
+
 @holds_folder("out_dir", "segment")  # one process per output folder: a second one is refused (wmhkeras.io.lock)
 def segment(
-    model: str | Path | Segmenter,
+    model: str | Path | Segmenter | None,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     threshold: float = 0.5,
@@ -324,8 +333,9 @@ def segment(
     """Segment every subject of ``inputs`` and write its outputs into ``out_dir``.
 
     Args:
-        model: a ``.keras`` file, a run folder, a SavedModel folder or a ``.tflite`` file
-            (:func:`~wmhkeras.inference.sources.inspect_model`) or a loaded :class:`Segmenter`.
+        model: a ``.keras`` file, a run folder, a SavedModel folder, a ``.tflite`` file or a built-in model's
+            name (:func:`~wmhkeras.inference.sources.inspect_model`), a loaded :class:`Segmenter`, or None for
+            the default built-in model (``segment.json`` records ``model.builtin`` and ``model.default``).
         inputs: FLAIR files, folders or manifest CSVs (rules: :func:`~wmhkeras.inference.inputs.resolve_inputs`).
         threshold: probability at and above which a voxel is lesion, in (0, 1].
         min_lesion_mm3, min_lesion_voxels: 26-connected lesions smaller than this volume (mm^3) or voxel
@@ -370,7 +380,8 @@ def segment(
                                uncertainty, brain_threshold, qc=qc, precision=precision)
     settings.check()
     shard = parse_shard(shard)
-    spec = None if isinstance(model, Segmenter) else inspect_model(model)
+    default = model is None
+    spec = None if isinstance(model, Segmenter) else default_spec() if default else inspect_model(model)
     check_precision(precision, spec.format if spec else "keras" if is_keras(model) else "segmenter",
                     spec.path if spec else model.source or None, spec.card if spec else model.card)
     items = select_shard(resolve_inputs(inputs, as_list(t1), as_list(brain_mask)), shard)
@@ -388,13 +399,13 @@ def segment(
     make_folder(out_dir)
 
     results = _segment_all(segmenter, items, out_dir, settings, progress, previous, start=lambda: write_record(
-        out_dir / RUN_RECORD_NAME, model_record(spec, segmenter, modalities), settings, items, [], "running", shard))
+        out_dir / RUN_RECORD_NAME, model_record(spec, segmenter, modalities, default), settings, items, [], "running", shard))
     if items and not any(r.ok for r in results):
         guard.restore()
         raise InputError(_nothing_segmented(results))
     if settings.qc:
         _write_qc_index(out_dir)
-    record = model_record(spec, segmenter, modalities)
+    record = model_record(spec, segmenter, modalities, default)
     if settings.bids_out:
         roots = {i.subject: i.bids_root for i in items}
         write_derivative(out_dir, [DerivativeOutput(r.files, r.flair, roots.get(r.subject)) for r in results if r.ok],

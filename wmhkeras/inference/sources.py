@@ -1,6 +1,7 @@
 """Model sources: what a model path is and which preprocessing it needs, found without TensorFlow.
 
-A model source is a ``.keras`` file, a training run folder (its ``checkpoints/best.keras`` or
+A model source is a built-in model's name (:mod:`wmhkeras.io.builtin_models`; a path of the same name wins),
+a ``.keras`` file, a training run folder (its ``checkpoints/best.keras`` or
 ``last.keras`` and its ``config.yaml``), an exported SavedModel folder (with ``model_card.json`` in its
 ``assets.extra/``, or beside it for older exports) or an export's ``.tflite`` file (with the export's
 ``model_card.json``). :func:`inspect_model` reads the modalities, normalisation,
@@ -13,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,13 +23,15 @@ from wmhkeras import KERAS_PACKAGE
 from wmhkeras.config import load_run_config
 from wmhkeras.data.preprocessing import Resampling, resampling_for
 from wmhkeras.errors import ConfigError, InputError
+from wmhkeras.io.builtin_models import BuiltinModel, builtin_models, is_builtin_name, resolve_model
 from wmhkeras.io.files import read_json
 from wmhkeras.io.model_card import MODEL_CARD_NAME, ModelCard, modalities_for
+from wmhkeras.io.naming import is_nifti
 from wmhkeras.io.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
-_EXPECTED = "expected a .keras file, a run folder, a SavedModel folder or a .tflite file"
+_EXPECTED = "expected a .keras file, a run folder, a SavedModel folder, a .tflite file or a built-in model's name"
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class ModelSpec:
     ``input_size``: the model's fixed slice size, ``None`` for a model that takes any size.
     ``resampling``: how slices reach the model's grid; ``context_slices``: ``k`` of the 2.5D input (the
     model takes ``len(modalities) * (2k + 1)`` channels). ``modalities`` and ``resampling`` are ``None``
-    when only loading the model can tell. ``card``: the model card of an exported model.
+    when only loading the model can tell. ``card``: the model card of an exported model. ``builtin``: the
+    built-in model it is, when it was named by name.
     """
 
     source: Path
@@ -51,6 +56,7 @@ class ModelSpec:
     resampling: Optional[Resampling] = None
     context_slices: int = 0
     card: Optional[ModelCard] = None
+    builtin: Optional[BuiltinModel] = None
 
 
 @dataclass(frozen=True)
@@ -241,13 +247,21 @@ def inspect_model(path: str | Path) -> ModelSpec:
     - ``*.tflite`` file of an export (``tflite/model_<variant>.tflite``): settings from the export's
       ``model_card.json``; run with ai-edge-litert.
 
+    - the name of a built-in model (``wmhkeras models``), or ``builtin:NAME``: its SavedModel, as above
+      (:func:`~wmhkeras.io.builtin_models.resolve_model`: a path that exists wins over a name).
+
     Raises:
         InputError: the path is missing or is none of these, or a bad model card;
         ConfigError: a bad ``config.yaml``, or one that disagrees with the checkpoint.
     """
-    path = Path(path)
+    path, builtin = resolve_model(path)
+    if builtin is not None:
+        if not (path / "saved_model.pb").is_file():
+            raise InputError(f"built-in model {builtin.name}: {path} holds no saved_model.pb; the installation is incomplete")
+        return replace(_exported(path, path, "saved_model"), builtin=builtin)
     if not path.exists():
-        raise InputError(f"{path}: model not found; {_EXPECTED}")
+        names = ", ".join(m.name for m in builtin_models())
+        raise InputError(f"{path}: model not found; {_EXPECTED}" + (f" (built-in: {names})" if names else ""))
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         path = _export_saved_model(path) or path  # the folder `wmhkeras export` writes
     if path.is_file() and path.suffix == ".tflite":
@@ -259,3 +273,46 @@ def inspect_model(path: str | Path) -> ModelSpec:
     if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
         return _run_folder(path)
     raise InputError(f"{path}: folder is not a model; expected a run folder (with checkpoints/) or a SavedModel (saved_model.pb)")
+
+
+def looks_like_model(value: str | Path) -> bool:
+    """Whether a command-line argument names a model rather than an input (without reading any file): a
+    built-in name that is not a path here, ``builtin:NAME``, a ``.keras`` or ``.tflite`` path, or a folder
+    holding a model (``saved_model.pb``, an export's ``saved_model/``, a run's ``checkpoints/`` or
+    ``config.yaml``, TensorFlow Serving's numbered versions)."""
+    path = Path(value)
+    if is_builtin_name(value) and (str(value).startswith("builtin:") or not path.exists()):
+        return True
+    if path.suffix in (".keras", ".tflite"):
+        return True
+    if not path.is_dir():
+        return False
+    markers = ("saved_model.pb", "saved_model/saved_model.pb", "checkpoints", "config.yaml")
+    return any((path / m).exists() for m in markers) or any(
+        p.name.isdigit() and (p / "saved_model.pb").is_file() for p in path.iterdir())
+
+
+def split_model_argument(arguments: Sequence[str | Path]) -> tuple[Optional[str | Path], list[str | Path]]:
+    """``segment [MODEL] INPUT...``: ``(model, inputs)`` from the positional arguments; ``model`` is None
+    (the default built-in model) unless the first of two or more arguments names a model
+    (:func:`looks_like_model`), or names nothing that exists and is no NIfTI or CSV name (then it is read as
+    a model, to be reported as missing).
+
+    Raises:
+        InputError: the only argument is a model (no input named).
+    """
+    arguments = list(arguments)
+    if not arguments:
+        raise InputError("no input given: name FLAIR files, a folder, a BIDS dataset or a manifest CSV")
+    first = arguments[0]
+    if len(arguments) == 1:
+        if looks_like_model(first):
+            raise InputError(f"{first}: a model, but no INPUT is named; give FLAIR files, a folder or a manifest after it")
+        return None, arguments
+    unknown = not Path(first).exists() and not is_nifti(first) and Path(first).suffix.lower() != ".csv"
+    if looks_like_model(first) or unknown:
+        return first, arguments[1:]
+    if is_builtin_name(first):
+        log.warning("%s: read as an input (a path of this name exists here), not as the built-in model", first)
+    return None, arguments
+
