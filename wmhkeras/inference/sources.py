@@ -15,7 +15,7 @@ import json
 import logging
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -24,10 +24,10 @@ from wmhkeras.config import load_run_config
 from wmhkeras.data.preprocessing import Resampling, resampling_for
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.io.builtin_models import BuiltinModel, builtin_models, is_builtin_name, resolve_model
-from wmhkeras.io.files import read_json
+from wmhkeras.io.files import path_sha256, read_json
 from wmhkeras.io.model_card import MODEL_CARD_NAME, ModelCard, modalities_for
 from wmhkeras.io.naming import is_nifti
-from wmhkeras.io.run_folder import RunFolder
+from wmhkeras.io.run_folder import InitRecord, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -316,3 +316,54 @@ def split_model_argument(arguments: Sequence[str | Path]) -> tuple[Optional[str 
         log.warning("%s: read as an input (a path of this name exists here), not as the built-in model", first)
     return None, arguments
 
+
+# === A model as the start of a training (`wmhkeras train --init`) ===
+
+
+def _run_of(spec: ModelSpec) -> Optional[RunFolder]:
+    """The run folder of a ``.keras`` source: the run itself, or the run whose ``checkpoints/`` holds the file."""
+    if spec.format == "run":
+        return RunFolder(spec.source)
+    run = RunFolder(spec.path.parent.parent)
+    return run if spec.path.parent.name == "checkpoints" and run.config.is_file() else None
+
+
+def init_record(model: str | Path) -> InitRecord:
+    """What ``wmhkeras train --init MODEL`` starts from, read without TensorFlow: the weights to load (a
+    SavedModel folder, or a ``.keras`` file: a run folder's ``best.keras``, else its ``last.keras``), their
+    SHA-256, the config and preprocessing they were trained with, and their training data and lineage (an
+    export's model card, a run folder's ``config.yaml``, ``split.json`` and ``init.json``).
+
+    Raises:
+        InputError: not a model (:func:`inspect_model`), or a TFLite file (its weights are converted, not
+            trainable); ConfigError: a run folder's bad ``config.yaml``.
+    """
+    spec = inspect_model(model)
+    if spec.format == "tflite":
+        raise InputError(f"{spec.path}: a TFLite file cannot start a training (its weights are converted); "
+                         "use the SavedModel or the run folder it was exported from")
+    config, training_data, parent, settings = None, {}, None, None
+    if spec.format == "saved_model":
+        card = spec.card
+        config, parent = card.training_config, None if card.parent is None else asdict(card.parent)
+        training_data = asdict(card.training_data)
+    else:
+        run = _run_of(spec)
+        if run is not None:
+            cfg = load_run_config(run.config)
+            config = cfg.to_dict()
+            training_data = {"dataset": cfg.data.path}
+            if run.split.is_file():
+                training_data["subjects"] = run.read_split().counts()
+            earlier = run.read_init()
+            parent = None if earlier is None else asdict(earlier.parent_model())
+    if spec.format == "saved_model" or config is not None:  # a bare .keras file records no preprocessing
+        r = spec.resampling
+        settings = {"modalities": list(spec.modalities), "normalisation": spec.normalisation, "resample": r.mode,
+                    "spacing": None if r.spacing is None else list(r.spacing),
+                    "input_size": None if r.input_size is None else list(r.input_size),
+                    "context_slices": spec.context_slices}
+    return InitRecord(model=str(model), format="saved_model" if spec.format == "saved_model" else "keras",
+                      path=str(Path(spec.path).resolve()), sha256=path_sha256(spec.path),
+                      builtin=spec.builtin.name if spec.builtin else None, config=config, settings=settings,
+                      training_data=training_data, parent=parent)
