@@ -40,6 +40,8 @@ class SegmentInput:
     #: The T1 was named (a manifest's column, ``--t1``): checked like every input, also when the model does
     #: not use it (:func:`check_input_headers`). A T1 found by its name in a folder or BIDS dataset is not.
     t1_listed: bool = False
+    #: The person the scan belongs to, when the input says (a manifest's ``participant`` column, BIDS ``sub-``).
+    participant: Optional[str] = None
 
 
 def _flat_folder(folder: Path) -> list[SegmentInput]:
@@ -62,7 +64,7 @@ def _manifest_inputs(path: Path) -> list[SegmentInput]:
     masks = [row.get("brain_mask", "") for _, row in read_manifest_table(path).rows]
     return [
         SegmentInput(s.subject, s.flair, s.t1, (path.parent / m).resolve() if m else None, s.site,
-                     t1_listed=s.t1_listed)
+                     t1_listed=s.t1_listed, participant=s.participant)
         for s, m in zip(subjects, masks, strict=True)
     ]
 
@@ -75,7 +77,8 @@ def _inputs_of(path: Path) -> list[SegmentInput]:
         if (path / MANIFEST_NAME).is_file():
             return _manifest_inputs(path / MANIFEST_NAME)
         if bids_location(path) is not None:
-            return [SegmentInput(e.key, e.flair, e.t1, None, e.site, e.root) for e in read_bids(path, labels=False)]
+            return [SegmentInput(e.key, e.flair, e.t1, None, e.site, e.root, participant=e.participant)
+                    for e in read_bids(path, labels=False)]
         return _flat_folder(path) or [SegmentInput(s.subject, s.flair, s.t1, None, s.site) for s in load_dataset(path)]
     if path.suffix.lower() == ".csv":
         return _manifest_inputs(path)

@@ -54,7 +54,7 @@ from wmhkeras.inference.record import (
     write_record,
 )
 from wmhkeras.inference.sources import ModelSpec, inspect_model
-from wmhkeras.inference.summary import flag_rows, merge_rows, read_summary, write_summary
+from wmhkeras.inference.summary import PARTICIPANT_COLUMN, flag_rows, merge_rows, read_summary, write_summary
 from wmhkeras.io import load_volume, save_like
 from wmhkeras.io.bids import DerivativeOutput, output_paths, write_derivative
 from wmhkeras.io.builtin_models import BUILTIN_PREFIX, default_model
@@ -84,6 +84,8 @@ class SubjectResult:
     seconds: float = 0.0
     #: Complete from an earlier run (``skip_existing``): kept, not segmented again.
     skipped: bool = False
+    #: The person the scan belongs to, when the input says (``summary.csv``'s ``participant``).
+    participant: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -218,13 +220,15 @@ def _kept(item: SegmentInput, row: dict[str, str], out_dir: Path, settings: Segm
     return result
 
 
-def _summary_row(r: SubjectResult, with_brain: bool) -> dict[str, str]:
+def _summary_row(r: SubjectResult, with_brain: bool, with_participant: bool = False) -> dict[str, str]:
     """The ``summary.csv`` row of a result (the QC columns are added when the table is written)."""
     row = {"subject": r.subject, "lesion_volume_ml": "" if r.lesion_volume_ml is None else f"{r.lesion_volume_ml:.4f}",
            "lesion_count": "" if r.lesion_count is None else str(r.lesion_count),
            "status": r.status, "error": r.error, "flair": str(r.flair)}
     if with_brain:
         row["brain_volume_ml"] = "" if r.brain_volume_ml is None else f"{r.brain_volume_ml:.4f}"
+    if with_participant:
+        row[PARTICIPANT_COLUMN] = r.participant or ""
     return row
 
 
@@ -255,20 +259,21 @@ def _segment_all(segmenter: Optional[Segmenter], items: Sequence[SegmentInput], 
     """
     old_rows, complete = previous
     with_brain = any(i.brain_mask is not None for i in items)
+    with_participant = any(i.participant for i in items)
     results: list[SubjectResult] = []
     stale: list[Path] = []
     started = False
 
     def write() -> Path:
-        return write_summary(out_dir / SUMMARY_NAME, merge_rows(old_rows, [_summary_row(r, with_brain) for r in results
-                                                                           if not r.skipped]))
+        return write_summary(out_dir / SUMMARY_NAME, merge_rows(old_rows, [_summary_row(r, with_brain, with_participant)
+                                                                           for r in results if not r.skipped]))
 
     for item in progress(items, total=len(items)) if progress else items:
         if item.subject in complete:  # its row is in old_rows already
             results.append(_kept(item, complete[item.subject], out_dir, settings))
         else:
             result, left = _segment_or_fail(segmenter, item, out_dir, settings)
-            results.append(result)
+            results.append(replace(result, participant=item.participant))
             stale += left
         if not started and results[-1].ok:
             started = True
