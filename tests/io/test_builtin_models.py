@@ -3,6 +3,8 @@ No TensorFlow."""
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,12 @@ def test_a_bad_index_is_refused(models):
     (models / bm.INDEX_NAME).write_text(json.dumps({"default": "zeta", "models": ["alpha"]}))
     with pytest.raises(InputError, match="the default 'zeta' is not among the models"):
         bm.builtin_models()
+
+
+def test_the_listing_imports_no_tensorflow():
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom wmhkeras.cli.main import main\n"
+            "res = CliRunner().invoke(main, ['models'])\nassert res.exit_code == 0, res.output\n"
+            "res = CliRunner().invoke(main, ['models', 'show', 'open_ms_flair'])\nassert res.exit_code == 0, res.output\n"
+            "assert not [m for m in ('tensorflow', 'keras') if m in sys.modules]\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
