@@ -49,6 +49,7 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
     checkpoints/{best,last}.keras (and the epoch before as *.prev) and tensorboard/ (view with
     `tensorboard --logdir RUN_DIR/tensorboard`); one train process per run folder (docs/training.md#resume).
     With --resume RUN_DIR, --set overrides apply on top of RUN_DIR/config.yaml (e.g. train.epochs=200).
+    With --init MODEL the run starts from MODEL's weights (fine-tuning; configs/finetune.yaml, docs/finetune.md).
     """
     from wmhkeras.config import load_config, load_run_config
     from wmhkeras.errors import ConfigError

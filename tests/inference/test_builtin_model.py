@@ -37,7 +37,12 @@ def test_split_model_argument(tmp_path, monkeypatch):
     assert split_model_argument(["run", "a.nii.gz"]) == ("run", ["a.nii.gz"])
     assert split_model_argument(["nope.keras", "a.nii.gz"]) == ("nope.keras", ["a.nii.gz"])
     assert split_model_argument(["typo_name", "a.nii.gz"]) == ("typo_name", ["a.nii.gz"])  # reported as a missing model
+    (tmp_path / "weights.h5").write_bytes(b"")
+    assert split_model_argument(["weights.h5", "a.nii.gz"]) == ("weights.h5", ["a.nii.gz"])  # reported as no model
     assert split_model_argument(["a.nii.gz", "b.nii.gz"]) == (None, ["a.nii.gz", "b.nii.gz"])
+    (tmp_path / "export" / "wmh" / "2").mkdir(parents=True)  # the serving layout: found by the export's card
+    (tmp_path / "export" / "model_card.json").write_text("{}")
+    assert split_model_argument(["export", "a.nii.gz"]) == ("export", ["a.nii.gz"])
     with pytest.raises(InputError, match="a model, but no INPUT is named"):
         split_model_argument([name])
     (tmp_path / name).mkdir()  # a data folder that happens to share the built-in model's name: an input

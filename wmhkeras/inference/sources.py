@@ -278,8 +278,8 @@ def inspect_model(path: str | Path) -> ModelSpec:
 def looks_like_model(value: str | Path) -> bool:
     """Whether a command-line argument names a model rather than an input (without reading any file): a
     built-in name that is not a path here, ``builtin:NAME``, a ``.keras`` or ``.tflite`` path, or a folder
-    holding a model (``saved_model.pb``, an export's ``saved_model/``, a run's ``checkpoints/`` or
-    ``config.yaml``, TensorFlow Serving's numbered versions)."""
+    holding a model (``saved_model.pb``, an export's ``saved_model/`` or ``model_card.json``, a run's
+    ``checkpoints/`` or ``config.yaml``, TensorFlow Serving's numbered versions)."""
     path = Path(value)
     if is_builtin_name(value) and (str(value).startswith("builtin:") or not path.exists()):
         return True
@@ -287,7 +287,7 @@ def looks_like_model(value: str | Path) -> bool:
         return True
     if not path.is_dir():
         return False
-    markers = ("saved_model.pb", "saved_model/saved_model.pb", "checkpoints", "config.yaml")
+    markers = ("saved_model.pb", "saved_model/saved_model.pb", MODEL_CARD_NAME, "checkpoints", "config.yaml")
     return any((path / m).exists() for m in markers) or any(
         p.name.isdigit() and (p / "saved_model.pb").is_file() for p in path.iterdir())
 
@@ -295,8 +295,8 @@ def looks_like_model(value: str | Path) -> bool:
 def split_model_argument(arguments: Sequence[str | Path]) -> tuple[Optional[str | Path], list[str | Path]]:
     """``segment [MODEL] INPUT...``: ``(model, inputs)`` from the positional arguments; ``model`` is None
     (the default built-in model) unless the first of two or more arguments names a model
-    (:func:`looks_like_model`), or names nothing that exists and is no NIfTI or CSV name (then it is read as
-    a model, to be reported as missing).
+    (:func:`looks_like_model`) or cannot be an input: neither a NIfTI or CSV name nor a folder (then it is
+    read as a model, to be reported as missing or as no model).
 
     Raises:
         InputError: the only argument is a model (no input named).
@@ -309,8 +309,8 @@ def split_model_argument(arguments: Sequence[str | Path]) -> tuple[Optional[str 
         if looks_like_model(first):
             raise InputError(f"{first}: a model, but no INPUT is named; give FLAIR files, a folder or a manifest after it")
         return None, arguments
-    unknown = not Path(first).exists() and not is_nifti(first) and Path(first).suffix.lower() != ".csv"
-    if looks_like_model(first) or unknown:
+    input_like = is_nifti(first) or Path(first).suffix.lower() == ".csv" or Path(first).is_dir()
+    if looks_like_model(first) or not input_like:
         return first, arguments[1:]
     if is_builtin_name(first):
         log.warning("%s: read as an input (a path of this name exists here), not as the built-in model", first)

@@ -178,9 +178,10 @@ def holdout_summary(card: ModelCard) -> str:
         parts = [f"{label} {_figure((h.overall.get(key) or {}).get('mean'))}" for key, label in LISTED_METRICS]
         return ", ".join(parts) + (f" over {h.n_subjects} subjects" if h.n_subjects else "")
     arms: dict[str, list[dict]] = {}
-    for row in h.results:
+    for row in h.results:  # an arm is named with its config, when the rows give one
         if isinstance(row, dict):
-            arms.setdefault(str(row.get("arm", "")), []).append(row)
+            label = " ".join(str(row[k]) if k == "arm" else f"({row[k]})" for k in ("arm", "config") if row.get(k))
+            arms.setdefault(label, []).append(row)
     if not arms:
         return "none recorded"
 
