@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo_output
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: install demo test test-fast bench lint clean experiment-demo pretrained real-protocol
+.PHONY: install demo test test-fast bench lint clean experiment-demo pretrained real-protocol browser
 
 $(STAMP): setup.py pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The QC page test (tests/inference/test_qc_browser.py) opens qc.html in headless chromium: Debian's package,
+# installed here where it is missing and apt-get may run (root); elsewhere the test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium is not installed (needs root and apt-get): the QC browser test will skip"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"

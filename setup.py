@@ -1,5 +1,6 @@
 """wmhkeras: WMH segmentation in FLAIR MRI with the Siamese content loss (Mac, Moody & Khademi, MIDL 2020)."""
 
+import json
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -33,6 +34,12 @@ INSTALL_REQUIRES = [
 # bids-validator and bidsschematools check the BIDS names of tests/io and tests/cli/test_bids* (docs/bids.md).
 TEST_REQUIRES = ["pytest>=9.2,<10", "scikit-image>=0.25,<1", "bids-validator>=1.14,<2", "bidsschematools>=2,<3"]
 
+# The built-in models (saved_models/builtin_models.json names them) are installed as the package data
+# wmhkeras/saved_models/: each model's card and SavedModel, not its TFLite files (README: "Built-in models").
+BUILTIN = json.loads((here / "saved_models" / "builtin_models.json").read_text())["models"]
+MODEL_FILES = ["builtin_models.json"] + [f"{name}/{pattern}" for name in BUILTIN
+                                         for pattern in ("model_card.json", "export_report.json", "saved_model/**/*")]
+
 setup(
     name="wmhkeras",
     version=version["__version__"],
@@ -44,10 +51,11 @@ setup(
     python_requires=">=3.10,<3.14",
     classifiers=[f"Programming Language :: Python :: 3.{minor}" for minor in (10, 11, 12, 13)],
     # The top-level cli/ folder is installed as wmhkeras.cli: no package named `cli` in site-packages.
-    packages=find_packages(include=["wmhkeras", "wmhkeras.*"]) + ["wmhkeras.cli"],
-    package_dir={"wmhkeras.cli": "cli"},
-    # The ImageNet VGG19 blocks 1-2 of the content loss, with their credit (wmhkeras/losses/weights/NOTICE).
-    package_data={"wmhkeras.losses": ["weights/*.npz", "weights/NOTICE"]},
+    packages=find_packages(include=["wmhkeras", "wmhkeras.*"]) + ["wmhkeras.cli", "wmhkeras.saved_models"],
+    package_dir={"wmhkeras.cli": "cli", "wmhkeras.saved_models": "saved_models"},
+    # The ImageNet VGG19 blocks 1-2 of the content loss, with their credit (wmhkeras/losses/weights/NOTICE),
+    # and the built-in models.
+    package_data={"wmhkeras.losses": ["weights/*.npz", "weights/NOTICE"], "wmhkeras.saved_models": MODEL_FILES},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "litert": ["ai-edge-litert>=2.3,<3"],

@@ -15,6 +15,7 @@ from wmhkeras.cli.config import show_config
 from wmhkeras.cli.evaluate import evaluate_command
 from wmhkeras.cli.experiment import experiment
 from wmhkeras.cli.export import export_command
+from wmhkeras.cli.models import models_command
 from wmhkeras.cli.segment import segment_command
 from wmhkeras.cli.summarize import summarize_command
 from wmhkeras.cli.synth import synth_command
@@ -31,7 +32,7 @@ def main(verbose: int) -> None:
 
 
 for _command in (synth_command, show_config, check_command, train_command, segment_command, summarize_command,
-                 evaluate_command, export_command, experiment):
+                 evaluate_command, export_command, experiment, models_command):
     main.add_command(_command)
 
 

@@ -36,8 +36,7 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 
 
 @click.command("segment")
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("arguments", nargs=-1, required=True, metavar="[MODEL] INPUT...")
 @click.option("--out", "-o", "out_dir", required=True, type=OutputPath(file_okay=False, path_type=Path),
               help="Output folder (created if missing).")
 @click.option("--t1", multiple=True, type=click.Path(path_type=Path), metavar="FILE",
@@ -78,15 +77,18 @@ def _shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
                    "export's saved_model_bf16/ in bfloat16, the others in float32 (bfloat16 refused for them).")
 @threads_option
 @handle_errors
-def segment_command(model: Path, inputs: tuple[Path, ...], out_dir: Path, t1: tuple[Path, ...], threshold: float,
+def segment_command(arguments: tuple[str, ...], out_dir: Path, t1: tuple[Path, ...], threshold: float,
                     min_lesion_mm3: float, min_lesion_voxels: int, tta: bool, uncertainty: bool, batch_size: int,
                     brain_mask: tuple[Path, ...], brain_threshold: float | None, bids_out: bool | None,
                     skip_existing: bool, shard: tuple[int, int] | None, qc: bool, precision: str,
                     threads: int | None) -> None:
     """Segment WMH in FLAIR images.
 
-    MODEL is a .keras file, a training run folder, an exported SavedModel folder or an export's .tflite file;
-    its resampling (fixed size, mm spacing or native grid) and 2.5D context come with it. INPUT is a FLAIR
+    MODEL is a built-in model's name (`wmhkeras models`), a .keras file, a training run folder, an exported
+    SavedModel folder or an export's .tflite file; without it, the default built-in model segments (named
+    in the output and in segment.json). A path that shares a built-in model's name wins (builtin:NAME names
+    the built-in one). The model's resampling (fixed size, mm spacing or native grid) and 2.5D context come
+    with it. INPUT is a FLAIR
     file (.nii/.nii.gz), a folder of them, a BIDS dataset root (docs/bids.md) or a manifest CSV. Writes
     <subject>_wmh_prob.nii.gz, <subject>_wmh_mask.nii.gz and <subject>_lesions.csv per subject, on the
     input's own grid (BIDS derivatives for BIDS input), and summary.csv (with --qc, qc/ and qc.html).
@@ -95,7 +97,12 @@ def segment_command(model: Path, inputs: tuple[Path, ...], out_dir: Path, t1: tu
     """
     from wmhkeras.inference.qc import QC_HTML_NAME
     from wmhkeras.inference.segment import segment
+    from wmhkeras.inference.sources import split_model_argument
+    from wmhkeras.io.builtin_models import default_model
 
+    model, inputs = split_model_argument(arguments)
+    if model is None:
+        click.echo(f"model: the built-in model {default_model().name} (the default; no MODEL given)")
     start_tensorflow(threads)
     result = segment(model, inputs, out_dir, threshold=threshold, min_lesion_mm3=min_lesion_mm3, tta_flip=tta,
                      batch_size=batch_size, brain_mask=brain_mask, t1=t1,

@@ -125,9 +125,9 @@ def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path,
 
 
 def train_and_score(name: str, spec: str, train_on: str, train_manifest: Path, test_manifest: Path,
-                    folder: Path) -> list[dict]:
-    """``wmhkeras train`` on ``train_manifest``, ``segment`` and ``evaluate`` of ``test_manifest``: a row
-    per scored subject."""
+                    folder: Path, train_args: tuple[str, ...] = ()) -> list[dict]:
+    """``wmhkeras train`` on ``train_manifest`` (with ``train_args``, e.g. ``--init MODEL``), ``segment`` and
+    ``evaluate`` of ``test_manifest``: a row per scored subject."""
     # Overrides are split before each ",KEY=", so list values such as data.patch_size=[96, 96] stay whole.
     config, *overrides = re.split(r",\s*(?=[A-Za-z_][\w.]*=)", spec)
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,17 +139,25 @@ def train_and_score(name: str, spec: str, train_on: str, train_manifest: Path, t
         train_s = float(timing.read_text())
     else:
         train_s = run([*wmhkeras(), "train", config, "--data", str(train_manifest), "--out", str(folder / "run"),
-                       "--quiet", *sets], folder / "train.log")
+                       "--quiet", *sets, *train_args], folder / "train.log")
         timing.write_text(f"{train_s:.1f}\n")
-    segment_s = run([*wmhkeras(), "segment", str(folder / "run"), str(test_manifest), "--out", str(folder / "segment")],
+    summary = json.loads((folder / "run" / "summary.json").read_text())
+    return [{"arm": name, "config": spec, "train_on": train_on, "test_on": row.pop("test_on"),
+             "train_s": round(train_s, 1), "segment_s": row.pop("segment_s"), "epochs": summary.get("epochs"), **row}
+            for row in score(folder / "run", test_manifest, folder)]
+
+
+def score(model: Path | str, test_manifest: Path, folder: Path) -> list[dict]:
+    """``wmhkeras segment`` of ``test_manifest`` with ``model`` into ``folder/segment``, and ``evaluate``:
+    a row per scored subject (``test_on``, ``segment_s`` and the metrics of :data:`REPORTED`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    segment_s = run([*wmhkeras(), "segment", str(model), str(test_manifest), "--out", str(folder / "segment")],
                     folder / "segment.log")
     run([*wmhkeras(), "evaluate", "--pred", str(folder / "segment"), "--truth", str(test_manifest),
          "--out", str(folder / "evaluate"), "--no-qc"], folder / "evaluate.log")
     with open(folder / "evaluate" / "metrics.csv") as f:
         scored = list(csv.DictReader(f))
-    summary = json.loads((folder / "run" / "summary.json").read_text())
-    return [{"arm": name, "config": spec, "train_on": train_on, "test_on": row["subject"],
-             "train_s": round(train_s, 1), "segment_s": round(segment_s, 1), "epochs": summary.get("epochs"),
+    return [{"test_on": row["subject"], "segment_s": round(segment_s, 1),
              **{k: float(row[k]) for k in REPORTED if row.get(k) not in (None, "")}} for row in scored]
 
 

@@ -1,6 +1,7 @@
 """The shipped real-data model, saved_models/open_ms_flair (issue 11): its size, and that it segments a
 real shared patient through the command a new user runs first, with no training."""
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -28,8 +29,9 @@ def test_the_shipped_model_segments_a_real_patient(open_ms, tmp_path):
     the shipped weights and their preprocessing travel intact, not how well they generalise, which
     docs/real_data.md measures on the patient left out)."""
     flair = open_ms / "patient26" / "FLAIR.nii.gz"
-    result = CliRunner().invoke(main, ["segment", str(SHIPPED / "saved_model"), str(flair), "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["segment", "open_ms_flair", str(flair), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "segment.json").read_text())["model"]["source"] == str(SHIPPED / "saved_model")
     mask_img = nib.load(tmp_path / "patient26_wmh_mask.nii.gz")
     source = nib.load(flair)
     assert mask_img.shape == source.shape and np.allclose(mask_img.affine, source.affine)

@@ -5,7 +5,7 @@ Reached lazily from the package (``wmhkeras.segment_image`` imports this module 
     import nibabel as nib
     import wmhkeras
 
-    model = wmhkeras.load_model("saved_models/demo/saved_model")  # load once, segment many
+    model = wmhkeras.load_model("open_ms_flair")  # a built-in model, or any path `wmhkeras segment` takes
     prob_img, mask_img = wmhkeras.segment_image(nib.load("flair.nii.gz"), model, tta=True)
     metrics = wmhkeras.evaluate_images(nib.load("wmh.nii.gz"), mask_img)  # {"dice": ..., "hd95": ...}
 
@@ -33,7 +33,7 @@ from wmhkeras.evaluation.evaluate import score_volumes
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
 from wmhkeras.inference.precision import check_precision, is_keras
 from wmhkeras.inference.record import SegmentSettings
-from wmhkeras.inference.segment import segment_volumes
+from wmhkeras.inference.segment import default_spec, segment_volumes
 from wmhkeras.io import Volume, check_same_grid
 from wmhkeras.io.nifti import image_like, image_volume
 
@@ -42,13 +42,14 @@ log = logging.getLogger(__name__)
 __all__ = ["evaluate_images", "load_model", "segment_image"]
 
 
-def load_model(path: str | Path) -> Segmenter:
+def load_model(path: str | Path | None = None) -> Segmenter:
     """Load a model for :func:`segment_image`, from any source ``wmhkeras segment`` takes.
 
     Args:
-        path: a ``.keras`` file, a run folder (its ``checkpoints/best.keras`` and ``config.yaml``), an
+        path: a built-in model's name (``"open_ms_flair"``, ``wmhkeras models``; a path of the same name
+            wins), a ``.keras`` file, a run folder (its ``checkpoints/best.keras`` and ``config.yaml``), an
             exported SavedModel folder (its ``model_card.json``) or an exported ``.tflite`` file (needs
-            ``pip install 'wmhkeras[litert]'``).
+            ``pip install 'wmhkeras[litert]'``); None: the default built-in model.
 
     Returns:
         a :class:`~wmhkeras.inference.loaders.Segmenter`: the loaded model with the preprocessing it was
@@ -60,7 +61,7 @@ def load_model(path: str | Path) -> Segmenter:
     Raises:
         InputError / ConfigError: the path holds no model, or the model disagrees with its recorded settings.
     """
-    return load_segmenter(path)
+    return load_segmenter(default_spec() if path is None else path)
 
 
 def _nifti(img, name: str) -> nib.Nifti1Image | nib.Nifti2Image:
@@ -82,11 +83,12 @@ def _with_affine(img: nib.Nifti1Image, affine: np.ndarray) -> nib.Nifti1Image:
     return nib.Nifti1Image(img.dataobj, affine, img.header)
 
 
-def _model(model: Segmenter | str | Path) -> Segmenter:
+def _model(model: Segmenter | str | Path | None) -> Segmenter:
     if isinstance(model, Segmenter):
         return model
-    if not isinstance(model, (str, Path)):
-        raise InputError(f"model: expected wmhkeras.load_model(path) or a path, got {type(model).__name__}")
+    if model is not None and not isinstance(model, (str, Path)):
+        raise InputError(f"model: expected wmhkeras.load_model(path), a path or a built-in model's name, "
+                         f"got {type(model).__name__}")
     return load_model(model)
 
 
@@ -109,7 +111,7 @@ def _inputs(flair: Volume, t1_img, brain_mask_img, modalities) -> tuple[list[Vol
 
 def segment_image(
     flair_img,
-    model: Segmenter | str | Path,
+    model: Segmenter | str | Path | None = None,
     t1_img=None,
     *,
     threshold: float = 0.5,
@@ -126,7 +128,8 @@ def segment_image(
     Args:
         flair_img: a 3D nibabel image (or 4D with one volume), in any orientation: it is processed in the
             closest RAS+ orientation and the outputs are put back on its grid.
-        model: :func:`load_model`'s result (load once, segment many) or a path it accepts.
+        model: :func:`load_model`'s result (load once, segment many), a path or built-in name it accepts, or
+            None for the default built-in model.
         t1_img: the T1 image on the FLAIR's grid, when the model takes FLAIR + T1.
         threshold: probability at and above which a voxel is lesion, in (0, 1] (``--threshold``).
         tta: average with the prediction on left-right mirrored slices (``--tta``).

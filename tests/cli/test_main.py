@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from wmhkeras.cli.main import main
 
-COMMANDS = ["check", "config", "evaluate", "experiment", "export", "segment", "summarize", "synth", "train"]
+COMMANDS = ["check", "config", "evaluate", "experiment", "export", "models", "segment", "summarize", "synth", "train"]
 
 
 def test_help_lists_every_command_without_importing_tensorflow():

@@ -40,7 +40,7 @@ def test_manifest_participant_column_round_trips(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("subject,flair\ns1,f.nii.gz\n", "header must be subject,site,flair,t1,label"),
+        ("subject,flair\ns1,f.nii.gz\n", "header must name the columns subject,site,flair,t1,label"),
         ("subject,site,flair,t1,label\ns1,a,,,\n", "line 2: subject and flair must not be empty"),
         ("subject,site,flair,t1,label\ns1,a,f,,\ns1,b,g,,\n", "subject ids collide .*'s1' is listed twice"),
         ("subject,site,flair,t1,label\n", "lists no subject"),

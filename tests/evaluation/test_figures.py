@@ -40,6 +40,26 @@ def test_qc_montage_png(tmp_path):
         figures.qc_montage(flair, truth[:-1], pred, tmp_path / "bad.png")
 
 
+def test_montages_show_slices_that_hold_brain():
+    """A false positive in the first slice (no brain there) is not shown; one lesion slice is completed to
+    six panels with slices spread over the brain; without lesion, six brain slices."""
+    flair = np.zeros((20, 20, 16), np.float32)
+    flair[4:16, 4:16, 3:13] = 1.0  # brain in slices 3..12
+    flair[9:11, 9:11, 2] = 1.0  # a sliver of brain in slice 2: under a quarter of the fullest slice
+    pred = np.zeros(flair.shape, np.uint8)
+    pred[5:7, 5:7, 0] = 1  # outside the brain, in an empty edge slice
+    pred[8:10, 8:10, 7] = 1
+    empty = np.zeros(flair.shape, np.uint8)
+    assert list(figures.brain_slices(flair)) == list(range(3, 13))
+    chosen = figures.choose_slices(empty, pred, 6, flair)
+    assert 7 in chosen and len(chosen) == 6 and all(3 <= k <= 12 for k in chosen)
+    assert figures.choose_slices(empty, empty, 6, flair) == [3, 5, 7, 8, 10, 12]
+    edge = np.zeros(flair.shape, np.uint8)
+    edge[9, 9, 2] = 1  # a lesion only where little brain shows: that slice is still shown
+    assert 2 in figures.choose_slices(empty, edge, 6, flair)
+    assert figures.choose_slices(empty, empty, 3, np.zeros(flair.shape)) == [0, 8, 15]  # blank: anywhere
+
+
 def test_figure5_has_an_open_last_bin_so_no_subject_is_dropped(tmp_path, caplog):
     # 0.2 is the last edge: 0.2 and 3.0 fall in ">= 0.2"; the NaN subject alone is left out.
     pcd = [0.05, 0.15, 0.2, 3.0, float("nan")]

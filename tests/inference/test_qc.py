@@ -49,12 +49,38 @@ def test_flags_empty_masks_and_volumes_outside_the_range():
     assert ROWS[0].get("qc_flag") is None  # copies: the input rows are left alone
 
 
-def test_a_low_volume_and_no_range_for_a_small_or_flat_cohort():
+def test_a_low_volume_and_no_range_for_a_small_cohort():
     rows = [_row(s, v) for s, v in zip("abcdef", [8.0, 8.5, 9.0, 9.5, 10.0, 0.01], strict=True)]
     assert {r["subject"]: r["qc_flag"] for r in qc.flag_rows(rows)}["f"] == "low_volume"
     assert qc.volume_range(rows[:4]) is None  # fewer than MIN_COHORT non-empty masks
-    assert qc.volume_range([_row(s, 5.0) for s in "abcde"]) is None  # MAD 0: no spread to compare with
     assert all(r["volume_z"] == "" and r["qc_flag"] == "" for r in qc.flag_rows(rows[:4]))
+
+
+def test_alike_volumes_cannot_narrow_the_range_below_its_floor():
+    """Five scans of nearly one volume, and one simply lighter: without a floor its robust z would be about
+    -136 (MAD 0.01 mL around 5 mL); with the floor (SD 0.5 of ln volume) it is -0.71, and nothing is flagged."""
+    rows = [_row(s, v) for s, v in zip("abcdef", [5.0, 5.01, 4.99, 5.02, 5.0, 3.5], strict=True)]
+    cohort = qc.volume_range(rows)
+    assert cohort.floored and cohort.scale == qc.MIN_LOG_SD and cohort.center == pytest.approx(math.log(5.0))
+    flagged = {r["subject"]: r for r in qc.flag_rows(rows)}
+    assert float(flagged["f"]["volume_z"]) == pytest.approx(math.log(3.5 / 5.0) / 0.5, abs=0.005)
+    assert all(r["qc_flag"] == "" for r in flagged.values())
+    assert qc.volume_range([_row(s, 5.0) for s in "abcde"]).scale == qc.MIN_LOG_SD  # no spread at all
+    assert "the spread taken as its floor" in qc._cohort_line(qc.flag_rows(rows), cohort)
+
+
+def test_repeated_scans_of_one_person_count_once():
+    one = [{**_row(f"p1-ses{i}", v), "participant": "p1"} for i, v in enumerate([5.0, 5.1, 4.9, 5.2, 3.0, 5.0])]
+    assert qc.volume_range(one) is None
+    assert all(r["volume_z"] == "" and r["qc_flag"] == "" for r in qc.flag_rows(one))
+    line = qc._cohort_line(qc.flag_rows(one), None)
+    assert "No range: too few independent scans, 6 non-empty masks of 1 participant; a range needs 5" in line
+    # five people, one of them scanned three times: five values, that person's the median of its three
+    people = [{**_row(f"q{i}", v), "participant": f"q{i}"} for i, v in enumerate([1.0, 2.0, 4.0, 8.0])]
+    people += [{**_row(f"r-{i}", v), "participant": "r"} for i, v in enumerate([16.0, 32.0, 1000.0])]
+    cohort = qc.volume_range(people)
+    assert (cohort.n, cohort.scans) == (5, 7)
+    assert cohort.center == pytest.approx(math.log(4.0))  # median of 1, 2, 4, 8 and r's median 32
 
 
 def test_qc_order_puts_outliers_first():
@@ -101,10 +127,27 @@ def test_segment_qc_writes_a_montage_per_subject_and_the_index(tmp_path):
                                                                      "0.8000", "0.0000"]
     assert (rows["s4"]["qc_flag"], rows["s5"]["qc_flag"]) == ("high_volume", "empty_mask")
     assert all(rows[f"s{i}"]["qc_flag"] == "" for i in range(4))
-    # panels of 3 in at 100 dpi, 3 per row: one per slice with lesion (s0: 1, s4: 2), six for an empty mask
+    # panels of 3 in at 100 dpi, 3 per row: six, the slices with lesion completed by slices that hold brain
+    # (foreground above a tenth of the 99.5th percentile); in s4 only the big blob's two slices are that bright
     sizes = {i: mpimg.imread(out / "qc" / f"s{i}.png").shape[:2] for i in (0, 4, 5)}
-    assert sizes == {0: (300, 300), 4: (300, 600), 5: (600, 900)}
+    assert sizes == {0: (600, 900), 4: (300, 600), 5: (600, 900)}
     page = (out / "qc.html").read_text()
     assert re.findall(r"<tr[^>]*><td>\d+</td><td>([^<]*)</td>", page)[:2] == ["s5", "s4"]
     assert all(f'src="qc/s{i}.png"' in page for i in range(6))
     assert "qc" in result.subjects[0].files and not list(out.rglob(".tmp-*"))
+
+
+def test_summary_names_the_participant_of_each_scan(tmp_path):
+    """A manifest's participant column reaches summary.csv, where the cohort range counts people."""
+    rows = ["subject,site,flair,t1,label,participant"]
+    for i in range(3):
+        vol = np.full(SHAPE, 0.1, np.float32)
+        vol[4:6, 4:8, 2:2 + i + 1] = 1.0
+        write_nifti(tmp_path / f"s{i}.nii.gz", vol, np.eye(4))
+        rows.append(f"s{i},A,s{i}.nii.gz,,,{'p1' if i < 2 else 'p2'}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    segment(bright_segmenter(), [tmp_path / "m.csv"], tmp_path / "out", qc=True)
+    table = read_rows(tmp_path / "out" / "summary.csv")
+    assert list(table[0])[:2] == ["subject", "participant"]
+    assert [r["participant"] for r in table] == ["p1", "p1", "p2"]
+    assert "3 non-empty masks of 2 participants" in (tmp_path / "out" / "qc.html").read_text()

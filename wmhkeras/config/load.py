@@ -170,6 +170,10 @@ def _check(cfg: Config) -> None:
     need(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
          "train.early_stopping_patience", t.early_stopping_patience, "use at least 1, or null")
     need(t.image_summary_every >= 0, "train.image_summary_every", t.image_summary_every, "use 0 (off) or more")
+    f = cfg.finetune
+    need(f.learning_rate > 0, "finetune.learning_rate", f.learning_rate, "use a positive number")
+    need(f.freeze_encoder_epochs >= 0, "finetune.freeze_encoder_epochs", f.freeze_encoder_epochs,
+         "use 0 (none) or more (train.epochs or more: frozen throughout)")
 
 
 def _check_experiment(cfg: Config, exp: ExperimentConfig) -> None:

@@ -1,6 +1,7 @@
 """The config schema: one dataclass per section of a config file, defaults and documented meaning.
 
-A run config holds ``data``, ``model``, ``loss``, ``augment`` and ``train``; an experiment config
+A run config holds ``data``, ``model``, ``loss``, ``augment``, ``train`` and ``finetune`` (used only by
+``wmhkeras train --init``); an experiment config
 (``wmhkeras experiment``) adds the optional ``experiment`` section (:class:`ExperimentConfig`). Loading,
 merging and validation are in :mod:`wmhkeras.config.load`.
 """
@@ -178,6 +179,18 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Training that starts from a trained model's weights (``wmhkeras train --init MODEL``); unused without it."""
+
+    #: The learning rate of a fine-tuning run, in place of ``train.learning_rate`` (which stays the rate of
+    #: training from scratch): lower, so the first steps do not undo what the model learnt.
+    learning_rate: float = 1e-4
+    #: Epochs at the start with the encoder frozen (its weights and BatchNorm statistics; the decoder,
+    #: bottleneck and head train): 0 for none; ``train.epochs`` or more to keep it frozen throughout.
+    freeze_encoder_epochs: int = 0
+
+
+@dataclass
 class ExperimentConfig:
     """The ``experiment:`` section (``wmhkeras experiment``): which arms to train and where to test them.
 
@@ -229,6 +242,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     #: ``wmhkeras experiment`` only; a run config has none (and writes none).
     experiment: Optional[ExperimentConfig] = None
 

@@ -1,7 +1,12 @@
 """Datasets: a manifest CSV, a folder in the MICCAI 2017 WMH challenge layout, or a BIDS dataset.
 
-Manifest: a CSV with the header ``subject,site,flair,t1,label``; ``t1`` and ``label`` may be empty;
-paths may be relative to the manifest's folder.
+Manifest: a CSV with the columns ``subject,site,flair,t1,label``; ``t1`` and ``label`` may be empty;
+paths may be relative to the manifest's folder. Read as spreadsheet programs write it
+(:func:`read_manifest_table`): UTF-8 with or without a byte-order mark, or UTF-16 with one; comma,
+semicolon or tab between fields; CRLF, LF or CR line ends; quoted fields; columns in any order and header
+names in any case; empty rows and empty trailing columns skipped. Refused, naming the line: another
+encoding, a row with a value beyond the header's columns or under an unnamed one, a Windows path, two
+columns of one name (docs/data_pipeline.md, "Manifests").
 
 MICCAI 2017 layout (as downloaded): ``<root>/<site>/<subject>/pre/FLAIR.nii.gz``,
 ``.../pre/T1.nii.gz`` and ``<root>/<site>/<subject>/wmh.nii.gz`` (labels 0, 1, 2).
@@ -16,9 +21,12 @@ validates volumes.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -47,6 +55,9 @@ class Subject:
     #: The person the image belongs to, when one person has several images (BIDS sessions, a manifest's
     #: optional ``participant`` column): splits keep a participant's images in one set.
     participant: Optional[str] = None
+    #: The T1 was named in a manifest: checked like every input even where the model does not use it
+    #: (:func:`check_headers`); a T1 found by its name in a folder layout is checked only when used.
+    t1_listed: bool = False
 
     @property
     def group(self) -> str:
@@ -60,35 +71,112 @@ class Subject:
         return path
 
 
-def read_manifest(path: str | Path) -> list[Subject]:
-    """Read a manifest CSV; relative paths are taken from the manifest's folder."""
+#: Field separators a manifest may use (spreadsheet programs write ``;`` where the decimal mark is a comma).
+DELIMITERS = (",", ";", "\t")
+_SEPARATOR_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
+#: A Windows path: a drive letter (``C:``) or a backslash.
+_WINDOWS_PATH = re.compile(r"^[A-Za-z]:|\\")
+
+
+@dataclass(frozen=True)
+class ManifestTable:
+    """A manifest read as a table: ``columns`` (lower-case header names, in file order, unnamed ones
+    dropped) and ``rows``, each ``(line number, {column: stripped value})``."""
+
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[tuple[int, dict[str, str]], ...]
+
+
+def _manifest_text(path: Path) -> tuple[str, str]:
+    """The text of a manifest and its encoding's name: UTF-8 (a byte-order mark dropped) or UTF-16 with a mark."""
+    data = path.read_bytes()
+    if data.startswith(b"PK\x03\x04"):
+        raise InputError(f"{path}: a spreadsheet workbook (.xlsx/.ods), not CSV text; save it as 'CSV UTF-8'")
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16"), "UTF-16"
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise InputError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the manifest as "
+                         "'CSV UTF-8' (Excel) or with the UTF-8 character set (LibreOffice, Numbers)") from None
+    if "\x00" in text:
+        raise InputError(f"{path}: holds NUL characters; not a CSV text file")
+    return text, "UTF-8 with a byte-order mark" if data.startswith(codecs.BOM_UTF8) else "UTF-8"
+
+
+def _header(path: Path, text: str) -> tuple[str, list[str]]:
+    """The delimiter whose first row names every :data:`MANIFEST_COLUMNS`, and that row's names (lower case)."""
+    first = next((line for line in text.splitlines() if line.strip().strip(",;\t")), "")
+    for delimiter in DELIMITERS:
+        names = [h.strip().lower() for h in next(csv.reader([first], delimiter=delimiter), [])]
+        if set(MANIFEST_COLUMNS) <= set(names):
+            return delimiter, names
+    found = ",".join(next(csv.reader([first]), [])) or "nothing"
+    raise InputError(f"{path}: the header must name the columns {','.join(MANIFEST_COLUMNS)} (any order, separated by "
+                     f"commas, semicolons or tabs), found {found}")
+
+
+def read_manifest_table(path: str | Path) -> ManifestTable:
+    """Read a manifest as spreadsheet programs save it (rules: the module docstring).
+
+    Raises:
+        InputError: a missing file, another encoding than UTF-8/UTF-16, a header without the five columns or
+            with a name twice, or a row with a value beyond the header or under an unnamed column (a
+            separator inside an unquoted value shifts the fields), each naming the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: manifest not found")
-    text = path.read_text()
-    reader = csv.DictReader(io.StringIO(text))
-    header = tuple(h.strip() for h in (reader.fieldnames or ()))
-    if header[: len(MANIFEST_COLUMNS)] != MANIFEST_COLUMNS:
-        raise InputError(f"{path}: header must be {','.join(MANIFEST_COLUMNS)}, found {','.join(header) or 'nothing'}")
-    base = path.parent
+    text, encoding = _manifest_text(path)
+    delimiter, names = _header(path, text)
+    repeated = sorted({n for n in names if n and names.count(n) > 1})
+    if repeated:
+        raise InputError(f"{path}: the header names the column {repeated[0]!r} twice")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows, header_seen = [], False
+    for cells in reader:
+        line = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue  # empty rows, also ",,,,"
+        if not header_seen:
+            header_seen = True
+            continue
+        for i, cell in enumerate(cells):
+            if cell.strip() and (i >= len(names) or not names[i]):
+                raise InputError(f"{path}, line {line}: the value {cell.strip()!r} in field {i + 1} is beyond the "
+                                 f"header's named columns ({len([n for n in names if n])}); a separator inside an "
+                                 "unquoted value? Quote it")
+        rows.append((line, {n: (cells[i].strip() if i < len(cells) else "") for i, n in enumerate(names) if n}))
+    if (delimiter, encoding) != (",", "UTF-8") or "\r" in text:
+        log.info("%s: read as %s-separated %s%s", path, _SEPARATOR_NAMES[delimiter], encoding,
+                 " with CRLF line ends" if "\r\n" in text else " with CR line ends" if "\r" in text else "")
+    return ManifestTable(path, tuple(n for n in names if n), tuple(rows))
 
-    def resolve(value: str | None) -> Optional[Path]:
-        value = (value or "").strip()
+
+def read_manifest(path: str | Path) -> list[Subject]:
+    """Read a manifest CSV (:func:`read_manifest_table`); relative paths are taken from the manifest's folder."""
+    table = read_manifest_table(path)
+    path, base = table.path, table.path.parent
+
+    def resolve(value: str, line: int, column: str) -> Optional[Path]:
         if not value:
             return None
+        if os.sep == "/" and _WINDOWS_PATH.search(value):
+            raise InputError(f"{path}, line {line}: {column} {value!r} is a Windows path; write paths as this "
+                             "machine sees them, with / (relative paths are read from the manifest's folder)")
         p = Path(value).expanduser()
         return p if p.is_absolute() else (base / p).resolve()
 
     subjects = []
-    for line, row in enumerate(reader, start=2):
-        name = (row.get("subject") or "").strip()
-        flair = resolve(row.get("flair"))
+    for line, row in table.rows:
+        name, flair = row["subject"], resolve(row["flair"], line, "flair")
         if not name or flair is None:
             raise InputError(f"{path}, line {line}: subject and flair must not be empty")
-        subjects.append(
-            Subject(name, (row.get("site") or "").strip() or "site0", flair, resolve(row.get("t1")), resolve(row.get("label")),
-                    (row.get("participant") or "").strip() or None)
-        )
+        t1 = resolve(row["t1"], line, "t1")
+        subjects.append(Subject(name, row["site"] or "site0", flair, t1, resolve(row["label"], line, "label"),
+                                row.get("participant") or None, t1_listed=t1 is not None))
     check_subject_ids([s.subject for s in subjects], str(path))
     if not subjects:
         raise InputError(f"{path}: the manifest lists no subject")
@@ -174,15 +262,27 @@ def load_dataset(path: str | Path) -> list[Subject]:
     return subjects
 
 
+def unused_t1(subjects: list[str], why: str) -> None:
+    """Log that these subjects' named T1 images are checked but not used (``why``: e.g. the model's modalities)."""
+    if subjects:
+        shown = ", ".join(subjects[:3]) + (f" and {len(subjects) - 3} more" if len(subjects) > 3 else "")
+        log.warning("a T1 image is listed for %d subject(s) (%s) but %s: it is not used, and is checked like every "
+                    "input (it must exist, be readable and lie on the FLAIR's grid)", len(subjects), shown, why)
+
+
 def check_headers(subjects: list[Subject], modalities=("flair",), labels: bool = True) -> None:
     """The header pre-pass of a cohort (:func:`wmhkeras.io.header_check.check_inputs`), before any voxel is
-    read: every file of every subject (``modalities``, and the label when ``labels`` and listed) parses,
-    is 3D with a usable affine and holds its voxels, and each subject's files share the FLAIR's grid.
+    read: every file of every subject (``modalities``, a T1 a manifest lists even when unused, and the label
+    when ``labels`` and listed) parses, is 3D with a usable affine and holds its voxels, and each subject's
+    files share the FLAIR's grid.
 
     Raises:
         InputError: one line naming the first file with a problem; a modality the subject lacks.
     """
-    groups = {s.subject: [s.modality(m) for m in modalities] + [s.label if labels else None] for s in subjects}
+    extra = [s for s in subjects if s.t1_listed and "t1" not in modalities]
+    unused_t1([s.subject for s in extra], f"the modalities are {list(modalities)}")
+    groups = {s.subject: [s.modality(m) for m in modalities] + [s.t1 if s in extra else None]
+              + [s.label if labels else None] for s in subjects}
     check_inputs(groups)
 
 

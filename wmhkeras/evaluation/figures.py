@@ -106,20 +106,57 @@ def plot_avd_vs_pcd(
 # === QC montage ===
 
 
-def choose_slices(truth: np.ndarray, pred: np.ndarray, n: int = 6) -> list[int]:
+#: A voxel is foreground (brain, in a skull-stripped scan) above this fraction of the volume's 99.5th percentile.
+FOREGROUND_FRACTION = 0.1
+#: A slice holds brain when its foreground covers at least this fraction of the fullest slice's.
+BRAIN_SLICE_FRACTION = 0.25
+
+
+def brain_slices(flair: np.ndarray) -> np.ndarray:
+    """Axial indices of the slices of ``flair`` ``[X, Y, Z]`` that hold brain: a foreground (voxels above
+    :data:`FOREGROUND_FRACTION` of the 99.5th percentile) of at least :data:`BRAIN_SLICE_FRACTION` of the
+    fullest slice's. Every slice of a volume without foreground."""
+    flair = np.asarray(flair, dtype=np.float32)
+    top = float(np.percentile(flair, 99.5))
+    area = (flair > FOREGROUND_FRACTION * top).sum(axis=(0, 1)) if top > 0 else np.zeros(flair.shape[2])
+    if not area.max() > 0:
+        return np.arange(flair.shape[2])
+    return np.flatnonzero(area >= BRAIN_SLICE_FRACTION * area.max())
+
+
+def _spread(candidates: np.ndarray, n: int) -> list[int]:
+    """Up to ``n`` of ``candidates`` spread evenly (the first and last included)."""
+    n = min(n, candidates.size)
+    return [int(k) for k in candidates[np.round(np.linspace(0, candidates.size - 1, n)).astype(int)]] if n else []
+
+
+def choose_slices(truth: np.ndarray, pred: np.ndarray, n: int = 6, flair: np.ndarray | None = None) -> list[int]:
     """Up to ``n`` axial slice indices spread evenly over the slices where truth or prediction has lesion.
 
-    Falls back to ``n`` slices spread over the middle half of the volume when neither has any lesion.
+    With ``flair``, only slices that hold brain (:func:`brain_slices`) are shown: a lesion voxel in an edge
+    slice (noise, a false positive outside the brain) never brings in a nearly empty slice; lesion slices
+    with little brain are kept only when no lesion slice holds more. Fewer lesion slices than ``n`` are
+    completed with brain slices spread over the volume. Without lesion: ``n`` brain slices spread evenly,
+    or (no ``flair``) ``n`` slices spread over the middle half of the volume.
 
     Args:
         truth, pred: masks ``[X, Y, Z]`` (nonzero is lesion).
+        flair: the image ``[X, Y, Z]``.
     """
     depth = truth.shape[2]
     lesion = np.flatnonzero(np.any((truth != 0) | (pred != 0), axis=(0, 1)))
-    candidates = lesion if lesion.size else np.arange(depth // 4, max(depth - depth // 4, depth // 4 + 1))
-    n = min(n, candidates.size)
-    picks = candidates[np.round(np.linspace(0, candidates.size - 1, n)).astype(int)]
-    return sorted(set(int(k) for k in picks))
+    if flair is None:
+        candidates = lesion if lesion.size else np.arange(depth // 4, max(depth - depth // 4, depth // 4 + 1))
+        return sorted(set(_spread(candidates, n)))
+    brain = brain_slices(flair)
+    in_brain = np.intersect1d(lesion, brain)
+    if not in_brain.size and lesion.size:  # lesions only where little brain shows: those slices, not none
+        area = (np.asarray(flair) > 0).sum(axis=(0, 1))
+        in_brain = lesion[area[lesion] > 0]
+    chosen = set(_spread(in_brain, n))
+    rest = np.setdiff1d(brain, np.fromiter(chosen, int, len(chosen)))
+    chosen |= set(_spread(rest, n - len(chosen)))
+    return sorted(chosen)
 
 
 def _montage_masks(flair, truth, pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -170,7 +207,8 @@ def qc_montage(
         truth: ground-truth labels ``[X, Y, Z]`` (label 1 outlined, as WMH), or None for a prediction only.
         pred: prediction ``[X, Y, Z]`` (integer ``>= 1`` / float ``>= 0.5`` is lesion).
         path: the PNG to write (atomically).
-        slices: axial indices to show; default :func:`choose_slices` with ``n_slices``.
+        slices: axial indices to show; default :func:`choose_slices` with ``n_slices``: slices that hold
+            brain, and lesion where there is any.
         columns: panels per row; the image is ``columns * panel_size * dpi`` pixels wide and
             ``rows * panel_size * dpi`` high, ``rows = ceil(len(slices) / columns)``.
 
@@ -181,7 +219,7 @@ def qc_montage(
 
     flair, g, r = _montage_masks(flair, truth, pred)
     if slices is None:
-        slices = choose_slices(g, r, n_slices)
+        slices = choose_slices(g, r, n_slices, flair)
     bad = [k for k in slices if not 0 <= k < flair.shape[2]]
     if bad or not slices:
         raise InputError(f"QC slices {list(slices)} must be non-empty and within 0..{flair.shape[2] - 1}")

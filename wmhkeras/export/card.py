@@ -3,10 +3,12 @@
 :func:`build_card` fills a :class:`~wmhkeras.io.model_card.ModelCard` from the exported model, its run
 folder (config, split, ``summary.json``, the training subjects' voxel sizes read from their NIfTI headers,
 hold-out metrics of ``wmhkeras evaluate``, the content loss's backbone weights as ``versions.json`` records
-them, with their credit) and the free texts of a card-info file (:func:`read_card_info`: intended use,
-limitations, input requirements, licence and citation; :data:`~wmhkeras.io.model_card.NOT_STATED` where
-nobody said). :func:`portable` makes every path in it relative and drops the exporting machine's folders.
-:func:`write_card` writes it beside the SavedModel and inside it (``assets.extra/``).
+them, with their credit, and for a fine-tuned run the model it started from, from its ``init.json``: that
+model's SHA-256, training data and licence, as the card's ``parent``) and the free texts of a card-info file
+(:func:`read_card_info`: intended use, limitations, input requirements, licence and citation;
+:data:`~wmhkeras.io.model_card.NOT_STATED` where nobody said). :func:`portable` makes every path in it
+relative and drops the exporting machine's folders. :func:`write_card` writes it beside the SavedModel and
+inside it (``assets.extra/``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from wmhkeras.io.model_card import (
     HoldoutMetrics,
     InputRequirements,
     ModelCard,
+    ParentModel,
     ServingLayout,
     TrainingData,
     VoxelSize,
@@ -247,7 +250,7 @@ def build_card(src: ExportSource, *, variants: Sequence[str], subjects: Optional
                          else holdout_metrics(holdout_summary, src.run_dir)),
         saved_model=saved_model, precision="float32",
         saved_models=saved_models or {"float32": {"path": saved_model, "compute": "float32"}},
-        serving=serving, signatures=signatures, orientation=ORIENTATION,
+        serving=serving, parent=_parent(src), signatures=signatures, orientation=ORIENTATION,
         threshold=THRESHOLD, tflite=tflite, calibration=calibration if "int8" in variants else None,
         training_config=src.config.to_dict() if src.config is not None else None, backbone=backbone_section(src),
         validation_metrics=run.read_summary().to_dict() if run is not None and run.summary.is_file() else None,
@@ -256,6 +259,13 @@ def build_card(src: ExportSource, *, variants: Sequence[str], subjects: Optional
     )
     bases = _bases([] if src.run_dir is None else [src.run_dir.parent])
     return ModelCard.from_dict(portable(card.to_dict(), bases), "model card")
+
+
+def _parent(src: ExportSource) -> Optional[ParentModel]:
+    """The model a fine-tuned run started from (its ``init.json``), with that model's training data and licence."""
+    run = src.run
+    record = run.read_init() if run is not None else None
+    return None if record is None else record.parent_model()
 
 
 def _training_data(src: ExportSource, subjects: Optional[RunSubjects], stated: dict) -> TrainingData:

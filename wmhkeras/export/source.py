@@ -83,7 +83,8 @@ def resolve_source(model_or_run_dir: str | Path) -> ExportSource:
     """
     spec = inspect_model(model_or_run_dir)
     if spec.format in ("saved_model", "tflite"):
-        raise InputError(f"{spec.path}: this is an exported model ({spec.format}); export needs the .keras "
+        what = f"the built-in model {spec.builtin.name} is" if spec.builtin else "this is"
+        raise InputError(f"{spec.path}: {what} an exported model ({spec.format}); export needs the .keras "
                          "checkpoint or its run folder")
     segmenter = load_segmenter(spec)
     run_dir = None

@@ -3,14 +3,21 @@ and each subject's volumes read and checked (:func:`load_subject`). No TensorFlo
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
-from wmhkeras.data.datasets import MANIFEST_NAME, Subject, check_subject, load_dataset, read_manifest
+from wmhkeras.data.datasets import (
+    MANIFEST_NAME,
+    Subject,
+    check_subject,
+    load_dataset,
+    read_manifest,
+    read_manifest_table,
+    unused_t1,
+)
 from wmhkeras.errors import InputError
 from wmhkeras.io import Volume, check_same_grid, load_volume
 from wmhkeras.io.bids import bids_key, bids_location, read_bids
@@ -30,6 +37,11 @@ class SegmentInput:
     site: str = "site0"
     #: The BIDS dataset root the FLAIR came from (its outputs are then BIDS derivatives by default).
     bids_root: Optional[Path] = None
+    #: The T1 was named (a manifest's column, ``--t1``): checked like every input, also when the model does
+    #: not use it (:func:`check_input_headers`). A T1 found by its name in a folder or BIDS dataset is not.
+    t1_listed: bool = False
+    #: The person the scan belongs to, when the input says (a manifest's ``participant`` column, BIDS ``sub-``).
+    participant: Optional[str] = None
 
 
 def _flat_folder(folder: Path) -> list[SegmentInput]:
@@ -49,10 +61,10 @@ def _flat_folder(folder: Path) -> list[SegmentInput]:
 def _manifest_inputs(path: Path) -> list[SegmentInput]:
     """Subjects of a manifest; an optional ``brain_mask`` column beside the standard ones is honoured."""
     subjects = read_manifest(path)
-    with open(path, newline="") as f:
-        masks = [(row.get("brain_mask") or "").strip() for row in csv.DictReader(f)]
+    masks = [row.get("brain_mask", "") for _, row in read_manifest_table(path).rows]
     return [
-        SegmentInput(s.subject, s.flair, s.t1, (path.parent / m).resolve() if m else None, s.site)
+        SegmentInput(s.subject, s.flair, s.t1, (path.parent / m).resolve() if m else None, s.site,
+                     t1_listed=s.t1_listed, participant=s.participant)
         for s, m in zip(subjects, masks, strict=True)
     ]
 
@@ -65,7 +77,8 @@ def _inputs_of(path: Path) -> list[SegmentInput]:
         if (path / MANIFEST_NAME).is_file():
             return _manifest_inputs(path / MANIFEST_NAME)
         if bids_location(path) is not None:
-            return [SegmentInput(e.key, e.flair, e.t1, None, e.site, e.root) for e in read_bids(path, labels=False)]
+            return [SegmentInput(e.key, e.flair, e.t1, None, e.site, e.root, participant=e.participant)
+                    for e in read_bids(path, labels=False)]
         return _flat_folder(path) or [SegmentInput(s.subject, s.flair, s.t1, None, s.site) for s in load_dataset(path)]
     if path.suffix.lower() == ".csv":
         return _manifest_inputs(path)
@@ -86,7 +99,8 @@ def _pair_files(resolved: list[SegmentInput], inputs: Sequence[str | Path], opti
     for p in files:
         if not Path(p).is_file():
             raise InputError(f"{p}: {option} file not found")
-    return [replace(r, **{key: Path(p).resolve()}) for r, p in zip(resolved, files, strict=True)]
+    named = {"t1_listed": True} if key == "t1" else {}
+    return [replace(r, **{key: Path(p).resolve()}, **named) for r, p in zip(resolved, files, strict=True)]
 
 
 def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
@@ -142,14 +156,16 @@ def bids_output(items: Sequence[SegmentInput], requested: Optional[bool] = None)
 
 def check_input_headers(items: Sequence[SegmentInput], modalities: Sequence[str]) -> None:
     """The header pre-pass of ``segment`` (:func:`wmhkeras.io.header_check.check_inputs`): every subject's
-    FLAIR, T1 (when ``modalities`` hold it) and brain mask parse, are 3D with a usable affine, hold the
-    voxels their headers claim, and lie on the FLAIR's grid. No voxel is read.
+    FLAIR, T1 (when ``modalities`` hold it, or when it was named: a manifest's column, ``--t1``) and brain
+    mask parse, are 3D with a usable affine, hold the voxels their headers claim, and lie on the FLAIR's
+    grid. No voxel is read. Named T1 images the model does not use are logged (:func:`unused_t1`).
 
     Raises:
         InputError: one line naming the first file with a problem.
     """
     t1 = "t1" in modalities
-    check_inputs({i.subject: [i.flair, i.t1 if t1 else None, i.brain_mask] for i in items})
+    unused_t1([i.subject for i in items if i.t1_listed and not t1], "the model uses FLAIR only")
+    check_inputs({i.subject: [i.flair, i.t1 if t1 or i.t1_listed else None, i.brain_mask] for i in items})
 
 
 def load_subject(item: SegmentInput, modalities: Sequence[str]) -> tuple[list[Volume], Optional[Volume]]:

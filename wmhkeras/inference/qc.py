@@ -5,11 +5,15 @@ whose status is ``ok``:
 
 - ``empty_mask``: the mask has no lesion voxel;
 - ``low_volume`` / ``high_volume``: the lesion volume lies outside the cohort's range. WMH volumes are
-  right-skewed, so the range is taken on ``ln(volume)``: ``median +- 3 x 1.4826 x MAD`` (the MAD scaled to
-  a standard deviation for normal data, the usual robust z-score), over the non-empty masks, and
-  ``volume_z`` is a subject's robust z-score ``(ln v - median) / (1.4826 MAD)``. The range needs at least
-  :data:`MIN_COHORT` non-empty masks and a MAD above 0; otherwise no volume is flagged and ``volume_z`` is
-  empty.
+  right-skewed, so the range is taken on ``ln(volume)``: ``median +- 3 x SD``, with the SD estimated as
+  ``1.4826 x MAD`` (the MAD scaled to a standard deviation for normal data, the usual robust z-score), and
+  ``volume_z`` is a scan's robust z-score ``(ln v - median) / SD``. The cohort is counted in independent
+  people: each participant (the ``participant`` column, from a manifest's column or BIDS ``sub-``; else
+  each scan is its own) gives one value, the median of its scans' ``ln(volume)``, so repeated scans of one
+  person weigh as one. The range needs :data:`MIN_COHORT` participants with non-empty masks (with fewer,
+  nothing is flagged, ``volume_z`` is empty and ``qc.html`` says there are too few independent scans), and
+  the SD is never taken below :data:`MIN_LOG_SD`: a handful of alike volumes (repeats of one person, a small
+  homogeneous group) cannot make the range so narrow that a scan that is simply lighter reads as an outlier.
 
 **Index** (:func:`write_qc_html`): every subject, outliers first (failed, then empty masks, then by
 ``|volume_z|`` from the largest), with its montage (relative links), lesion count and volume.
@@ -41,18 +45,26 @@ QC_HTML_NAME = "qc.html"
 OUTLIER_Z = 3.0
 #: MAD -> standard deviation for normally distributed data.
 MAD_TO_SD = 1.4826
-#: Fewest non-empty masks from which a cohort range is computed.
+#: Fewest participants with non-empty masks from which a cohort range is computed.
 MIN_COHORT = 5
+#: Smallest SD of ln(volume) the range uses: a volume within exp(3 x 0.5) = 4.5 times the median is never
+#: flagged, however alike the cohort's volumes are.
+MIN_LOG_SD = 0.5
+#: Below this many participants ``qc.html`` calls the range rough.
+ROUGH_BELOW = 20
 EMPTY, LOW, HIGH = "empty_mask", "low_volume", "high_volume"
 
 
 @dataclass(frozen=True)
 class VolumeRange:
-    """The cohort's lesion-volume range on a log scale: ``center +- OUTLIER_Z * scale`` of ``ln(mL)``."""
+    """The cohort's lesion-volume range on a log scale: ``center +- OUTLIER_Z * scale`` of ``ln(mL)``, from
+    ``n`` participants (``scans`` non-empty masks); ``floored``: the spread was below :data:`MIN_LOG_SD`."""
 
     n: int
     center: float
     scale: float
+    scans: int = 0
+    floored: bool = False
 
     def z(self, volume_ml: float) -> float:
         """Robust z-score of a (positive) volume."""
@@ -87,14 +99,27 @@ def _volume(row: Mapping[str, str]) -> Optional[float]:
     return value if math.isfinite(value) and value >= 0 else None
 
 
+def _by_participant(rows: Iterable[Mapping[str, str]]) -> dict[str, list[float]]:
+    """``ln(volume)`` of the non-empty ``ok`` rows, by participant (a row without one is its own)."""
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        volume = _volume(row)
+        if volume is not None and volume > 0:
+            groups.setdefault(row.get("participant") or f"\0{row['subject']}", []).append(math.log(volume))
+    return groups
+
+
 def volume_range(rows: Iterable[Mapping[str, str]]) -> Optional[VolumeRange]:
-    """The range of the non-empty ``ok`` rows' volumes; None with fewer than :data:`MIN_COHORT` or a MAD of 0."""
-    logs = np.log([v for v in map(_volume, rows) if v is not None and v > 0])
-    if logs.size < MIN_COHORT:
+    """The range of the non-empty ``ok`` rows' volumes (rules: the module docstring); None with fewer than
+    :data:`MIN_COHORT` participants."""
+    groups = _by_participant(rows)
+    if len(groups) < MIN_COHORT:
         return None
-    center = float(np.median(logs))
-    scale = MAD_TO_SD * float(np.median(np.abs(logs - center)))
-    return VolumeRange(int(logs.size), center, scale) if scale > 0 else None
+    values = np.array([np.median(v) for v in groups.values()])
+    center = float(np.median(values))
+    spread = MAD_TO_SD * float(np.median(np.abs(values - center)))
+    return VolumeRange(len(groups), center, max(spread, MIN_LOG_SD), sum(map(len, groups.values())),
+                       spread < MIN_LOG_SD)
 
 
 def flag_rows(rows: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
@@ -146,9 +171,17 @@ def _cohort_line(rows: Sequence[Mapping[str, str]], cohort: Optional[VolumeRange
     line = (f"{len(rows)} subjects: {failed} failed, {counts[EMPTY]} empty masks, "
             f"{counts[LOW] + counts[HIGH]} volumes outside the cohort's range")
     if cohort is None:
-        return line + f" (no range: it needs {MIN_COHORT} non-empty masks whose log-volumes vary)."
+        groups = _by_participant(rows)
+        scans = sum(map(len, groups.values()))
+        return line + (f". No range: too few independent scans, {scans} non-empty mask{'s' if scans != 1 else ''} "
+                       f"of {len(groups)} participant{'s' if len(groups) != 1 else ''}; a range needs {MIN_COHORT} "
+                       "participants (repeated scans of one person count once).")
+    floor = f", the spread taken as its floor, SD {MIN_LOG_SD:g} of ln volume" if cohort.floored else ""
     return line + (f" ({cohort.low_ml:.3g} to {cohort.high_ml:.3g} mL: median {cohort.median_ml:.3g} mL, "
-                   f"robust z within +-{OUTLIER_Z:g} on log volume, {cohort.n} non-empty masks).")
+                   f"robust z within +-{OUTLIER_Z:g} on log volume, from {cohort.scans} non-empty masks of "
+                   f"{cohort.n} participants{floor})." + (
+                       f" From {cohort.n} participants the range is rough: it orders the review, it does not judge."
+                       if cohort.n < ROUGH_BELOW else ""))
 
 
 def _table_row(rank: int, row: Mapping[str, str], montage: Optional[Path], folder: Path) -> str:

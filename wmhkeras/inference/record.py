@@ -73,10 +73,13 @@ class SegmentSettings:
 
 
 def model_record(spec: Optional[ModelSpec], segmenter: Optional[Segmenter],
-                 modalities: Optional[Sequence[str]]) -> dict:
-    """The model as loaded (else as inspected): source, format and preprocessing."""
+                 modalities: Optional[Sequence[str]], default: bool = False) -> dict:
+    """The model as loaded (else as inspected): source, format and preprocessing; for a built-in model its
+    ``builtin`` name, and ``default: true`` when it was used because no model was named."""
     record = {"source": str(spec.source) if spec else segmenter.source if segmenter else "",
               "format": spec.format if spec else "segmenter"}
+    if spec is not None and spec.builtin is not None:
+        record |= {"builtin": spec.builtin.name, "default": default}
     if segmenter is not None:
         return {**record, **segmenter.settings, "precision": segmenter.precision}
     r = spec.resampling

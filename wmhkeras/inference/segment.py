@@ -53,10 +53,11 @@ from wmhkeras.inference.record import (
     model_record,
     write_record,
 )
-from wmhkeras.inference.sources import inspect_model
-from wmhkeras.inference.summary import flag_rows, merge_rows, read_summary, write_summary
+from wmhkeras.inference.sources import ModelSpec, inspect_model
+from wmhkeras.inference.summary import PARTICIPANT_COLUMN, flag_rows, merge_rows, read_summary, write_summary
 from wmhkeras.io import load_volume, save_like
 from wmhkeras.io.bids import DerivativeOutput, output_paths, write_derivative
+from wmhkeras.io.builtin_models import BUILTIN_PREFIX, default_model
 from wmhkeras.io.files import atomic_write_csv, make_folder
 from wmhkeras.io.header_check import one_line
 from wmhkeras.io.lock import holds_folder
@@ -83,6 +84,8 @@ class SubjectResult:
     seconds: float = 0.0
     #: Complete from an earlier run (``skip_existing``): kept, not segmented again.
     skipped: bool = False
+    #: The person the scan belongs to, when the input says (``summary.csv``'s ``participant``).
+    participant: Optional[str] = None
 
     @property
     def ok(self) -> bool:
@@ -217,13 +220,15 @@ def _kept(item: SegmentInput, row: dict[str, str], out_dir: Path, settings: Segm
     return result
 
 
-def _summary_row(r: SubjectResult, with_brain: bool) -> dict[str, str]:
+def _summary_row(r: SubjectResult, with_brain: bool, with_participant: bool = False) -> dict[str, str]:
     """The ``summary.csv`` row of a result (the QC columns are added when the table is written)."""
     row = {"subject": r.subject, "lesion_volume_ml": "" if r.lesion_volume_ml is None else f"{r.lesion_volume_ml:.4f}",
            "lesion_count": "" if r.lesion_count is None else str(r.lesion_count),
            "status": r.status, "error": r.error, "flair": str(r.flair)}
     if with_brain:
         row["brain_volume_ml"] = "" if r.brain_volume_ml is None else f"{r.brain_volume_ml:.4f}"
+    if with_participant:
+        row[PARTICIPANT_COLUMN] = r.participant or ""
     return row
 
 
@@ -254,20 +259,21 @@ def _segment_all(segmenter: Optional[Segmenter], items: Sequence[SegmentInput], 
     """
     old_rows, complete = previous
     with_brain = any(i.brain_mask is not None for i in items)
+    with_participant = any(i.participant for i in items)
     results: list[SubjectResult] = []
     stale: list[Path] = []
     started = False
 
     def write() -> Path:
-        return write_summary(out_dir / SUMMARY_NAME, merge_rows(old_rows, [_summary_row(r, with_brain) for r in results
-                                                                           if not r.skipped]))
+        return write_summary(out_dir / SUMMARY_NAME, merge_rows(old_rows, [_summary_row(r, with_brain, with_participant)
+                                                                           for r in results if not r.skipped]))
 
     for item in progress(items, total=len(items)) if progress else items:
         if item.subject in complete:  # its row is in old_rows already
             results.append(_kept(item, complete[item.subject], out_dir, settings))
         else:
             result, left = _segment_or_fail(segmenter, item, out_dir, settings)
-            results.append(result)
+            results.append(replace(result, participant=item.participant))
             stale += left
         if not started and results[-1].ok:
             started = True
@@ -299,9 +305,17 @@ def _write_qc_index(out_dir: Path) -> Path:
 # === Many subjects ===
 
 
+def default_spec() -> ModelSpec:
+    """The default built-in model (:func:`~wmhkeras.io.builtin_models.default_model`), inspected, with a log line."""
+    builtin = default_model()
+    log.info("no model given: segmenting with the built-in model %s (the default; wmhkeras models show %s)",
+             builtin.name, builtin.name)
+    return inspect_model(f"{BUILTIN_PREFIX}{builtin.name}")
+
+
 @holds_folder("out_dir", "segment")  # one process per output folder: a second one is refused (wmhkeras.io.lock)
 def segment(
-    model: str | Path | Segmenter,
+    model: str | Path | Segmenter | None,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     threshold: float = 0.5,
@@ -324,8 +338,9 @@ def segment(
     """Segment every subject of ``inputs`` and write its outputs into ``out_dir``.
 
     Args:
-        model: a ``.keras`` file, a run folder, a SavedModel folder or a ``.tflite`` file
-            (:func:`~wmhkeras.inference.sources.inspect_model`) or a loaded :class:`Segmenter`.
+        model: a ``.keras`` file, a run folder, a SavedModel folder, a ``.tflite`` file or a built-in model's
+            name (:func:`~wmhkeras.inference.sources.inspect_model`), a loaded :class:`Segmenter`, or None for
+            the default built-in model (``segment.json`` records ``model.builtin`` and ``model.default``).
         inputs: FLAIR files, folders or manifest CSVs (rules: :func:`~wmhkeras.inference.inputs.resolve_inputs`).
         threshold: probability at and above which a voxel is lesion, in (0, 1].
         min_lesion_mm3, min_lesion_voxels: 26-connected lesions smaller than this volume (mm^3) or voxel
@@ -370,7 +385,8 @@ def segment(
                                uncertainty, brain_threshold, qc=qc, precision=precision)
     settings.check()
     shard = parse_shard(shard)
-    spec = None if isinstance(model, Segmenter) else inspect_model(model)
+    default = model is None
+    spec = None if isinstance(model, Segmenter) else default_spec() if default else inspect_model(model)
     check_precision(precision, spec.format if spec else "keras" if is_keras(model) else "segmenter",
                     spec.path if spec else model.source or None, spec.card if spec else model.card)
     items = select_shard(resolve_inputs(inputs, as_list(t1), as_list(brain_mask)), shard)
@@ -388,13 +404,13 @@ def segment(
     make_folder(out_dir)
 
     results = _segment_all(segmenter, items, out_dir, settings, progress, previous, start=lambda: write_record(
-        out_dir / RUN_RECORD_NAME, model_record(spec, segmenter, modalities), settings, items, [], "running", shard))
+        out_dir / RUN_RECORD_NAME, model_record(spec, segmenter, modalities, default), settings, items, [], "running", shard))
     if items and not any(r.ok for r in results):
         guard.restore()
         raise InputError(_nothing_segmented(results))
     if settings.qc:
         _write_qc_index(out_dir)
-    record = model_record(spec, segmenter, modalities)
+    record = model_record(spec, segmenter, modalities, default)
     if settings.bids_out:
         roots = {i.subject: i.bids_root for i in items}
         write_derivative(out_dir, [DerivativeOutput(r.files, r.flair, roots.get(r.subject)) for r in results if r.ok],

@@ -1,6 +1,7 @@
 """Model sources: what a model path is and which preprocessing it needs, found without TensorFlow.
 
-A model source is a ``.keras`` file, a training run folder (its ``checkpoints/best.keras`` or
+A model source is a built-in model's name (:mod:`wmhkeras.io.builtin_models`; a path of the same name wins),
+a ``.keras`` file, a training run folder (its ``checkpoints/best.keras`` or
 ``last.keras`` and its ``config.yaml``), an exported SavedModel folder (with ``model_card.json`` in its
 ``assets.extra/``, or beside it for older exports) or an export's ``.tflite`` file (with the export's
 ``model_card.json``). :func:`inspect_model` reads the modalities, normalisation,
@@ -13,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -21,13 +23,15 @@ from wmhkeras import KERAS_PACKAGE
 from wmhkeras.config import load_run_config
 from wmhkeras.data.preprocessing import Resampling, resampling_for
 from wmhkeras.errors import ConfigError, InputError
-from wmhkeras.io.files import read_json
+from wmhkeras.io.builtin_models import BuiltinModel, builtin_models, is_builtin_name, resolve_model
+from wmhkeras.io.files import path_sha256, read_json
 from wmhkeras.io.model_card import MODEL_CARD_NAME, ModelCard, modalities_for
-from wmhkeras.io.run_folder import RunFolder
+from wmhkeras.io.naming import is_nifti
+from wmhkeras.io.run_folder import InitRecord, RunFolder
 
 log = logging.getLogger(__name__)
 
-_EXPECTED = "expected a .keras file, a run folder, a SavedModel folder or a .tflite file"
+_EXPECTED = "expected a .keras file, a run folder, a SavedModel folder, a .tflite file or a built-in model's name"
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,8 @@ class ModelSpec:
     ``input_size``: the model's fixed slice size, ``None`` for a model that takes any size.
     ``resampling``: how slices reach the model's grid; ``context_slices``: ``k`` of the 2.5D input (the
     model takes ``len(modalities) * (2k + 1)`` channels). ``modalities`` and ``resampling`` are ``None``
-    when only loading the model can tell. ``card``: the model card of an exported model.
+    when only loading the model can tell. ``card``: the model card of an exported model. ``builtin``: the
+    built-in model it is, when it was named by name.
     """
 
     source: Path
@@ -51,6 +56,7 @@ class ModelSpec:
     resampling: Optional[Resampling] = None
     context_slices: int = 0
     card: Optional[ModelCard] = None
+    builtin: Optional[BuiltinModel] = None
 
 
 @dataclass(frozen=True)
@@ -241,13 +247,21 @@ def inspect_model(path: str | Path) -> ModelSpec:
     - ``*.tflite`` file of an export (``tflite/model_<variant>.tflite``): settings from the export's
       ``model_card.json``; run with ai-edge-litert.
 
+    - the name of a built-in model (``wmhkeras models``), or ``builtin:NAME``: its SavedModel, as above
+      (:func:`~wmhkeras.io.builtin_models.resolve_model`: a path that exists wins over a name).
+
     Raises:
         InputError: the path is missing or is none of these, or a bad model card;
         ConfigError: a bad ``config.yaml``, or one that disagrees with the checkpoint.
     """
-    path = Path(path)
+    path, builtin = resolve_model(path)
+    if builtin is not None:
+        if not (path / "saved_model.pb").is_file():
+            raise InputError(f"built-in model {builtin.name}: {path} holds no saved_model.pb; the installation is incomplete")
+        return replace(_exported(path, path, "saved_model"), builtin=builtin)
     if not path.exists():
-        raise InputError(f"{path}: model not found; {_EXPECTED}")
+        names = ", ".join(m.name for m in builtin_models())
+        raise InputError(f"{path}: model not found; {_EXPECTED}" + (f" (built-in: {names})" if names else ""))
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         path = _export_saved_model(path) or path  # the folder `wmhkeras export` writes
     if path.is_file() and path.suffix == ".tflite":
@@ -259,3 +273,97 @@ def inspect_model(path: str | Path) -> ModelSpec:
     if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
         return _run_folder(path)
     raise InputError(f"{path}: folder is not a model; expected a run folder (with checkpoints/) or a SavedModel (saved_model.pb)")
+
+
+def looks_like_model(value: str | Path) -> bool:
+    """Whether a command-line argument names a model rather than an input (without reading any file): a
+    built-in name that is not a path here, ``builtin:NAME``, a ``.keras`` or ``.tflite`` path, or a folder
+    holding a model (``saved_model.pb``, an export's ``saved_model/`` or ``model_card.json``, a run's
+    ``checkpoints/`` or ``config.yaml``, TensorFlow Serving's numbered versions)."""
+    path = Path(value)
+    if is_builtin_name(value) and (str(value).startswith("builtin:") or not path.exists()):
+        return True
+    if path.suffix in (".keras", ".tflite"):
+        return True
+    if not path.is_dir():
+        return False
+    markers = ("saved_model.pb", "saved_model/saved_model.pb", MODEL_CARD_NAME, "checkpoints", "config.yaml")
+    return any((path / m).exists() for m in markers) or any(
+        p.name.isdigit() and (p / "saved_model.pb").is_file() for p in path.iterdir())
+
+
+def split_model_argument(arguments: Sequence[str | Path]) -> tuple[Optional[str | Path], list[str | Path]]:
+    """``segment [MODEL] INPUT...``: ``(model, inputs)`` from the positional arguments; ``model`` is None
+    (the default built-in model) unless the first of two or more arguments names a model
+    (:func:`looks_like_model`) or cannot be an input: neither a NIfTI or CSV name nor a folder (then it is
+    read as a model, to be reported as missing or as no model).
+
+    Raises:
+        InputError: the only argument is a model (no input named).
+    """
+    arguments = list(arguments)
+    if not arguments:
+        raise InputError("no input given: name FLAIR files, a folder, a BIDS dataset or a manifest CSV")
+    first = arguments[0]
+    if len(arguments) == 1:
+        if looks_like_model(first):
+            raise InputError(f"{first}: a model, but no INPUT is named; give FLAIR files, a folder or a manifest after it")
+        return None, arguments
+    input_like = is_nifti(first) or Path(first).suffix.lower() == ".csv" or Path(first).is_dir()
+    if looks_like_model(first) or not input_like:
+        return first, arguments[1:]
+    if is_builtin_name(first):
+        log.warning("%s: read as an input (a path of this name exists here), not as the built-in model", first)
+    return None, arguments
+
+
+# === A model as the start of a training (`wmhkeras train --init`) ===
+
+
+def _run_of(spec: ModelSpec) -> Optional[RunFolder]:
+    """The run folder of a ``.keras`` source: the run itself, or the run whose ``checkpoints/`` holds the file."""
+    if spec.format == "run":
+        return RunFolder(spec.source)
+    run = RunFolder(spec.path.parent.parent)
+    return run if spec.path.parent.name == "checkpoints" and run.config.is_file() else None
+
+
+def init_record(model: str | Path) -> InitRecord:
+    """What ``wmhkeras train --init MODEL`` starts from, read without TensorFlow: the weights to load (a
+    SavedModel folder, or a ``.keras`` file: a run folder's ``best.keras``, else its ``last.keras``), their
+    SHA-256, the config and preprocessing they were trained with, and their training data and lineage (an
+    export's model card, a run folder's ``config.yaml``, ``split.json`` and ``init.json``).
+
+    Raises:
+        InputError: not a model (:func:`inspect_model`), or a TFLite file (its weights are converted, not
+            trainable); ConfigError: a run folder's bad ``config.yaml``.
+    """
+    spec = inspect_model(model)
+    if spec.format == "tflite":
+        raise InputError(f"{spec.path}: a TFLite file cannot start a training (its weights are converted); "
+                         "use the SavedModel or the run folder it was exported from")
+    config, training_data, parent, settings = None, {}, None, None
+    if spec.format == "saved_model":
+        card = spec.card
+        config, parent = card.training_config, None if card.parent is None else asdict(card.parent)
+        training_data = asdict(card.training_data)
+    else:
+        run = _run_of(spec)
+        if run is not None:
+            cfg = load_run_config(run.config)
+            config = cfg.to_dict()
+            training_data = {"dataset": cfg.data.path}
+            if run.split.is_file():
+                training_data["subjects"] = run.read_split().counts()
+            earlier = run.read_init()
+            parent = None if earlier is None else asdict(earlier.parent_model())
+    if spec.format == "saved_model" or config is not None:  # a bare .keras file records no preprocessing
+        r = spec.resampling
+        settings = {"modalities": list(spec.modalities), "normalisation": spec.normalisation, "resample": r.mode,
+                    "spacing": None if r.spacing is None else list(r.spacing),
+                    "input_size": None if r.input_size is None else list(r.input_size),
+                    "context_slices": spec.context_slices}
+    return InitRecord(model=str(model), format="saved_model" if spec.format == "saved_model" else "keras",
+                      path=str(Path(spec.path).resolve()), sha256=path_sha256(spec.path),
+                      builtin=spec.builtin.name if spec.builtin else None, config=config, settings=settings,
+                      training_data=training_data, parent=parent)

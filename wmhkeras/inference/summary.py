@@ -29,15 +29,21 @@ log = logging.getLogger(__name__)
 #: Columns before the optional brain volume, and after it.
 HEAD_COLUMNS = ("subject", "lesion_volume_ml", "lesion_count")
 BRAIN_COLUMN = "brain_volume_ml"
+#: The person a scan belongs to (a manifest's ``participant`` column, BIDS ``sub-``): the QC range counts people.
+PARTICIPANT_COLUMN = "participant"
 TAIL_COLUMNS = ("qc_flag", "volume_z", "status", "error", "flair")
 #: Columns a file must have to be read as a summary.
 REQUIRED_COLUMNS = ("subject", "lesion_volume_ml", "lesion_count", "status", "flair")
 
 
 def summary_columns(rows: Iterable[Mapping[str, str]]) -> list[str]:
-    """The column order; ``brain_volume_ml`` when any row has that key (a run with brain masks)."""
+    """The column order; ``participant`` after ``subject`` when any row has that key (inputs that name the
+    person of each scan), ``brain_volume_ml`` when any row has that key (a run with brain masks)."""
+    rows = list(rows)
     with_brain = any(BRAIN_COLUMN in row for row in rows)
-    return [*HEAD_COLUMNS, *([BRAIN_COLUMN] if with_brain else []), *TAIL_COLUMNS]
+    with_participant = any(PARTICIPANT_COLUMN in row for row in rows)
+    return [HEAD_COLUMNS[0], *([PARTICIPANT_COLUMN] if with_participant else []), *HEAD_COLUMNS[1:],
+            *([BRAIN_COLUMN] if with_brain else []), *TAIL_COLUMNS]
 
 
 def merge_rows(old: Iterable[Mapping[str, str]], new: Iterable[Mapping[str, str]]) -> list[dict[str, str]]:

@@ -30,7 +30,6 @@ that reads the variable. ``tests/training/test_faults_sigkill.py`` uses it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmhkeras.errors import InputError
-from wmhkeras.io.files import atomic_path, atomic_write_json, read_json
+from wmhkeras.io.files import atomic_path, atomic_write_json, read_json, sha256
 from wmhkeras.io.run_folder import RunFolder, RunState
 
 log = logging.getLogger(__name__)
@@ -68,14 +67,6 @@ def _die() -> None:
 
 
 # === Writing ===
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verified_sha256(path: Path) -> str:

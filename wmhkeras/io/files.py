@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import math
 import os
@@ -158,6 +159,27 @@ def atomic_write_csv(path: str | Path, rows: Sequence[Mapping], columns: Sequenc
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return Path(path)
+
+
+def sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, as ``sha256sum`` prints it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def path_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, or of a folder (a SavedModel): the SHA-256 of its files' ``sha256sum`` lines
+    (``<hash>  ./<relative path>``, sorted by path), the same as
+    ``(cd DIR && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum``."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256(path)
+    files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: ("./" + p.relative_to(path).as_posix()).encode())
+    lines = "".join(f"{sha256(p)}  ./{p.relative_to(path).as_posix()}\n" for p in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def read_json(path: str | Path) -> dict:

@@ -19,6 +19,11 @@ is read into it), ``holdout_metrics`` (:class:`HoldoutMetrics`), ``project_versi
 (:class:`ServingLayout`). Cards of versions 1 and 2 are still read; their keys that version 3 gives a
 typed home (e.g. texts a script added by hand) stay in ``extra`` as they were.
 
+An optional ``parent`` (:class:`ParentModel`, still format version 3) says that the model was fine-tuned
+(``wmhkeras train --init``): the model it started from, that model's SHA-256 and its training data with
+licence and citation (and its own ``parent``, for a model fine-tuned twice); ``training_data`` then
+describes the data of the fine-tuning.
+
 Two optional fields, still format version 3, describe an export with more than one SavedModel:
 ``precision`` (:data:`SAVED_MODEL_PRECISIONS`), what the SavedModel at ``saved_model`` computes in, and
 ``saved_models``, every SavedModel of the export by precision (``{"float32": {"path": "saved_model", ...},
@@ -68,7 +73,7 @@ MAX_CONTEXT_SLICES = 7
 #: Fields of format version 3 (``precision``, ``saved_models`` and ``backbone`` came later, optional); in an
 #: older card these keys are left in ``extra``.
 V3_FIELDS = ("project_version", "intended_use", "not_intended_for", "limitations", "input_requirements",
-             "training_data", "holdout_metrics", "serving", "precision", "saved_models", "backbone")
+             "training_data", "holdout_metrics", "serving", "precision", "saved_models", "backbone", "parent")
 #: What an exported SavedModel may compute in (float32 inputs and outputs either way), and the folder
 #: ``wmhkeras export`` writes each to.
 SAVED_MODEL_PRECISIONS = ("float32", "bfloat16")
@@ -231,6 +236,35 @@ class ServingLayout:
                "an integer >= 1")
 
 
+@dataclass(frozen=True)
+class ParentModel:
+    """The model a fine-tuned model started from (``wmhkeras train --init``): ``model`` as it was named (a
+    built-in name, or a path), ``builtin`` (its built-in name, if it was one), ``format`` (``saved_model``,
+    ``keras``), ``sha256`` of what was loaded (:func:`wmhkeras.io.files.path_sha256`), its ``training_data``
+    (licence and citation included) and its own ``parent`` (as recorded, a mapping, or None)."""
+
+    model: str
+    sha256: str
+    format: str = NOT_STATED
+    builtin: Optional[str] = None
+    training_data: TrainingData = field(default_factory=TrainingData)
+    parent: Optional[dict] = None
+    WHERE = "parent"
+
+    def __post_init__(self):
+        for name in ("model", "sha256", "format"):
+            _text(self, name)
+        _text(self, "builtin", optional=True)
+        object.__setattr__(self, "training_data", section(TrainingData, self.training_data,
+                                                          where=f"{self.WHERE}.training_data"))
+        _check(self.parent is None or isinstance(self.parent, dict), f"{self.WHERE}.parent", self.parent,
+               "a mapping or null")
+
+    def ancestor(self) -> Optional[ParentModel]:
+        """The model this one started from, if it was fine-tuned too."""
+        return section(ParentModel, self.parent, optional=True, where=f"{self.WHERE}.parent")
+
+
 def section(cls, data, optional: bool = False, where: Optional[str] = None):
     """``data`` (a mapping, or already a ``cls``) as the typed section ``cls``; ``None`` stays ``None`` when
     ``optional``, else gives the defaults.
@@ -288,6 +322,7 @@ class ModelCard:
     precision: str = "float32"
     saved_models: dict = field(default_factory=dict)
     serving: Optional[ServingLayout] = None
+    parent: Optional[ParentModel] = None
     signatures: dict = field(default_factory=dict)
     orientation: str = ORIENTATION
     threshold: float = THRESHOLD
@@ -331,6 +366,7 @@ class ModelCard:
         object.__setattr__(self, "training_data", section(TrainingData, self.training_data))
         object.__setattr__(self, "holdout_metrics", section(HoldoutMetrics, self.holdout_metrics, optional=True))
         object.__setattr__(self, "serving", section(ServingLayout, self.serving, optional=True))
+        object.__setattr__(self, "parent", section(ParentModel, self.parent, optional=True))
         _check(self.precision in SAVED_MODEL_PRECISIONS, "precision", self.precision,
                f"one of {', '.join(SAVED_MODEL_PRECISIONS)}")
         _check(isinstance(self.saved_models, dict) and set(self.saved_models) <= set(SAVED_MODEL_PRECISIONS)

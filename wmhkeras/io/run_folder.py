@@ -13,6 +13,8 @@ Layout (``RUN_DIR``)::
     checkpoints/last.keras    the full training state after the last completed epoch (with optimizer)
     checkpoints/state.json    the epoch counter of ``last.keras``, written after it
     tensorboard/              TensorBoard event files (``train/``, ``validation/``, ``images/``)
+    init.json                 (``train --init MODEL`` only) the model the run started from, its SHA-256,
+                              its training config and data (:class:`InitRecord`)
 
 Every file but ``log.csv`` and the event files is written atomically (temp file beside, then
 ``os.replace``), so a killed run never leaves a truncated file under a final name. A new run folder is
@@ -34,6 +36,7 @@ from typing import Any, Optional
 
 from wmhkeras.errors import InputError
 from wmhkeras.io.files import atomic_write_json, atomic_write_text, check_new_folder, read_json, staged_folder
+from wmhkeras.io.model_card import ParentModel
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,52 @@ class RunSummary:
         return {**out, **extra}
 
 
+@dataclass(frozen=True)
+class InitRecord:
+    """``init.json``: the model a fine-tuning run started from (``wmhkeras train --init MODEL``).
+
+    ``model``: as it was named (a built-in name or a path); ``builtin``: the built-in model's name, when it
+    was one; ``format``: ``saved_model`` or ``keras``; ``path``: what was loaded (absolute); ``sha256``:
+    of that file or folder (:func:`~wmhkeras.io.files.path_sha256`); ``config``: the config it was trained
+    with (a run's ``config.yaml``, an export's ``training_config``; None for a ``.keras`` file outside a run);
+    ``settings``: the preprocessing its source records (modalities, normalisation, resample, spacing,
+    input_size, context_slices; None when unknown); ``training_data``: what it was trained on
+    (:class:`~wmhkeras.io.model_card.TrainingData` fields, licence included); ``parent``: the model it was
+    itself fine-tuned from (a :class:`~wmhkeras.io.model_card.ParentModel` mapping), if any.
+    """
+
+    model: str
+    format: str
+    path: str
+    sha256: str
+    builtin: Optional[str] = None
+    config: Optional[dict] = None
+    settings: Optional[dict] = None
+    training_data: dict = field(default_factory=dict)
+    parent: Optional[dict] = None
+
+    @property
+    def name(self) -> str:
+        """How messages name it: the built-in name, else the path as given."""
+        return self.builtin or self.model
+
+    def parent_model(self) -> ParentModel:
+        """The ``parent`` section of the model cards of models trained from it."""
+        return ParentModel(model=self.name, sha256=self.sha256, format=self.format, builtin=self.builtin,
+                           training_data=self.training_data, parent=self.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Any = "init.json") -> InitRecord:
+        record = _from_known(cls, data, path)
+        for name in ("model", "format", "path", "sha256"):
+            if not isinstance(getattr(record, name), str):
+                raise InputError(f"{path}: {name} must be a text, got {getattr(record, name)!r}")
+        return record
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 # === The folder ===
 
 
@@ -259,6 +308,18 @@ class RunFolder:
     @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def init(self) -> Path:
+        """``init.json`` (:class:`InitRecord`), in runs started from a model's weights only."""
+        return self.path / "init.json"
+
+    def read_init(self) -> Optional[InitRecord]:
+        """The model the run started from, or None for a run trained from scratch."""
+        return InitRecord.from_dict(read_json(self.init), self.init) if self.init.is_file() else None
+
+    def write_init(self, record: InitRecord) -> None:
+        atomic_write_json(self.init, record.to_dict())
 
     def read_state(self) -> RunState:
         """``checkpoints/state.json``, or an empty :class:`RunState` when no epoch was ever started.

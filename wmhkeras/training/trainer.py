@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Optional
 
 import keras
 import numpy as np
@@ -34,11 +35,20 @@ from wmhkeras.io.checkpoints import ResumePoint, choose_resume_point, restore
 from wmhkeras.io.files import atomic_write_json
 from wmhkeras.io.lock import FolderLock, check_free
 from wmhkeras.io.provenance import package_versions, utc_now
-from wmhkeras.io.run_folder import RunFolder, RunState, RunSummary, Split, staged_run_folder, trim_log
+from wmhkeras.io.run_folder import InitRecord, RunFolder, RunState, RunSummary, Split, staged_run_folder, trim_log
 from wmhkeras.losses import DiceMetric, HybridLoss, LossTermMetric, get_loss
 from wmhkeras.losses.backbones import weights_record
 from wmhkeras.models.unet import build_generator, check_spatial_size
 from wmhkeras.training.callbacks import RunCheckpoint, run_callbacks
+from wmhkeras.training.finetune import (
+    EncoderFreeze,
+    assign_init_weights,
+    check_freeze,
+    check_init_config,
+    check_init_weights,
+    finetune_config,
+    read_init_weights,
+)
 from wmhkeras.training.multiworker import is_chief, make_strategy, no_empty_replica, prepare_multi_worker_fit
 from wmhkeras.training.pipeline import TrainingData, build_datasets, input_shape
 from wmhkeras.training.resume import first_batch, load_checkpoint
@@ -47,6 +57,8 @@ log = logging.getLogger(__name__)
 
 #: Lesion synthesis: the fitted contrast model and the painted copies of a run.
 SYNTHESIS_FILE = "synthesis.json"
+#: A fine-tuning run's start: the model's record and its weights by variable path (or None).
+Start = Optional[tuple[InitRecord, dict[str, np.ndarray]]]
 
 #: Step schedule: the learning rate is multiplied by this factor at each boundary ...
 STEP_DECAY_FACTOR = 0.1
@@ -165,7 +177,8 @@ def build_model(cfg: Config) -> tuple[keras.Model, keras.Model]:
 
 
 def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None = None, resume: bool = False,
-          *, split: Split | Mapping | str | Path | None = None, verbose: int = 1) -> TrainResult:
+          *, split: Split | Mapping | str | Path | None = None, verbose: int = 1,
+          init: InitRecord | None = None) -> TrainResult:
     """Train a generator and write the run folder ``out_dir``.
 
     Args:
@@ -181,29 +194,44 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
             ``train``, ``validation``, ``holdout`` subject ids), or a ``split.json`` (e.g. another run's).
         verbose: Keras ``fit`` verbosity (1: progress bar, or one line per epoch when standard output is not a
             terminal or a notebook; 2: one line per epoch; 0: silent).
+        init: start a new run from this model's weights (:func:`wmhkeras.inference.sources.init_record`;
+            :mod:`wmhkeras.training.finetune`): its settings are checked against ``cfg`` and its weights
+            against ``cfg``'s generator before the data is read; the run trains at ``finetune.learning_rate``,
+            with the encoder frozen for ``finetune.freeze_encoder_epochs`` epochs, and records the model in
+            ``init.json``.
 
     Returns:
         :class:`TrainResult` (the summary is also in ``out_dir/summary.json``).
 
     Raises:
-        InputError / ConfigError / WeightsError: bad data, split, config or backbone weights, raised
-            before a new run folder is created (none is left behind).
+        InputError / ConfigError / WeightsError: bad data, split, config, backbone weights or starting model
+            (``init``), raised before a new run folder is created (none is left behind).
         FolderInUseError: another process trains in ``out_dir`` (:mod:`wmhkeras.io.lock`; the chief holds
             the run folder's lock from here to the end, ``--resume`` included).
     """
     run = RunFolder(Path(out_dir).resolve())
     cfg = _run_config(cfg, run, data_path, resume=resume, split_given=split is not None)
+    if init is not None:
+        if resume:
+            raise ConfigError("--init starts a new run from a model; a resumed run continues from its own checkpoint")
+        check_init_config(cfg, init)
+        cfg = finetune_config(cfg, init)
+    check_freeze(cfg, finetuning=init is not None or resume and run.init.is_file())
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs any op in this process.
     strategy = make_strategy(cfg.train.distribution)
     chief = is_chief(strategy)
     previous_policy = keras.mixed_precision.global_policy()
     try:
         with _holding(run, resume=resume, chief=chief):
+            start = None
+            if init is not None:  # before the seed: the check's throwaway model draws no training randomness
+                start = (init, read_init_weights(init))
+                check_init_weights(cfg, start[1], init, input_shape(cfg))
             keras.utils.set_random_seed(cfg.train.seed)
             subjects = load_dataset(cfg.data.path)
             split = _run_split(cfg, run, subjects, split, resume=resume)
             if not chief:
-                return _run_as_worker(cfg, strategy, subjects, split, run, resume=resume)
+                return _run_as_worker(cfg, strategy, subjects, split, run, resume=resume, start=start)
             if resume:
                 return _run(cfg, strategy, subjects, split, read=run, write=run, resume=True, chief=True,
                             verbose=verbose)
@@ -213,7 +241,7 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
                     return lock.moved(staged.commit())
 
                 return _run(cfg, strategy, subjects, split, read=run, write=RunFolder(staged.path), resume=False,
-                            chief=True, verbose=verbose, commit=commit)
+                            chief=True, verbose=verbose, commit=commit, start=start)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -262,7 +290,7 @@ def _run_split(cfg: Config, run: RunFolder, subjects: list[Subject], split, *, r
 
 
 def _run_as_worker(cfg: Config, strategy, subjects: list[Subject], split: Split, run: RunFolder, *,
-                   resume: bool) -> TrainResult:
+                   resume: bool, start: Start = None) -> TrainResult:
     """A non-chief multi-worker task: train alongside the chief, writing into a scratch folder.
 
     Other workers take part in every step and write the same files, to a scratch folder: Keras creates
@@ -272,15 +300,15 @@ def _run_as_worker(cfg: Config, strategy, subjects: list[Subject], split: Split,
     scratch = Path(tempfile.mkdtemp(prefix="wmhkeras-worker-"))
     try:
         result = _run(cfg, strategy, subjects, split, read=run, write=RunFolder(scratch), resume=resume,
-                      chief=False, verbose=0)
+                      chief=False, verbose=0, start=start)
         return replace(result, run_dir=run.path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: RunFolder, write: RunFolder,
-         resume: bool, chief: bool, verbose: int, commit=None) -> TrainResult:
-    """Build datasets and model, then (after ``commit`` renames the staged folder) fit."""
+         resume: bool, chief: bool, verbose: int, commit=None, start: Start = None) -> TrainResult:
+    """Build datasets and model (with ``start``'s weights), then (after ``commit`` renames the staged folder) fit."""
     t = cfg.train
     replicas = _check_replicas(cfg, strategy.num_replicas_in_sync)
     point = choose_resume_point(read) if resume else ResumePoint(RunState())
@@ -290,6 +318,8 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
     with strategy.scope():
         model, generator = build_model(cfg)
         initial_epoch, state, steps_done = load_checkpoint(model, point, t.steps_per_epoch)
+        if start is not None:
+            assign_init_weights(generator, start[1], start[0])
     if steps_done > first:  # a state from before checksums, one epoch behind its checkpoint
         data.train = data.train.skip(steps_done - first)
     validation = data.validation
@@ -300,7 +330,7 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
                           f"raise it (e.g. --set train.epochs={t.epochs + 10}) to train longer")
     if resume and chief:  # the files of the chosen state back under their own names
         restore(read, point)
-    _write_run_files(cfg, write, split, resume=resume, initial_epoch=initial_epoch)
+    _write_run_files(cfg, write, split, resume=resume, initial_epoch=initial_epoch, init=start and start[0])
     if data.synthesis is not None:
         atomic_write_json(write.path / SYNTHESIS_FILE, data.synthesis)
     if commit is not None:  # every input is valid and the model is built: the run folder may exist now
@@ -311,6 +341,8 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
     checkpoint = RunCheckpoint(write, generator, monitor=_monitor(cfg, data), state=state, summary_base=base,
                                free_size=free)
     callbacks = run_callbacks(cfg, checkpoint, generator, data.preview, resume=resume, chief=chief, state=state)
+    if cfg.finetune.freeze_encoder_epochs and (start is not None or read.init.is_file()):
+        callbacks.insert(0, EncoderFreeze(generator, cfg.finetune.freeze_encoder_epochs))
     log.info("training %s with the %s loss: epochs %d-%d of %d steps, global batch %d over %d replica(s)",
              cfg.model.arch, cfg.loss.name, initial_epoch + 1, t.epochs, t.steps_per_epoch, t.batch_size, replicas)
     if t.distribution == "multi_worker":
@@ -339,13 +371,17 @@ def _check_replicas(cfg: Config, replicas: int) -> int:
     return replicas
 
 
-def _write_run_files(cfg: Config, run: RunFolder, split: Split, *, resume: bool, initial_epoch: int) -> None:
-    """``config.yaml``, ``split.json`` (new run), ``versions.json`` (with the backbone's weights and their
-    sha256 when the loss uses one); on resume ``log.csv`` trimmed to the epochs of the checkpoint."""
+def _write_run_files(cfg: Config, run: RunFolder, split: Split, *, resume: bool, initial_epoch: int,
+                     init: InitRecord | None = None) -> None:
+    """``config.yaml``, ``split.json`` (new run), ``init.json`` (a run started from a model),
+    ``versions.json`` (with the backbone's weights and their sha256 when the loss uses one); on resume
+    ``log.csv`` trimmed to the epochs of the checkpoint."""
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
     if not resume:
         run.write_split(split)
+    if init is not None:
+        run.write_init(init)
     versions: dict = package_versions()
     lo = cfg.loss
     if lo.uses_backbone:
