@@ -20,7 +20,6 @@ that one are built. A layer deeper than a file holds, or a missing file, raises 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import zipfile
@@ -33,6 +32,7 @@ import keras
 import numpy as np
 
 from wmhkeras.errors import ConfigError, WeightsError
+from wmhkeras.io.files import sha256
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +90,6 @@ def deepest_layer(name: str, layers: Sequence[str]) -> str:
     if unknown:
         raise ConfigError(f"unknown {name} layer(s) {unknown}; valid: {', '.join(valid)}")
     return max(layers, key=valid.index)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # === Partial weight files (.npz) ===
@@ -241,7 +233,7 @@ def weights_record(name: str, weights: str | os.PathLike, layers: Sequence[str] 
     """
     source = weights_source(name, weights, layers)
     return {"name": name, "layers": list(layers), "weights": str(weights), "source": source.kind,
-            "file": source.file, "sha256": None if source.path is None else sha256_file(source.path)}
+            "file": source.file, "sha256": None if source.path is None else sha256(source.path)}
 
 
 # === Building ===
@@ -264,7 +256,7 @@ def _load_npz(model: keras.Model, name: str, source: WeightsSource) -> None:
     """Set every conv layer of ``model`` from the ``.npz`` of ``source`` (shapes checked)."""
     path = source.path
     if source.kind == "carried":
-        digest = sha256_file(path)
+        digest = sha256(path)
         if digest != CARRIED_SHA256[name]:
             raise WeightsError(f"the ImageNet {name} weights the package carries ({path}) are damaged: sha256 "
                                f"{digest}, expected {CARRIED_SHA256[name]}; reinstall wmhkeras")
