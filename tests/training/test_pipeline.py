@@ -20,7 +20,7 @@ from wmhkeras.training.cohort import check_cohort
 from wmhkeras.training.pipeline import build_datasets
 from wmhkeras.training.sampler import Sampler
 
-from ..conftest import OPEN_MS
+from ..conftest import OPEN_MS, require_open_ms
 
 N_SAMPLES = 2000
 BATCH = 8
@@ -75,8 +75,7 @@ def slice_cache(cohort):
 @pytest.fixture(scope="module")
 def real():
     """The two real MS patients (182 x 218 x 182), read once for the module."""
-    if not (OPEN_MS / "patient07" / "FLAIR.nii.gz").is_file():
-        pytest.skip(f"real data not found at {OPEN_MS} (set WMH_SHARED_DATA)")
+    require_open_ms()
     subjects = [Subject(p, "ljubljana", OPEN_MS / p / "FLAIR.nii.gz", OPEN_MS / p / "T1.nii.gz",
                         OPEN_MS / p / "GOLD_STANDARD.nii.gz") for p in ("patient07", "patient26")]
     cfg = make_cfg(lesion_fraction=0.5)
