@@ -138,8 +138,9 @@ def config_changes(run_dir: Path, config: str, overrides: list[str], train_manif
     from wmhkeras.config import load_config, load_run_config
 
     saved = load_run_config(run_dir / "config.yaml").to_dict()
-    wanted = load_config([REPO / config], overrides).to_dict()  # a relative CONFIG is read from REPO, as train is run
-    wanted["data"]["path"] = str(train_manifest.resolve())
+    # train runs in REPO (run()): relative paths are read from there
+    wanted = load_config([REPO / config], overrides).to_dict()
+    wanted["data"]["path"] = str((REPO / train_manifest).resolve())
 
     def changes(a, b, key: str) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
