@@ -86,8 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.budget_s = args.budget_s if args.budget_s is not None else (None if smoke else 420.0)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     args.image_size, args.batch = (32, 2) if smoke else (224, 8)
-    args.paper = {"depth": 2, "base_filters": 4} if smoke else PAPER
-    args.native = {"depth": 2, "base_filters": 4, "spacing_mm": 1.0} if smoke else NATIVE
+    args.paper = {"depth": 1, "base_filters": 4} if smoke else PAPER
+    args.native = {"depth": 1, "base_filters": 4, "spacing_mm": 1.0} if smoke else NATIVE
     args.volume_shape = (40, 48, 12) if smoke else VOLUME_SHAPE
     return args
 

@@ -11,7 +11,8 @@ against its consensus mask. Wall times are measured around each command. Results
 
 An arm's value is ``CONFIG[,KEY=VALUE...]``. The data folder comes from ``--data``, else
 ``$WMH_SHARED_DATA/open_ms_data``, else ``../shared/data/open_ms_data`` beside the repository; the
-scans are read in place, never copied.
+scans are read in place, never copied. Run again with the same ``--out``, finished trainings are reused,
+unless the arm's config changed: then the script stops and names the keys (:func:`train_and_score`).
 
 ``--split hemispheres`` asks a different question: how does a model trained on *both* patients (as the
 shipped model is) do on lesions it has not seen? Each patient's scans are cut at the brain's midline
@@ -124,18 +125,52 @@ def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path,
     return train_and_score(name, spec, train_on, train_manifest, test_manifest, folder)
 
 
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """An arm's ``CONFIG[,KEY=VALUE...]`` -> the config file and the ``--set`` overrides of ``wmhkeras train``
+    (``data.split=[1.0, 0.0, 0.0]`` first: no validation subject). Overrides are split before each ``,KEY=``,
+    so list values such as ``data.patch_size=[96, 96]`` stay whole."""
+    config, *overrides = re.split(r",\s*(?=[A-Za-z_][\w.]*=)", spec)
+    return config, ["data.split=[1.0, 0.0, 0.0]", *overrides]
+
+
+def config_changes(run_dir: Path, config: str, overrides: list[str], train_manifest: Path) -> list[str]:
+    """How the config saved in ``run_dir`` differs from the one ``wmhkeras train`` would resolve for the arm
+    now (its config file as it is today, the overrides, ``--data train_manifest``): ``KEY: SAVED -> NOW``."""
+    from wmhkeras.config import load_config, load_run_config
+
+    saved = load_run_config(run_dir / "config.yaml").to_dict()
+    # train runs in REPO (run()): relative paths are read from there
+    wanted = load_config([REPO / config], overrides).to_dict()
+    wanted["data"]["path"] = str((REPO / train_manifest).resolve())
+
+    def changes(a, b, key: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [c for k in dict.fromkeys([*a, *b]) for c in changes(a.get(k), b.get(k), f"{key}.{k}".lstrip("."))]
+        return [] if a == b else [f"{key}: {a!r} -> {b!r}"]
+
+    return changes(saved, wanted, "")
+
+
 def train_and_score(name: str, spec: str, train_on: str, train_manifest: Path, test_manifest: Path,
                     folder: Path, train_args: tuple[str, ...] = ()) -> list[dict]:
     """``wmhkeras train`` on ``train_manifest`` (with ``train_args``, e.g. ``--init MODEL``), ``segment`` and
-    ``evaluate`` of ``test_manifest``: a row per scored subject."""
-    # Overrides are split before each ",KEY=", so list values such as data.patch_size=[96, 96] stay whole.
-    config, *overrides = re.split(r",\s*(?=[A-Za-z_][\w.]*=)", spec)
+    ``evaluate`` of ``test_manifest``: a row per scored subject.
+
+    A finished training (``run/summary.json`` and its measured time) is reused, so a protocol interrupted
+    after training resumes at segmentation; but only when the arm resolves to the config the run was
+    trained with. Otherwise (the config file or an override changed) the protocol stops with the keys that
+    differ: it neither scores the old model under the new arm nor deletes a finished run.
+    """
+    config, overrides = split_spec(spec)
     folder.mkdir(parents=True, exist_ok=True)
-    sets = [a for o in ["data.split=[1.0, 0.0, 0.0]", *overrides] for a in ("--set", o)]
-    # A finished training (summary.json and its measured time) is reused, so a protocol interrupted
-    # after training resumes at segmentation.
+    sets = [a for o in overrides for a in ("--set", o)]
     timing = folder / "train_seconds.txt"
     if (folder / "run" / "summary.json").is_file() and timing.is_file():
+        changed = config_changes(folder / "run", config, overrides, train_manifest)
+        if changed:
+            raise SystemExit(f"{folder / 'run'}: trained with another config than arm {name!r} ({spec}) gives now: "
+                             f"{'; '.join(changed)}. Remove {folder} to train it again, or run the arm under "
+                             f"another name or --out")
         train_s = float(timing.read_text())
     else:
         train_s = run([*wmhkeras(), "train", config, "--data", str(train_manifest), "--out", str(folder / "run"),

@@ -26,12 +26,30 @@ def _isolated_keras_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
 
 
+def shared_data_required() -> bool:
+    """Whether a missing real data folder fails the tests that need it instead of skipping them: on CI
+    (``CI`` set, as CI services do, to anything but ``0`` or ``false``) or with ``WMH_REQUIRE_SHARED_DATA=1``."""
+    ci = os.environ.get("CI", "").strip().lower()
+    return ci not in ("", "0", "false") or os.environ.get("WMH_REQUIRE_SHARED_DATA", "").strip() == "1"
+
+
+def require_open_ms(folder: Path | None = None) -> Path:
+    """``folder`` (default :data:`OPEN_MS`) when it holds the real data; else the test skips, or fails where
+    the data must be there (:func:`shared_data_required`)."""
+    folder = OPEN_MS if folder is None else folder
+    if not (folder / "patient07" / "FLAIR.nii.gz").is_file():
+        message = f"real data not found at {folder} (set WMH_SHARED_DATA)"
+        if shared_data_required():
+            pytest.fail(f"{message}; CI or WMH_REQUIRE_SHARED_DATA=1 needs it", pytrace=False)
+        pytest.skip(message)
+    return folder
+
+
 @pytest.fixture
 def open_ms():
-    """Path to ../shared/data/open_ms_data (skips when the real data is absent)."""
-    if not (OPEN_MS / "patient07" / "FLAIR.nii.gz").is_file():
-        pytest.skip(f"real data not found at {OPEN_MS} (set WMH_SHARED_DATA)")
-    return OPEN_MS
+    """Path to ../shared/data/open_ms_data (:func:`require_open_ms`: skips when the real data is absent,
+    fails on CI)."""
+    return require_open_ms()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The package's dependency order (docs/architecture.md) holds: no import cycle, no upward import.
 
 Every ``import`` of a ``wmhkeras`` module is read from the source with :mod:`ast`, at module level and
-inside functions alike (an import deferred to save TensorFlow's start-up is still a dependency).
+inside functions alike (an import deferred to save TensorFlow's start-up is still a dependency), and so is
+every module named by a string in a file that imports by name (``importlib.import_module``, ``__import__``).
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     counts as importing ``pkg.mod`` when that is a module, else ``pkg``)."""
     is_package = path.name == "__init__.py"
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+    tree = ast.parse(path.read_text(), str(path))
+    by_name = any(isinstance(node, ast.Call) and _call_name(node.func) in ("import_module", "__import__")
+                  for node in ast.walk(tree))
+    for node in ast.walk(tree):
+        if by_name and isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in known:
+            targets = [node.value]  # e.g. {"export": "wmhkeras.export.runner"} resolved by importlib.import_module
+        elif isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -67,6 +73,13 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             continue
         found.update(t for t in targets if t == "wmhkeras" or t.startswith("wmhkeras."))
     return found - {name}
+
+
+def _call_name(func: ast.expr) -> str | None:
+    """``import_module`` for ``importlib.import_module(...)`` and ``import_module(...)``; the called name."""
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else None
 
 
 def layer_of(module: str) -> tuple[int, str]:
@@ -153,6 +166,12 @@ def test_the_package_has_no_cycle_and_no_upward_import():
     assert cycles(graph) == []
 
 
+def test_imports_by_name_are_dependencies_too():
+    """``wmhkeras.export`` loads its public names with ``importlib.import_module`` on first use."""
+    graph = import_graph(REPO / "wmhkeras", REPO / "cli")
+    assert {"wmhkeras.export.runner", "wmhkeras.export.report", "wmhkeras.export.options"} <= graph["wmhkeras.export"]
+
+
 def test_inference_never_imports_training_and_export_is_not_imported_by_inference():
     graph = import_graph(REPO / "wmhkeras", REPO / "cli")
     for module, targets in graph.items():
@@ -221,6 +240,26 @@ def test_the_checker_fails_on_an_added_upward_import(tmp_path, where, line):
     files[where] = files[where] + line
     found = violations(import_graph(_tree(tmp_path, files)))
     assert len(found) == 1 and found[0].startswith("wmhkeras." + where.removesuffix(".py").replace("/", "."))
+
+
+@pytest.mark.parametrize("line", [
+    'import importlib\n_LAZY = {"train": "wmhkeras.training.trainer"}\n'
+    "def __getattr__(name):\n    return importlib.import_module(_LAZY[name])\n",
+    'from importlib import import_module\ntrainer = import_module("wmhkeras.training.trainer")\n',
+    'trainer = __import__("wmhkeras.training.trainer")\n',
+])
+def test_the_checker_fails_on_an_upward_import_by_name(tmp_path, line):
+    files = dict(BASE)
+    files["inference/segment.py"] += line
+    found = violations(import_graph(_tree(tmp_path, files)))
+    assert found == ["wmhkeras.inference.segment (layer 7, wmhkeras.inference) imports wmhkeras.training.trainer "
+                     "(layer 7, wmhkeras.training)"]
+
+
+def test_module_names_in_strings_are_not_imports_without_importlib(tmp_path):
+    files = dict(BASE)
+    files["inference/segment.py"] += 'log_name = "wmhkeras.training.trainer"\n'
+    assert violations(import_graph(_tree(tmp_path, files))) == []
 
 
 def test_the_checker_fails_on_a_cycle_and_between_stages_of_one_layer(tmp_path):

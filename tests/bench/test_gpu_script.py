@@ -42,7 +42,7 @@ def test_smoke_run_writes_every_figure(tmp_path):
     for (model, precision), figure in figures.items():
         assert "error" not in figure, figure
         assert figure["slices"] == 12 and figure["model_slices_per_s"] > 0
-        # the paper model resizes to its 32 x 32 input; the native one pads 40 x 48 to a multiple of 4
+        # the paper model resizes to its 32 x 32 input; the native one keeps 40 x 48 (a multiple of 2 = 2^depth)
         assert figure["model_input_hw"] == ([32, 32] if model == "paper" else [40, 48])
         if precision == "float32":
             assert figure["max_abs_diff_vs_float32"] == 0.0

@@ -126,3 +126,53 @@ def test_evaluate_pairs_by_entities(segmented, tmp_path):
     assert dice["sub-01_acq-3d"] == 1.0 and dice["sub-02_ses-02"] == 0.0
     assert dice["sub-02_ses-01"] == pytest.approx(2 * (a & b).sum() / (a.sum() + b.sum()), abs=1e-6)
     assert 0 < dice["sub-02_ses-01"] < 1
+
+
+# === BIDS output in long batch runs: --skip-existing, --shard and summarize ===
+
+
+def _files(out):
+    """``{path: (modification time, bytes)}`` of the subjects' output files (everything under ``sub-*``)."""
+    return {p.relative_to(out).as_posix(): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in out.glob("sub-*/**/*") if p.is_file()}
+
+
+def test_skip_existing_with_bids_output_redoes_only_the_missing_subject(segmented, tmp_path):
+    root, full, model = segmented
+    out = tmp_path / "deriv"
+    assert CliRunner().invoke(main, ["segment", str(model), str(root), "--out", str(out)]).exit_code == 0
+    before = _files(out)
+    redo = "sub-02/ses-01/anat/sub-02_ses-01_space-orig_label-WMH"
+    (out / f"{redo}_mask.nii.gz").unlink()
+    again = CliRunner().invoke(main, ["segment", str(model), str(root), "--out", str(out), "--skip-existing"])
+    assert again.exit_code == 0, again.output
+    assert "(2 kept from an earlier run)" in again.output
+    after = _files(out)
+    assert after.keys() == before.keys()
+    # the missing subject is segmented again: its images and table are new files (the same content)
+    redone = sorted(name for name in after if after[name][0] != before[name][0] and not name.endswith(".json"))
+    assert redone == [f"{redo}_{end}" for end in ("lesions.csv", "mask.nii.gz", "probseg.nii.gz")]
+    # the others' images and tables are untouched; every sidecar (all rewritten at the end) says the same
+    assert all(after[name][1] == before[name][1] for name in after if not name.startswith(redo))
+    assert (out / "summary.csv").read_bytes() == (full / "summary.csv").read_bytes()  # one run's table
+    assert json.loads((out / "segment.json").read_text())["settings"]["bids_out"] is True
+
+
+def test_bids_shards_and_summarize_give_one_runs_table(segmented, tmp_path):
+    root, full, model = segmented
+    shards = [tmp_path / f"shard{i}" for i in (1, 2)]
+    for i, out in enumerate(shards, start=1):
+        res = CliRunner().invoke(main, ["segment", str(model), str(root), "--out", str(out), "--shard", f"{i}/2"])
+        assert res.exit_code == 0, res.output
+    assert [r["subject"] for r in rows(shards[0] / "summary.csv")] == ["sub-01_acq-3d", "sub-02_ses-02"]
+    assert [r["subject"] for r in rows(shards[1] / "summary.csv")] == ["sub-02_ses-01"]
+    # each shard is a BIDS derivative holding its own subjects, under their BIDS names
+    for out in shards:
+        assert (out / "dataset_description.json").is_file()
+        for r in rows(out / "summary.csv"):
+            rel = IMAGES[r["subject"]][0]
+            assert (out / rel / f"{r['subject']}_space-orig_label-WMH_mask.nii.gz").is_file()
+    res = CliRunner().invoke(main, ["summarize", *map(str, shards), "--out", str(tmp_path / "all.csv")])
+    assert res.exit_code == 0, res.output
+    assert "3 subjects from 2 summaries" in res.output
+    assert (tmp_path / "all.csv").read_bytes() == (full / "summary.csv").read_bytes()

@@ -189,6 +189,39 @@ def test_boundary_is_in_plane_only():
     assert not metrics.boundary(full).any()
 
 
+def diamond() -> np.ndarray:
+    """A diamond of radius 2 (13 voxels, ``|dx| + |dy| <= 2`` around (3, 3)) in one 7 x 7 slice."""
+    mask = vol((7, 7, 1), dtype=bool)
+    for dx in range(-2, 3):
+        for dy in range(-2, 3):
+            mask[3 + dx, 3 + dy, 0] = abs(dx) + abs(dy) <= 2
+    return mask
+
+
+def test_boundary_uses_all_8_in_plane_neighbours():
+    """A diamond's 4-neighbour and 8-neighbour boundaries differ: the voxels beside the centre see only
+    lesion along the axes, but background diagonally (e.g. (4, 3) touches (5, 4)), so the challenge's
+    3x3 ball makes them boundary and only the centre is interior."""
+    b = metrics.boundary(diamond())
+    assert np.argwhere(~b[..., 0] & diamond()[..., 0]).tolist() == [[3, 3]]
+    assert b.sum() == 12  # a 4-neighbour cross would keep (2, 3), (4, 3), (3, 2), (3, 4) inside: 8
+
+
+def test_hd95_of_a_diamond_by_hand():
+    """Truth: the diamond; result: the single voxel at its tip (5, 3), its own boundary.
+
+    d(G -> R) over the 12 boundary voxels, as offsets from the centre: (2, 0) 0; (1, 0) 1; (1, +-1) sqrt 2
+    each; (0, +-1) sqrt 5 each; (0, +-2) sqrt 8 each; (-1, 0) 3; (-1, +-1) sqrt 10 each; (-2, 0) 4.
+    Sorted, P95 sits at index 0.95 * 11 = 10.45, between sqrt 10 and 4. d(R -> G) = [0].
+    (With a 4-neighbour boundary the 8 points give index 6.65: sqrt 10 + 0.65 (4 - sqrt 10) = 3.707.)
+    """
+    pred = vol((7, 7, 1))
+    pred[5, 3, 0] = 1
+    expected = math.sqrt(10) + 0.45 * (4 - math.sqrt(10))  # 3.5393
+    assert metrics.hd95(diamond(), pred, EYE) == pytest.approx(expected)
+    assert metrics.hd95(pred, diamond(), EYE) == pytest.approx(expected)  # symmetric: the max of both ways
+
+
 def test_hd95_two_single_voxels_anisotropic():
     truth = vol()
     truth[1, 1, 1] = 1

@@ -4,6 +4,7 @@ import json
 import logging
 import shutil
 
+import keras
 import nibabel as nib
 import numpy as np
 import pytest
@@ -156,7 +157,17 @@ def test_a_checkpoint_built_for_one_size_segments_whole_slices(tmp_path):
     assert tuple(seg.model.input_shape) == (None, None, None, 1)
     volume = np.random.default_rng(0).random((48, 40, 3)).astype(np.float32)
     prob = predict_volume(seg, [volume])
-    assert prob.shape == volume.shape and np.isfinite(prob).all()
+    assert prob.shape == volume.shape
+    # the reference: the same weights in the fixed-size model built for 48 x 40 slices
+    from wmhkeras.models import build_generator
+
+    fixed = build_generator("unet", input_shape=(48, 40, 1), depth=2, base_filters=4)
+    fixed.set_weights(keras.saving.load_model(run / "checkpoints" / "best.keras").get_weights())
+    slices = seg.preprocess([volume])
+    assert tuple(slices.shape) == (3, 48, 40, 1)  # resample none: the slices as they are (48, 40 divide by 4)
+    expected = np.asarray(seg.restore(fixed(slices, training=False), volume.shape))
+    np.testing.assert_allclose(prob, expected, atol=1e-5)
+    assert prob.std() > 1e-3  # not a constant map
 
 
 @pytest.mark.parametrize("card, message", [

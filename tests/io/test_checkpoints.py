@@ -1,11 +1,16 @@
 """The checkpoint commit protocol of a run folder: a kill at every step of a commit, and truncated or corrupt
-``last.keras`` / ``state.json``, each resumed from the right state (no TensorFlow: checkpoints are small zips)."""
+``last.keras`` / ``state.json``, each resumed from the right state.
+
+Epochs are committed by the real :class:`~wmhkeras.training.callbacks.RunCheckpoint` (its ``on_epoch_begin``
+and ``on_epoch_end``), given stand-ins for the Keras models whose ``save`` writes a small zip with a tag, so
+every kill point fires inside the callback's own order and no model is built.
+"""
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,16 +20,16 @@ from wmhkeras.io.checkpoints import (
     KILL_ENV,
     KILL_POINTS,
     choose_resume_point,
-    commit_state,
     kill_point,
     restore,
-    save_keeping_previous,
     sha256,
     verified_sha256,
 )
 from wmhkeras.io.run_folder import RunFolder, RunState
+from wmhkeras.training import callbacks
 
-#: Epochs that improve best.keras in the fake runs below.
+#: The validation Dice of each epoch of the fake runs below: epochs 1 and 3 improve best.keras.
+VAL_DICE = {1: 0.5, 2: 0.4, 3: 0.6}
 IMPROVING = {1, 3}
 
 
@@ -45,25 +50,38 @@ def tag(path: Path) -> str:
         return archive.read("model").decode()
 
 
-def epoch(run: RunFolder, e: int, state: RunState) -> RunState:
-    """One epoch as RunCheckpoint runs it: state at its start, then the commit of last, best and state."""
-    run.write_state(replace(state, running_epoch=e))
-    last = save_keeping_previous(run.last, run.last_prev, write_zip(f"last{e}"), "checkpoint", e)
-    best, best_epoch = state.best_sha256, state.best_epoch
-    if e in IMPROVING:
-        best = save_keeping_previous(run.best, run.best_prev, write_zip(f"best{e}"), "best", e)
-        best_epoch = e
-    new = RunState(epochs=e, iterations=3 * e, best_epoch=best_epoch, last_sha256=last, best_sha256=best)
-    commit_state(run, new)
-    return new
+class FakeModel:
+    """What RunCheckpoint uses of a Keras model: ``save`` (a zip holding ``<prefix><epoch>``) and the
+    optimizer's step counter (3 steps per epoch)."""
+
+    def __init__(self, prefix: str):
+        self.prefix, self.epoch = prefix, 0
+        self.optimizer = SimpleNamespace(iterations=SimpleNamespace(numpy=lambda: 3 * self.epoch))
+
+    def save(self, path) -> None:
+        write_zip(f"{self.prefix}{self.epoch}")(path)
+
+
+@pytest.fixture(autouse=True)
+def _generator_saved_as_is(monkeypatch):
+    """best.keras is the generator itself (the real one saves an uncompiled Keras view of it)."""
+    monkeypatch.setattr(callbacks, "inference_model", lambda generator, free=True: generator)
+
+
+def epoch(checkpoint: callbacks.RunCheckpoint, e: int) -> None:
+    """Epoch ``e`` (1-based) as ``fit`` drives the callback: its begin, then its end with the epoch's logs."""
+    checkpoint.model.epoch = checkpoint.generator.epoch = e
+    checkpoint.on_epoch_begin(e - 1)
+    checkpoint.on_epoch_end(e - 1, {"val_dice": VAL_DICE[e]})
 
 
 def fake_run(tmp_path: Path, epochs: int) -> RunFolder:
     run = RunFolder(tmp_path / "run")
     run.checkpoints.mkdir(parents=True)
-    state = RunState()
+    checkpoint = callbacks.RunCheckpoint(run, FakeModel("best"))
+    checkpoint.set_model(FakeModel("last"))
     for e in range(1, epochs + 1):
-        state = epoch(run, e, state)
+        epoch(checkpoint, e)
     return run
 
 
@@ -108,6 +126,8 @@ def test_a_commit_is_complete_once_state_json_is_written(tmp_path):
     assert resumed(run) == (3, "last3", "best3")
     assert tag(run.last_prev) == "last2" and tag(run.best_prev) == "best1"
     assert RunState.from_dict(checkpoints.read_json(run.state_prev)).epochs == 2
+    state = RunState.from_dict(checkpoints.read_json(run.state))
+    assert (state.iterations, state.best_epoch, state.best, state.running_epoch) == (9, 3, 0.6, None)
 
 
 def test_a_kill_in_the_first_commit_starts_again_at_epoch_1(tmp_path, monkeypatch):

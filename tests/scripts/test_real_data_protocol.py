@@ -1,14 +1,18 @@
-"""scripts/real_data_protocol.py --split hemispheres: each patient cut at its brain's midline into halves."""
+"""scripts/real_data_protocol.py: the driver of one arm (``train_and_score``: its ``--set`` splitting, and a
+finished training reused only while the arm's config is unchanged), and ``--split hemispheres``, each
+patient cut at its brain's midline into halves."""
 
 import csv
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
 from tests.scripts.helpers import load_script
-from wmhkeras.data.datasets import read_manifest
+from wmhkeras.data.datasets import read_manifest, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +67,92 @@ def test_halves_refuse_images_on_another_grid(protocol, tmp_path):
             nib.save(nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4)), str(data / patient / f"{name}.nii.gz"))
     with pytest.raises(SystemExit, match="not on the FLAIR's grid"):
         protocol.half_copies(data, tmp_path / "halves")
+
+
+# === The driver of one arm ===
+
+
+def test_an_arm_is_split_into_its_config_and_overrides(protocol):
+    config, overrides = protocol.split_spec("configs/real_flair.yaml,data.patch_size=[96, 96], train.epochs=36,"
+                                            "loss.layers=[block1_pool, block2_pool],model.base_filters=16")
+    assert config == "configs/real_flair.yaml"
+    assert overrides == ["data.split=[1.0, 0.0, 0.0]", "data.patch_size=[96, 96]", "train.epochs=36",
+                         "loss.layers=[block1_pool, block2_pool]", "model.base_filters=16"]
+    assert protocol.split_spec("configs/demo.yaml") == ("configs/demo.yaml", ["data.split=[1.0, 0.0, 0.0]"])
+
+
+@pytest.fixture
+def in_process(protocol, monkeypatch):
+    """The driver's commands run by the real CLI in this process (no TensorFlow start per command); the
+    list of the commands it ran (``train``, ``segment``, ``evaluate``)."""
+    from click.testing import CliRunner
+
+    from wmhkeras.cli.main import main
+
+    ran = []
+
+    def run(cmd, log):
+        i = next(i for i, a in enumerate(cmd) if a in ("train", "segment", "evaluate"))
+        ran.append(cmd[i])
+        start = time.monotonic()
+        result = CliRunner().invoke(main, cmd[i:])
+        log.write_text(result.output)
+        if result.exit_code != 0:
+            raise RuntimeError(f"{cmd[i:]} exited {result.exit_code}: {result.output}")
+        return time.monotonic() - start
+
+    monkeypatch.setattr(protocol, "run", run)
+    return ran
+
+
+@pytest.fixture(scope="module")
+def two_subjects(tmp_path_factory):
+    """Manifests of two synthetic subjects (train on one, score the other) and a tiny config file."""
+    from tests.training.test_trainer import TINY
+    from wmhkeras.data.synth import make_cohort
+
+    root = tmp_path_factory.mktemp("protocol")
+    subjects = read_manifest(make_cohort(root / "cohort", subjects=2, sites=1, seed=0).manifest)
+    train, test = (write_manifest([s], root / f"{s.subject}.csv") for s in subjects)
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "model": {**TINY["model"], "arch": "unet"},
+                                      "train": {**TINY["train"], "epochs": 1, "image_summary_every": 0}}))
+    return train, test, config
+
+
+@pytest.mark.slow
+def test_a_finished_training_is_reused_only_while_the_arm_is_unchanged(protocol, in_process, two_subjects, tmp_path):
+    train, test, tiny = two_subjects
+    config = tmp_path / "tiny.yaml"  # edited below
+    config.write_text(tiny.read_text())
+    folder = tmp_path / "arm" / "train-a"
+
+    def score(spec):
+        return protocol.train_and_score("tiny", spec, "a", train, test, folder)
+
+    spec = f"{config},train.steps_per_epoch=2, data.patch_size=[32, 32]"
+    rows = score(spec)
+    assert in_process == ["train", "segment", "evaluate"]
+    saved = yaml.safe_load((folder / "run" / "config.yaml").read_text())
+    assert saved["data"]["split"] == [1.0, 0.0, 0.0] and saved["train"]["steps_per_epoch"] == 2  # every --set
+    assert saved["data"]["patch_size"] == [32, 32]
+    (row,) = rows
+    assert (row["arm"], row["config"], row["train_on"], row["epochs"]) == ("tiny", spec, "a", 1)
+    assert row["test_on"] == read_manifest(test)[0].subject and 0.0 <= row["dice"] <= 1.0
+    assert row["train_s"] == round(float((folder / "train_seconds.txt").read_text()), 1)
+
+    # the same arm again (an interrupted protocol run once more): the training is reused
+    in_process.clear()
+    again = score(spec)
+    assert in_process == ["segment", "evaluate"]
+    assert [{**r, "segment_s": None} for r in again] == [{**row, "segment_s": None}]
+
+    # a changed override, then a changed config file: refused, with the keys, before any command
+    state = (folder / "run" / "checkpoints" / "state.json").read_text()
+    in_process.clear()
+    with pytest.raises(SystemExit, match=r"train\.steps_per_epoch: 2 -> 3\. Remove"):
+        score(f"{config},train.steps_per_epoch=3, data.patch_size=[32, 32]")
+    config.write_text(config.read_text().replace("learning_rate: 0.01", "learning_rate: 0.02"))
+    with pytest.raises(SystemExit, match=r"train\.learning_rate: 0\.01 -> 0\.02\. Remove"):
+        score(spec)
+    assert in_process == [] and (folder / "run" / "checkpoints" / "state.json").read_text() == state

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.training.test_trainer import TINY
+from tests.training.test_trainer import TINY, assert_best_is_the_best_of_the_log, read_log
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.io.run_folder import RunFolder
 
@@ -83,7 +83,10 @@ def test_mirrored_over_two_logical_cpus(tmp_path, manifest):
     config = write_config(tmp_path / "cfg.yaml", manifest, "mirrored", epochs=2)
     summary = finish(launch(config, tmp_path / "run", "two-cpus"))
     assert summary["replicas"] == 2 and summary["epochs"] == 2 and summary["global_batch_size"] == 4
-    assert RunFolder(tmp_path / "run").last.is_file()
+    run = RunFolder(tmp_path / "run")
+    assert [r["epoch"] for r in read_log(run.log)] == ["0", "1"]
+    assert_best_is_the_best_of_the_log(run)
+    assert json.loads(run.state.read_text())["iterations"] == 2 * 3  # 3 steps of the global batch per epoch
 
 
 @pytest.mark.slow
@@ -103,6 +106,11 @@ def test_multi_worker_on_two_local_processes(tmp_path, manifest):
     assert summaries[0]["run_dir"] == str((tmp_path / "run").resolve())
     assert summaries[0]["last_epoch_logs"] == pytest.approx(summaries[1]["last_epoch_logs"])
     run = RunFolder(tmp_path / "run")
-    assert run.last.is_file() and json.loads(run.summary.read_text())["epochs"] == 1
+    assert json.loads(run.summary.read_text())["epochs"] == 1 and json.loads(run.state.read_text())["iterations"] == 3
+    assert [r["epoch"] for r in read_log(run.log)] == ["0"]
+    assert_best_is_the_best_of_the_log(run)
+    # the chief's summary is the run folder's, its epoch logs the last row of log.csv
+    assert summaries[0]["best_val_dice"] == json.loads(run.summary.read_text())["best_val_dice"]
+    assert float(read_log(run.log)[-1]["val_dice"]) == pytest.approx(summaries[0]["last_epoch_logs"]["val_dice"])
     assert {p.name for p in tmp_path.iterdir()} == {"cfg.yaml", "run"}
     assert not Path(summaries[1]["run_dir"]).exists()  # the other worker's scratch folder is removed

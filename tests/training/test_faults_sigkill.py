@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,10 +33,12 @@ pytestmark = pytest.mark.slow
 #: ``wmhkeras train`` without relying on its registration in cli/main.py.
 TRAIN = "from wmhkeras.cli.train import train_command; train_command()"
 
-#: (kill point, epoch): in the middle of epoch 1's batches (nothing committed yet), while epoch 2's
-#: checkpoint is written, after epoch 3's best.keras is in place but before its state.json (the commit
-#: window: back to epoch 2, with its best.keras), while epoch 4's TensorBoard images are written.
-KILLS = [("mid-epoch", 1), ("checkpoint-write", 2), ("state-write", 3), ("tensorboard", 4)]
+#: (kill point, epoch, the epochs that process runs): in the middle of epoch 1's batches (nothing committed
+#: yet); while epoch 2's checkpoint is written (the resume starts again at epoch 1, and commits it); after
+#: epoch 3's best.keras is in place but before its state.json (the commit window: the resume starts after
+#: epoch 1, and the next one after epoch 2, with its best.keras); while epoch 4's TensorBoard images are
+#: written (before its checkpoint: epoch 3 is the last committed).
+KILLS = [("mid-epoch", 1, [1]), ("checkpoint-write", 2, [1, 2]), ("state-write", 3, [2, 3]), ("tensorboard", 4, [3, 4])]
 
 
 def start(*args, kill: str | None = None) -> subprocess.Popen:
@@ -55,6 +58,11 @@ def finish(proc: subprocess.Popen) -> str:
     return output
 
 
+def epochs_run(output: str) -> list[int]:
+    """The epochs a ``train --quiet`` process started, from its ``Epoch N/4`` lines (flushed as printed)."""
+    return [int(n) for n in re.findall(r"^Epoch (\d+)/4$", output, flags=re.M)]
+
+
 def weights(path) -> list[np.ndarray]:
     return keras.saving.load_model(path, compile=False).get_weights()
 
@@ -72,11 +80,12 @@ def test_sigkill_at_every_named_point_then_resume_ends_as_the_uninterrupted_run(
     reference, run = RunFolder(tmp_path / "reference"), RunFolder(tmp_path / "run")
     uninterrupted = start(config, "--data", manifest, "--out", reference.path)
 
-    for i, (point, epoch) in enumerate(KILLS):
+    for i, (point, epoch, expected_epochs) in enumerate(KILLS):
         args = ("--resume", run.path) if i else (config, "--data", manifest, "--out", run.path)
         proc = start(*args, kill=f"{point}:{epoch}")
         output = finish(proc)
         assert proc.returncode == -signal.SIGKILL, f"not killed at {point}:{epoch}:\n{output}"
+        assert epochs_run(output) == expected_epochs, f"killed at {point}:{epoch}:\n{output}"
         assert (run.path / LOCK_NAME).is_file()  # left by the kill; the next process takes it over
         state = json.loads(run.state.read_text()) if run.state.is_file() else None
         if point == "checkpoint-write":
@@ -91,8 +100,9 @@ def test_sigkill_at_every_named_point_then_resume_ends_as_the_uninterrupted_run(
     last = start("--resume", run.path)
     output = finish(last)
     assert last.returncode == 0, output
-    assert "Epoch 3/4" in output and "Epoch 4/4" in output
-    assert finish(uninterrupted) and uninterrupted.returncode == 0
+    assert epochs_run(output) == [3, 4], output
+    reference_output = finish(uninterrupted)
+    assert uninterrupted.returncode == 0 and epochs_run(reference_output) == [1, 2, 3, 4], reference_output
 
     # the promise: the same number of epochs and exactly the same best validation Dice (summary.json)
     summary, expected = run.read_summary(), reference.read_summary()

@@ -156,6 +156,17 @@ def test_packed_target_holds_the_centre_flair(cohort):
 # === Training with free-size generators (slow) ===
 
 
+def fixed_size_reference(run: RunFolder, height: int, width: int, channels: int):
+    """The trained weights (``last.keras``, the training graph at the sample size: with one epoch, best's
+    too) in the U-Net built for a fixed ``height x width`` input: what the free-size model must compute."""
+    from wmhkeras.models import build_generator
+    from wmhkeras.registration import load_model
+
+    model = build_generator("unet", input_shape=(height, width, channels), depth=2, base_filters=4)
+    model.set_weights(load_model(run.last).get_weights())
+    return model
+
+
 @pytest.mark.slow
 def test_spacing_and_context_train_a_free_size_model(manifest, tmp_path):
     from wmhkeras.registration import load_model
@@ -170,8 +181,10 @@ def test_spacing_and_context_train_a_free_size_model(manifest, tmp_path):
     run = RunFolder(tmp_path / "run")
     model = load_model(run.best)  # the inference checkpoint: free size
     assert model.input_shape == (None, None, None, 3)
-    out = model.predict(np.zeros((2, 72, 76, 3), np.float32), verbose=0)  # any size divisible by 2^depth
+    x = np.random.default_rng(0).normal(size=(2, 72, 76, 3)).astype(np.float32)
+    out = model.predict(x, verbose=0)  # any size divisible by 2^depth
     assert out.shape == (2, 72, 76, 1)
+    np.testing.assert_allclose(out, fixed_size_reference(run, 72, 76, 3).predict(x, verbose=0), atol=1e-5)
     # last.keras is the training state (the graph of the sample size, for --resume); its free-size copy
     # has the same weights and segments any size
     last = load_model(run.last)
@@ -199,5 +212,7 @@ def test_a_model_trained_on_patches_segments_whole_slices(manifest, cohort, tmp_
     assert x.shape == (12, 224, 236, 1)
     probabilities = model.predict(x[5:7], verbose=0)
     assert probabilities.shape == (2, 224, 236, 1)
-    assert np.isfinite(probabilities).all() and 0 <= probabilities.min() <= probabilities.max() <= 1
+    reference = fixed_size_reference(RunFolder(tmp_path / "run"), 224, 236, 1).predict(x[5:7], verbose=0)
+    np.testing.assert_allclose(probabilities, reference, atol=1e-5)
+    assert probabilities.std() > 1e-3  # not a constant map
     assert count_flops(model, input_size=(224, 236)) > count_flops(model, input_size=(32, 32)) > 0
