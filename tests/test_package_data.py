@@ -48,7 +48,7 @@ def test_a_built_wheel_carries_the_weights_and_their_credit(tmp_path):
     """``pip wheel`` of a copy of the sources (the checkout keeps no build/ folder)."""
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("wmhkeras", "cli"):
+    for name in ("wmhkeras", "cli", "saved_models"):
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
