@@ -175,16 +175,11 @@ def versions(backend: str) -> dict:
 
 
 def dice_loss_class(backend: str):
-    """The project's Dice loss (``wmhkeras.losses.overlap.DiceLoss``). Without TensorFlow the module is
-    loaded from its file: the package ``wmhkeras.losses`` imports the content loss, which needs TensorFlow."""
-    if backend == "tensorflow":
-        from wmhkeras.losses import DiceLoss
+    """The project's Dice loss (``wmhkeras.losses.overlap.DiceLoss``), under either backend: importing
+    :mod:`wmhkeras.losses` needs Keras, not TensorFlow."""
+    from wmhkeras.losses import DiceLoss
 
-        return DiceLoss
-    spec = importlib.util.spec_from_file_location("wmhkeras_overlap", REPO / "wmhkeras" / "losses" / "overlap.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.DiceLoss
+    return DiceLoss
 
 
 def build(policy: str, shape, depth: int, base_filters: int):
@@ -289,10 +284,10 @@ def train_section(args, backend: str, device: dict, record, budget) -> None:
 
 
 def find_flair(args) -> Path | None:
+    from wmhkeras.data.shared import shared_data
+
     candidates = [args.flair] if args.flair else []
-    if os.environ.get("WMH_SHARED_DATA"):
-        candidates.append(Path(os.environ["WMH_SHARED_DATA"]) / FLAIR)
-    candidates += [REPO.parent / "shared" / "data" / FLAIR, REPO / "shared" / "data" / FLAIR]
+    candidates += [shared_data() / FLAIR, REPO.parent / "shared" / "data" / FLAIR, REPO / "shared" / "data" / FLAIR]
     return next((path for path in candidates if path and path.is_file()), None)
 
 

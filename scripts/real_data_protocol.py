@@ -26,12 +26,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from wmhkeras.data.datasets import Subject
+from wmhkeras.data.datasets import write_manifest as write_subjects
+from wmhkeras.data.shared import open_ms_data
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = ("patient07", "patient26")
@@ -39,24 +42,21 @@ REPORTED = ("dice", "hd95", "avd", "lesion_recall", "lesion_f1", "precision", "r
             "pred_volume_ml")
 
 
-def default_data() -> Path:
-    shared = os.environ.get("WMH_SHARED_DATA")
-    return Path(shared) / "open_ms_data" if shared else REPO.parent / "shared" / "data" / "open_ms_data"
-
-
 def wmhkeras() -> list[str]:
     exe = Path(sys.executable).with_name("wmhkeras")
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "wmhkeras.cli.main"]
 
 
+def patient_subject(folder: Path, subject: str) -> Subject:
+    """The subject of a patient's folder (``FLAIR.nii.gz``, ``T1.nii.gz``, ``GOLD_STANDARD.nii.gz``), site open_ms."""
+    folder = folder.resolve()
+    return Subject(subject, "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz", folder / "GOLD_STANDARD.nii.gz")
+
+
 def write_manifest(data: Path, patient: str, path: Path) -> Path:
+    """A manifest of one patient of ``data`` (the package's :func:`wmhkeras.data.datasets.write_manifest`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = data.resolve() / patient   # absolute: a manifest's relative paths are read from its own folder
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["subject", "site", "flair", "t1", "label"])
-        writer.writerow([patient, "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz", folder / "GOLD_STANDARD.nii.gz"])
-    return path
+    return write_subjects([patient_subject(data / patient, patient)], path)
 
 
 def midline(volume, axis: int) -> int:
@@ -84,7 +84,7 @@ def half_copies(data: Path, out: Path) -> dict[str, Path]:
         axis = next(i for i, c in enumerate(codes) if c in ("L", "R"))
         cut = midline(np.asarray(flair.dataobj, dtype=np.float32), axis)
         for side in ("left", "right"):
-            folder = (out / f"{patient}_{side}").resolve()   # absolute, as in write_manifest
+            folder = out / f"{patient}_{side}"
             folder.mkdir(parents=True, exist_ok=True)
             # voxels beyond the cut towards `side` are kept; the other half is zeroed
             keep_high = (codes[axis] == "L") == (side == "left")
@@ -97,13 +97,9 @@ def half_copies(data: Path, out: Path) -> dict[str, Path]:
                 index[axis] = slice(0, cut) if keep_high else slice(cut, None)
                 array[tuple(index)] = 0
                 nib.save(nib.Nifti1Image(array, image.affine, image.header), str(folder / f"{name}.nii.gz"))
-            rows[side].append([f"{patient}_{side}", "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz",
-                               folder / "GOLD_STANDARD.nii.gz"])
+            rows[side].append(patient_subject(folder, f"{patient}_{side}"))
     for side, path in manifests.items():
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["subject", "site", "flair", "t1", "label"])
-            writer.writerows(rows[side])
+        write_subjects(rows[side], path)
     return manifests
 
 
@@ -222,7 +218,7 @@ def main() -> int:
                         help="patients: train on one, score the other; hemispheres: train on both patients' "
                              "left halves, score the right halves, and the other way round")
     args = parser.parse_args()
-    data = args.data or default_data()
+    data = args.data or open_ms_data()
     if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
         parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
     halves = half_copies(data, args.out / "halves") if args.split == "hemispheres" else None
