@@ -1,4 +1,4 @@
-"""GPU benchmark (issue 14, item 5): the paper-setting training step and whole-volume inference.
+"""GPU benchmark: the paper-setting training step and whole-volume inference.
 
 The one script a session runs when it is lent a GPU; it writes one JSON (rewritten after every figure,
 so a run stopped at its time limit keeps what it measured):

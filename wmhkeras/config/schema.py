@@ -68,7 +68,7 @@ class DataConfig:
     #: Where the other samples come from: brain tissue only, or anywhere (empty background too).
     background: Literal["brain", "any"] = "brain"
     #: Patches: where the drawn lesion voxel sits in its lesion patch. ``random``: anywhere in the patch,
-    #: uniformly; ``centre``: at the centre (before 2026-12-02), which teaches a fully convolutional model
+    #: uniformly; ``centre``: at the centre, which teaches a fully convolutional model
     #: a centre prior that whole-slice segmentation never meets (docs/real_data.md).
     lesion_position: Literal["random", "centre"] = "random"
     balance_sites: bool = False

@@ -178,7 +178,7 @@ def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info:
     cfg = load_run_config(config_path)
     if cfg.data.sampling == "patches" and cfg.data.lesion_position == "centre":
         log.warning("%s: trained with each lesion patch's lesion voxel at the patch centre "
-                    "(data.lesion_position: centre, the only behaviour before 2026-12-02); such models learn a "
+                    "(data.lesion_position: centre); such models learn a "
                     "centre prior and miss lesions in whole slices (docs/real_data.md, 'The centre prior'). "
                     "Retrain with data.lesion_position: random", config_path.parent)
     modalities, k = tuple(cfg.data.modalities), cfg.data.context_slices
@@ -187,8 +187,8 @@ def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info:
     if info.shape is not None:
         if info.shape[2] != len(modalities) * (2 * k + 1):
             raise ConfigError(f"{where} modalities {list(modalities)} with context_slices {k}")
-        # A checkpoint built for one size (a training-state last.keras, or a run from before free-size
-        # generators) is loaded as its free-size copy in the spacing and none modes (loaders.py).
+        # A checkpoint built for one size (a training-state last.keras, or a fixed-size generator) is
+        # loaded as its free-size copy in the spacing and none modes (loaders.py).
         fixed_size = None if info.free else tuple(info.shape[:2])
         if fixed_size and resampling.mode == "fixed" and fixed_size != resampling.input_size:
             raise ConfigError(f"{where} input_size {list(cfg.model.input_size)}")

@@ -122,7 +122,7 @@ class RunState:
     """``checkpoints/state.json``: where ``last.keras`` stands, written after it (epochs count from 1).
 
     ``last_sha256`` / ``best_sha256``: the SHA-256 of the ``last.keras`` / ``best.keras`` this state
-    describes (None before the first checkpoint, and in states written before checksums were kept);
+    describes (None before the first checkpoint, and in a state without checksums);
     ``early_stopping``: the early-stopping count (``wait``) and its ``best``, restored on resume.
     The commit order and the resume rules are in :mod:`wmhkeras.io.checkpoints`.
     """

@@ -320,7 +320,7 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
         initial_epoch, state, steps_done = load_checkpoint(model, point, t.steps_per_epoch)
         if start is not None:
             assign_init_weights(generator, start[1], start[0])
-    if steps_done > first:  # a state from before checksums, one epoch behind its checkpoint
+    if steps_done > first:  # a state without checksums, one epoch behind its checkpoint
         data.train = data.train.skip(steps_done - first)
     validation = data.validation
     if validation is not None and replicas > 1:
