@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data_protocol import REPORTED, half_copies, one_direction, score, train_and_score  # noqa: E402
+from real_data_protocol import REPORTED, data_folder, half_copies, one_direction, score, train_and_score  # noqa: E402
 
 from wmhkeras.data.datasets import read_manifest, write_manifest  # noqa: E402
-from wmhkeras.data.shared import open_ms_data  # noqa: E402
 
 BASE_PATIENT, PATIENT = "patient26", "patient07"
 #: The budget of the fine-tune and scratch arms (configs/finetune.yaml's, given to real_flair.yaml too).
@@ -73,9 +72,7 @@ def main() -> int:
     parser.add_argument("--train-on", choices=("left", "right"), nargs="+", default=["left", "right"],
                         help="the half of patient07 each arm trains on (the other is scored)")
     args = parser.parse_args()
-    data = args.data or open_ms_data()
-    if not (data / PATIENT / "FLAIR.nii.gz").is_file():
-        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    data = data_folder(parser, args.data, PATIENT)
     out = args.out.resolve()
     one_direction("base", "configs/real_flair.yaml", BASE_PATIENT, PATIENT, data, out)  # trained once, reused
     base = out / "base" / f"train-{BASE_PATIENT}" / "run"

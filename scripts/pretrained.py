@@ -21,10 +21,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data_protocol import PATIENTS, REPO, patient_subject, wmhkeras  # noqa: E402
+from real_data_protocol import PATIENTS, REPO, data_folder, patient_subject, wmhkeras  # noqa: E402
 
 from wmhkeras.data.datasets import write_manifest  # noqa: E402
-from wmhkeras.data.shared import open_ms_data  # noqa: E402
 from wmhkeras.io.files import json_safe  # noqa: E402
 
 CITATION = ("Lesjak Z., Galimzianova A., Koren A., Lukin M., Pernus F., Likar B., Spiclin Z. A Novel Public MR "
@@ -103,9 +102,7 @@ def main() -> int:
                         help="export this finished run folder (the same config trained on both patients) instead of "
                              "training one")
     args = parser.parse_args()
-    data = args.data or open_ms_data()
-    if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
-        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    data = data_folder(parser, args.data)
     shutil.rmtree(args.work, ignore_errors=True)
     run_dir = args.run or train_both(data, args.work, args.config)
     args.work.mkdir(parents=True, exist_ok=True)

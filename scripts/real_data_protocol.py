@@ -42,6 +42,15 @@ REPORTED = ("dice", "hd95", "avd", "lesion_recall", "lesion_f1", "precision", "r
             "pred_volume_ml")
 
 
+def data_folder(parser: argparse.ArgumentParser, given: Path | None, patient: str = PATIENTS[0]) -> Path:
+    """``--data``, else the shared ``open_ms_data`` folder (:func:`wmhkeras.data.shared.open_ms_data`); a
+    usage error where ``patient``'s FLAIR is not in it."""
+    data = given or open_ms_data()
+    if not (data / patient / "FLAIR.nii.gz").is_file():
+        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    return data
+
+
 def wmhkeras() -> list[str]:
     exe = Path(sys.executable).with_name("wmhkeras")
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "wmhkeras.cli.main"]
@@ -218,9 +227,7 @@ def main() -> int:
                         help="patients: train on one, score the other; hemispheres: train on both patients' "
                              "left halves, score the right halves, and the other way round")
     args = parser.parse_args()
-    data = args.data or open_ms_data()
-    if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
-        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    data = data_folder(parser, args.data)
     halves = half_copies(data, args.out / "halves") if args.split == "hemispheres" else None
     rows = []
     for arm in args.arm:
