@@ -21,7 +21,7 @@ from typing import Optional
 
 from wmhkeras import KERAS_PACKAGE
 from wmhkeras.config import load_run_config
-from wmhkeras.data.preprocessing import Resampling, resampling_for
+from wmhkeras.data.preprocessing import Resampling, input_channels, resampling_for, slices_per_modality
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.io.builtin_models import BuiltinModel, builtin_models, is_builtin_name, resolve_model
 from wmhkeras.io.files import path_sha256, read_json
@@ -134,7 +134,7 @@ def keras_info(path: Path) -> KerasInfo:
 
 def modalities_of(channels: int, context_slices: int, where) -> tuple[str, ...]:
     """The modalities of a model with ``channels`` input channels and ``context_slices`` k."""
-    per = 2 * context_slices + 1
+    per = slices_per_modality(context_slices)
     if channels % per:
         raise InputError(f"{where}: the model takes {channels} input channels, not a multiple of "
                          f"2 * context_slices + 1 = {per}")
@@ -185,7 +185,7 @@ def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info:
     resampling = resampling_for(cfg.data, cfg.model)
     where = f"{checkpoint}: the model takes {info.shape} inputs but the run config says"
     if info.shape is not None:
-        if info.shape[2] != len(modalities) * (2 * k + 1):
+        if info.shape[2] != input_channels(len(modalities), k):
             raise ConfigError(f"{where} modalities {list(modalities)} with context_slices {k}")
         # A checkpoint built for one size (a training-state last.keras, or a fixed-size generator) is
         # loaded as its free-size copy in the spacing and none modes (loaders.py).
