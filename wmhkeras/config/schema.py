@@ -53,7 +53,9 @@ class LesionSynthesisConfig:
 class DataConfig:
     """Where the data is and how samples are drawn from it."""
 
-    #: A manifest CSV (``subject,site,flair,t1,label``) or a folder in the MICCAI 2017 WMH layout.
+    #: A manifest CSV (``subject,site,flair,t1,label``), a folder holding ``manifest.csv``, a BIDS dataset (its
+    #: root, or ``ROOT/derivatives/PIPELINE`` for that pipeline's masks; docs/bids.md) or a folder in the MICCAI
+    #: 2017 WMH layout (:func:`wmhkeras.data.datasets.load_dataset`).
     path: Optional[str] = None
     #: Input modalities of the model, FLAIR first.
     modalities: list[Literal["flair", "t1"]] = field(default_factory=lambda: ["flair"])

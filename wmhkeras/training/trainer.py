@@ -186,7 +186,7 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
             replaces it (e.g. with more ``train.epochs``) and is written back.
         out_dir: the run folder; a new run needs it absent (or empty), a resumed run needs it written
             by an earlier call.
-        data_path: dataset (manifest CSV, folder with ``manifest.csv``, or MICCAI layout); default
+        data_path: dataset (manifest CSV, folder with ``manifest.csv``, BIDS dataset or MICCAI layout); default
             ``cfg.data.path``. Recorded, resolved, in ``config.yaml``.
         resume: continue from ``checkpoints/last.keras`` with its optimizer state and epoch counter,
             on the split in ``split.json``.
