@@ -71,7 +71,7 @@ class ExportReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> ExportReport:
-        """The report of :meth:`to_dict` (``export_report.json``), older reports included."""
+        """The report of :meth:`to_dict` (``export_report.json``), also one without the runtime, threads and speed fields."""
         names = {f.name for f in fields(ArtifactCheck)}
         artifacts = [ArtifactCheck(**{k: v for k, v in a.items() if k in names}) for a in data["artifacts"]]
         return cls(Path(data["out_dir"]), data["source"], data["created"], artifacts, dict(data.get("skipped") or {}),

@@ -3,7 +3,7 @@
 A model source is a built-in model's name (:mod:`wmhkeras.io.builtin_models`; a path of the same name wins),
 a ``.keras`` file, a training run folder (its ``checkpoints/best.keras`` or
 ``last.keras`` and its ``config.yaml``), an exported SavedModel folder (with ``model_card.json`` in its
-``assets.extra/``, or beside it for older exports) or an export's ``.tflite`` file (with the export's
+``assets.extra/``, or only beside it) or an export's ``.tflite`` file (with the export's
 ``model_card.json``). :func:`inspect_model` reads the modalities, normalisation,
 resampling (:class:`~wmhkeras.data.preprocessing.Resampling`) and 2.5D context of each, so that a wrong
 source costs nothing before the model is loaded (:func:`wmhkeras.inference.loaders.load_segmenter`).
