@@ -31,8 +31,9 @@ it), ``--backend jax`` (chosen by ``auto``): Keras 3 on JAX, the same model and 
 step is always XLA-compiled there (``jit_compile`` off would run op by op, not TensorFlow's graph
 without XLA, so it is not measured), and the inference steps are done with NumPy and ``keras.ops``
 (normalise by the maximum, resize or pad, model, resize back), the segmenter's steps without TensorFlow.
-What the JAX run needs on that machine beside its own packages: keras, namex and optree (and nibabel for
-the real FLAIR) carried as wheels; see docs/performance.md, section "GPU".
+What the JAX run needs on that machine beside its own packages: keras, namex, optree and nibabel (the
+real FLAIR, and :mod:`wmhkeras.losses` through :mod:`wmhkeras.io`) carried as wheels; see
+docs/performance.md, section "GPU".
 """
 
 from __future__ import annotations
