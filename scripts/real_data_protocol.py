@@ -32,8 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from wmhkeras.data.datasets import Subject
-from wmhkeras.data.datasets import write_manifest as write_subjects
+from wmhkeras.data.datasets import Subject, write_manifest
 from wmhkeras.data.shared import open_ms_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,10 +61,10 @@ def patient_subject(folder: Path, subject: str) -> Subject:
     return Subject(subject, "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz", folder / "GOLD_STANDARD.nii.gz")
 
 
-def write_manifest(data: Path, patient: str, path: Path) -> Path:
-    """A manifest of one patient of ``data`` (the package's :func:`wmhkeras.data.datasets.write_manifest`)."""
+def patient_manifest(data: Path, patient: str, path: Path) -> Path:
+    """A manifest of one patient of ``data`` (:func:`wmhkeras.data.datasets.write_manifest`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_subjects([patient_subject(data / patient, patient)], path)
+    return write_manifest([patient_subject(data / patient, patient)], path)
 
 
 def midline(volume, axis: int) -> int:
@@ -108,7 +107,7 @@ def half_copies(data: Path, out: Path) -> dict[str, Path]:
                 nib.save(nib.Nifti1Image(array, image.affine, image.header), str(folder / f"{name}.nii.gz"))
             rows[side].append(patient_subject(folder, f"{patient}_{side}"))
     for side, path in manifests.items():
-        write_subjects(rows[side], path)
+        write_manifest(rows[side], path)
     return manifests
 
 
@@ -125,8 +124,8 @@ def run(cmd: list[str], log: Path) -> float:
 def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path, out: Path) -> list[dict]:
     """Train on patient ``train_on``, score patient ``test_on``: a list of its one row."""
     folder = out / name / f"train-{train_on}"
-    train_manifest = write_manifest(data, train_on, folder / "train_manifest.csv")
-    test_manifest = write_manifest(data, test_on, folder / "test_manifest.csv")
+    train_manifest = patient_manifest(data, train_on, folder / "train_manifest.csv")
+    test_manifest = patient_manifest(data, test_on, folder / "test_manifest.csv")
     return train_and_score(name, spec, train_on, train_manifest, test_manifest, folder)
 
 
