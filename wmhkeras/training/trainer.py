@@ -210,10 +210,8 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
             the run folder's lock from here to the end, ``--resume`` included).
     """
     run = RunFolder(Path(out_dir).resolve())
-    cfg = _run_config(cfg, run, data_path, resume=resume, split_given=split is not None)
+    cfg = _run_config(cfg, run, data_path, resume=resume, given=split is not None or init is not None)
     if init is not None:
-        if resume:
-            raise ConfigError("--init starts a new run from a model; a resumed run continues from its own checkpoint")
         check_init_config(cfg, init)
         cfg = finetune_config(cfg, init)
     check_freeze(cfg, finetuning=init is not None or resume and run.init.is_file())
@@ -261,12 +259,11 @@ def _holding(run: RunFolder, resume: bool, chief: bool) -> Iterator[None]:
         yield
 
 
-def _run_config(cfg: Config | None, run: RunFolder, data_path, *, resume: bool, split_given: bool) -> Config:
-    """The config of the run (read back on resume when not given), with ``data.path`` resolved."""
+def _run_config(cfg: Config | None, run: RunFolder, data_path, *, resume: bool, given: bool) -> Config:
+    """The config of the run (read back on resume when not given), with ``data.path`` resolved; on resume,
+    ``given`` (a split or an ``init`` model) is refused (:meth:`RunFolder.check_resume`)."""
     if resume:
-        if split_given:
-            raise ConfigError("train: a resumed run keeps its own split.json; do not pass a split")
-        run.check_resumable()
+        run.check_resume(given=given)
         if cfg is None:
             cfg = load_run_config(run.config)
     elif cfg is None:
