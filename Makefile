@@ -58,7 +58,7 @@ real-protocol: $(STAMP)
 		--arm demo=configs/demo.yaml --arm recipe=configs/real_flair.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check wmhkeras cli tests bench
+	$(BIN)/ruff check wmhkeras cli tests bench scripts
 
 clean:
 	rm -rf $(DEMO) demo_experiment saved_models/demo build *.egg-info

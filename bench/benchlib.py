@@ -14,8 +14,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: The two real patients (docs/real_data.md), read in place: ``$WMH_SHARED_DATA/open_ms_data``.
-OPEN_MS_DATA = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from wmhkeras.data.shared import open_ms_data  # noqa: E402
+
+#: The two real patients (docs/real_data.md), read in place (:func:`wmhkeras.data.shared.open_ms_data`).
+OPEN_MS_DATA = open_ms_data()
 #: The paper's generator (dense U-Net, depth 5, 32 base filters, 224 x 224 single-channel slices).
 PAPER_MODEL = {"arch": "dense_unet", "input_shape": (224, 224, 1), "depth": 5, "base_filters": 32}
 

@@ -1,4 +1,4 @@
-"""GPU benchmark (issue 14, item 5): the paper-setting training step and whole-volume inference.
+"""GPU benchmark: the paper-setting training step and whole-volume inference.
 
 The one script a session runs when it is lent a GPU; it writes one JSON (rewritten after every figure,
 so a run stopped at its time limit keeps what it measured):
@@ -31,8 +31,9 @@ it), ``--backend jax`` (chosen by ``auto``): Keras 3 on JAX, the same model and 
 step is always XLA-compiled there (``jit_compile`` off would run op by op, not TensorFlow's graph
 without XLA, so it is not measured), and the inference steps are done with NumPy and ``keras.ops``
 (normalise by the maximum, resize or pad, model, resize back), the segmenter's steps without TensorFlow.
-What the JAX run needs on that machine beside its own packages: keras, namex and optree (and nibabel for
-the real FLAIR) carried as wheels; see docs/performance.md, section "GPU".
+What the JAX run needs on that machine beside its own packages: keras, namex, optree and nibabel (the
+real FLAIR, and :mod:`wmhkeras.losses` through :mod:`wmhkeras.io`) carried as wheels; see
+docs/performance.md, section "GPU".
 """
 
 from __future__ import annotations
@@ -175,16 +176,11 @@ def versions(backend: str) -> dict:
 
 
 def dice_loss_class(backend: str):
-    """The project's Dice loss (``wmhkeras.losses.overlap.DiceLoss``). Without TensorFlow the module is
-    loaded from its file: the package ``wmhkeras.losses`` imports the content loss, which needs TensorFlow."""
-    if backend == "tensorflow":
-        from wmhkeras.losses import DiceLoss
+    """The project's Dice loss (``wmhkeras.losses.overlap.DiceLoss``), under either backend: importing
+    :mod:`wmhkeras.losses` needs Keras, not TensorFlow."""
+    from wmhkeras.losses import DiceLoss
 
-        return DiceLoss
-    spec = importlib.util.spec_from_file_location("wmhkeras_overlap", REPO / "wmhkeras" / "losses" / "overlap.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.DiceLoss
+    return DiceLoss
 
 
 def build(policy: str, shape, depth: int, base_filters: int):
@@ -289,10 +285,10 @@ def train_section(args, backend: str, device: dict, record, budget) -> None:
 
 
 def find_flair(args) -> Path | None:
+    from wmhkeras.data.shared import shared_data
+
     candidates = [args.flair] if args.flair else []
-    if os.environ.get("WMH_SHARED_DATA"):
-        candidates.append(Path(os.environ["WMH_SHARED_DATA"]) / FLAIR)
-    candidates += [REPO.parent / "shared" / "data" / FLAIR, REPO / "shared" / "data" / FLAIR]
+    candidates += [shared_data() / FLAIR, REPO.parent / "shared" / "data" / FLAIR, REPO / "shared" / "data" / FLAIR]
     return next((path for path in candidates if path and path.is_file()), None)
 
 

@@ -40,8 +40,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from wmhkeras.data.shared import open_ms_data  # noqa: E402
+
 log = logging.getLogger("bench.pipeline")
-SHARED = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data")) / "open_ms_data"
+SHARED = open_ms_data()
 DEMO = {
     "data": {"lesion_fraction": 0.7, "background": "brain", "split": [0.8, 0.1, 0.1]},
     "model": {"arch": "dense_unet", "input_size": [96, 96], "depth": 3, "base_filters": 8},

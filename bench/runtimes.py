@@ -71,7 +71,8 @@ PATHS = (
     ("TFLite dynamic", "dynamic", "float32", "LiteRT (dynamic-range int8)"),
 )
 MARK_BEGIN, MARK_END = "<!-- runtimes:begin -->", "<!-- runtimes:end -->"
-#: Targets of issue 14 (benchmarks, not tests).
+#: The runtime targets (benchmarks, not tests): the shipped model's seconds per volume, the parity Dice, the
+#: bfloat16 speed-up and the fraction of the paper model's speed.
 SHIPPED_SECONDS, PARITY_DICE, BF16_SPEEDUP, PAPER_FRACTION = 30.0, 0.99, 1.5, 0.8
 
 
@@ -286,7 +287,7 @@ def table(report: dict) -> str:
 
 
 def _targets(rows: list[dict]) -> dict:
-    """Issue 14's targets on what was measured (``None``: not measured)."""
+    """The runtime targets (:data:`SHIPPED_SECONDS` ...) on what was measured (``None``: not measured)."""
     def get(model, path):
         return next((r for r in rows if r["model"] == model and r["path"] == path and "slices_per_second" in r), None)
 

@@ -162,6 +162,7 @@ def _evaluate_timing() -> dict:
     import numpy as np
     from scipy import ndimage
 
+    from wmhkeras.data.datasets import Subject, write_manifest
     from wmhkeras.evaluation.evaluate import evaluate
 
     out: dict = {}
@@ -169,14 +170,14 @@ def _evaluate_timing() -> dict:
         tmp = Path(tmp)
         preds = tmp / "pred"
         preds.mkdir()
-        rows = ["subject,site,flair,t1,label"]
+        subjects = []
         for patient in ("patient07", "patient26"):
             truth = nib.load(str(SHARED / patient / "GOLD_STANDARD.nii.gz"))
             mask = ndimage.binary_dilation(np.asarray(truth.dataobj) > 0).astype(np.uint8)
             nib.save(nib.Nifti1Image(mask, truth.affine, truth.header), str(preds / f"{patient}_wmh_mask.nii.gz"))
-            rows.append(f"{patient},open_ms,{SHARED / patient / 'FLAIR.nii.gz'},,{SHARED / patient / 'GOLD_STANDARD.nii.gz'}")
-        manifest = tmp / "manifest.csv"
-        manifest.write_text("\n".join(rows) + "\n")
+            subjects.append(Subject(patient, "open_ms", SHARED / patient / "FLAIR.nii.gz",
+                                    label=SHARED / patient / "GOLD_STANDARD.nii.gz"))
+        manifest = write_manifest(subjects, tmp / "manifest.csv")
         for qc in (False, True):
             start, cpu_start = time.perf_counter(), time.process_time()
             result = evaluate(preds, manifest, tmp / f"ev_{qc}", qc=qc)
@@ -402,6 +403,7 @@ def _load_cohort(folder: Path, subjects: int) -> tuple[Path, dict[int, Path]]:
     """The tiny model and, for N // 10 and N subjects, a manifest of the first ones of one synthetic cohort."""
     import keras
 
+    from wmhkeras.data.datasets import read_manifest, write_manifest
     from wmhkeras.data.synth import SiteParams, make_cohort
     from wmhkeras.models import build_generator
 
@@ -410,11 +412,9 @@ def _load_cohort(folder: Path, subjects: int) -> tuple[Path, dict[int, Path]]:
     build_generator("unet", input_shape=(*LOAD_SHAPE[:2], 1), depth=2, base_filters=4).save(model)
     site = SiteParams("load", (2.0, 2.0, 4.0), LOAD_SHAPE)
     manifest = make_cohort(folder / "cohort", subjects=subjects, sites=1, seed=0, site_params=[site]).manifest
-    header, *rows = manifest.read_text().splitlines()
-    manifests = {}
-    for n in sorted({max(1, subjects // 10), subjects}):
-        manifests[n] = manifest.with_name(f"manifest_{n}.csv")
-        manifests[n].write_text("\n".join([header, *rows[:n]]) + "\n")
+    listed = read_manifest(manifest)
+    manifests = {n: write_manifest(listed[:n], manifest.with_name(f"manifest_{n}.csv"))
+                 for n in sorted({max(1, subjects // 10), subjects})}
     return model, manifests
 
 

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Iterator
 
 import click
 
-#: Exit code when everything asked for was done.
 #: Exit code when some subjects failed (the others are complete; each failure is reported).
 EXIT_SOME_FAILED = 1
 #: Exit code of ``wmhkeras export`` when an artifact is outside its tolerance (all files are written).

@@ -25,8 +25,7 @@ from wmhkeras.cli.common import EXIT_OUTSIDE_TOLERANCE, OutputPath, handle_error
 @click.option("--saved-model", "saved_models", default=None, metavar="LIST",
               help="SavedModel precisions, comma-separated, from float32,bfloat16; float32 is always written, "
                    "bfloat16 (OUT/saved_model_bf16, bfloat16 compute, float32 in and out) when listed "
-                   "[default: float32, plus bfloat16 on a machine with native bfloat16 if it verifies and is "
-                   "faster than float32 there].")
+                   "[default: float32 alone].")
 @click.option("--calibration", default=None, type=click.Path(path_type=Path), metavar="DATA",
               help="int8 calibration data: a dataset (manifest CSV or folder) or a .npy of preprocessed slices "
                    "[default: the run's training subjects].")
@@ -67,8 +66,6 @@ def export_command(model_or_run_dir: Path, out_dir: Path | None, tflite: str | N
         raise click.UsageError("--serving-name needs --serving-version N")
     variants = parse_variants(tflite)
     precisions = parse_saved_models(saved_models)
-    if serving_version is not None and precisions is not None and "bfloat16" in precisions:
-        raise click.UsageError("--saved-model bfloat16 is not written with --serving-version")
     out_dir = out_dir or default_out_dir(model_or_run_dir)
     report = export(model_or_run_dir, out_dir, tflite=variants, force=force, calibration_data=calibration,
                     card_info=card_info, metrics=metrics, serving_version=serving_version, serving_name=serving_name,

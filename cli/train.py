@@ -56,11 +56,8 @@ def train_command(configs: tuple[str, ...], overrides: tuple[str, ...], data_pat
     from wmhkeras.io.run_folder import RunFolder
 
     if resume_dir is not None:
-        if configs or out_dir or split_file or init_model:
-            raise ConfigError("--resume RUN_DIR reads the config, split and starting model from RUN_DIR: give no "
-                              "CONFIG file, --out, --split or --init")
         run = RunFolder(resume_dir)
-        run.check_resumable()
+        run.check_resume(given=bool(configs or out_dir or split_file or init_model))
         cfg = load_run_config(run.config, overrides)
         target = Path(resume_dir)
         click.echo(f"resuming run folder: {target.resolve()}")

@@ -28,13 +28,11 @@ OFFSETS = (0, 8, 16, 24)
 
 
 def measure(run: Path, batches: int = 10) -> dict:
-    import keras
-
-    import wmhkeras.registration  # noqa: F401  (the custom layers of the checkpoint)
     from wmhkeras.config import load_run_config
     from wmhkeras.data.datasets import load_dataset
     from wmhkeras.data.splits import load_split
-    from wmhkeras.training.cache import open_cache
+    from wmhkeras.registration import load_model
+    from wmhkeras.training.cache import LESION_BIT, open_cache
     from wmhkeras.training.cohort import check_cohort
     from wmhkeras.training.sampler import Sampler, crop
 
@@ -47,7 +45,7 @@ def measure(run: Path, batches: int = 10) -> dict:
     cache = open_cache(cfg, train, None)
     records = check_cohort(cfg, train, {"train": list(split.train), "validation": [], "holdout": []}, cache=cache)
     sampler = Sampler(cfg, cache, [records[s] for s in split.train], cfg.train.seed)
-    model = keras.saving.load_model(run / "checkpoints" / "best.keras", compile=False)
+    model = load_model(run / "checkpoints" / "best.keras")
     multiple = 2 ** cfg.model.depth
     h, w = cfg.data.patch_size
     sums = {o: np.zeros(5, np.int64) for o in OFFSETS}  # patch TP, patch predicted, true, whole TP, whole predicted
@@ -59,7 +57,7 @@ def measure(run: Path, batches: int = 10) -> dict:
             rows, cols = x.shape[:2]
             padded = np.pad(x, ((0, -rows % multiple), (0, -cols % multiple), (0, 0)))
             whole = np.asarray(model(padded[None], training=False))[0, :rows, :cols, 0] > 0.5
-            r, c = sampler._centre(labels, category[i], int(off[i]))
+            r, c = divmod(int(np.flatnonzero(labels & LESION_BIT)[off[i]]), labels.shape[1])  # the drawn lesion voxel
             for o in OFFSETS:
                 r0, c0 = r - h // 2 + o, c - w // 2 + o
                 patch = np.asarray(model(crop(x, r0, c0, h, w)[None], training=False))[0, ..., 0] > 0.5
@@ -71,7 +69,7 @@ def measure(run: Path, batches: int = 10) -> dict:
         rows.append({"offset_px": o, "patch_dice": round(2 * tp / max(pred + true, 1), 3), "patch_predicted": int(pred),
                      "true": int(true), "whole_slice_dice": round(2 * tp_whole / max(pred_whole + true, 1), 3),
                      "whole_slice_predicted": int(pred_whole)})
-    # load_run_config reads a run saved before data.lesion_position existed as the centre it ran with
+    # load_run_config gives a run config without data.lesion_position the centre it ran with
     return {"run": str(run), "lesion_position": cfg.data.lesion_position,
             "patch_size": [h, w], "batches": batches, "rows": rows}
 

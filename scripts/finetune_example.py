@@ -19,14 +19,15 @@ trainings are reused when the script runs again. Results: ``OUT/results.json`` a
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data_protocol import REPORTED, default_data, half_copies, one_direction, score, train_and_score  # noqa: E402
+from real_data_protocol import REPORTED, data_folder, half_copies, one_direction, score, train_and_score  # noqa: E402
+
+from wmhkeras.data.datasets import read_manifest, write_manifest  # noqa: E402
 
 BASE_PATIENT, PATIENT = "patient26", "patient07"
 #: The budget of the fine-tune and scratch arms (configs/finetune.yaml's, given to real_flair.yaml too).
@@ -36,12 +37,8 @@ ARMS = {"fine-tune": "configs/finetune.yaml", "scratch": f"configs/real_flair.ya
 
 def patient_half(manifest: Path, side: str, out: Path) -> Path:
     """The row of :data:`PATIENT` in a ``half_copies`` manifest, as a manifest of its own."""
-    with open(manifest, newline="") as f:
-        rows = list(csv.reader(f))
-    path = out / f"{PATIENT}_{side}.csv"
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([rows[0]] + [r for r in rows[1:] if r[0] == f"{PATIENT}_{side}"])
-    return path
+    subjects = [s for s in read_manifest(manifest) if s.subject == f"{PATIENT}_{side}"]
+    return write_manifest(subjects, out / f"{PATIENT}_{side}.csv")
 
 
 def summary(rows: list[dict]) -> str:
@@ -75,9 +72,7 @@ def main() -> int:
     parser.add_argument("--train-on", choices=("left", "right"), nargs="+", default=["left", "right"],
                         help="the half of patient07 each arm trains on (the other is scored)")
     args = parser.parse_args()
-    data = args.data or default_data()
-    if not (data / PATIENT / "FLAIR.nii.gz").is_file():
-        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    data = data_folder(parser, args.data, PATIENT)
     out = args.out.resolve()
     one_direction("base", "configs/real_flair.yaml", BASE_PATIENT, PATIENT, data, out)  # trained once, reused
     base = out / "base" / f"train-{BASE_PATIENT}" / "run"

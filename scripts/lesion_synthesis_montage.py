@@ -14,7 +14,6 @@ The data folder comes from ``--data``, else ``$WMH_SHARED_DATA/open_ms_data``, e
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,13 +23,8 @@ import numpy as np
 from wmhkeras.io import load_volume
 from wmhkeras.training import lesion_synthesis as ls
 
-REPO = Path(__file__).resolve().parents[1]
-PATIENTS = ("patient07", "patient26")
-
-
-def default_data() -> Path:
-    shared = os.environ.get("WMH_SHARED_DATA")
-    return Path(shared) / "open_ms_data" if shared else REPO.parent / "shared" / "data" / "open_ms_data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_data_protocol import PATIENTS, data_folder  # noqa: E402
 
 
 def lesion_slices(mask: np.ndarray, n: int) -> list[int]:
@@ -56,9 +50,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dpi", type=int, default=80)
     args = parser.parse_args()
-    data = args.data or default_data()
-    if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
-        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    data = data_folder(parser, args.data)
 
     import matplotlib
 

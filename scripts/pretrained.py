@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data_protocol import PATIENTS, REPO, default_data, wmhkeras, write_manifest  # noqa: E402
+from real_data_protocol import PATIENTS, REPO, data_folder, patient_subject, wmhkeras  # noqa: E402
 
+from wmhkeras.data.datasets import write_manifest  # noqa: E402
 from wmhkeras.io.files import json_safe  # noqa: E402
 
 CITATION = ("Lesjak Z., Galimzianova A., Koren A., Lukin M., Pernus F., Likar B., Spiclin Z. A Novel Public MR "
@@ -83,11 +84,8 @@ def run(cmd: list[str]) -> None:
 
 def train_both(data: Path, work: Path, config: str) -> Path:
     """Train ``config`` on both patients (no validation subject); returns the run folder."""
-    manifest = work / "manifest.csv"
-    write_manifest(data, PATIENTS[0], manifest)
-    second = write_manifest(data, PATIENTS[1], work / "second.csv").read_text().splitlines()[1]
-    with open(manifest, "a") as f:
-        f.write(second + "\n")
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = write_manifest([patient_subject(data / p, p) for p in PATIENTS], work / "manifest.csv")
     run([*wmhkeras(), "train", config, "--data", str(manifest), "--out", str(work / "run"), "--quiet",
          "--set", "data.split=[1.0, 0.0, 0.0]"])
     return work / "run"
@@ -104,9 +102,7 @@ def main() -> int:
                         help="export this finished run folder (the same config trained on both patients) instead of "
                              "training one")
     args = parser.parse_args()
-    data = args.data or default_data()
-    if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
-        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    data = data_folder(parser, args.data)
     shutil.rmtree(args.work, ignore_errors=True)
     run_dir = args.run or train_both(data, args.work, args.config)
     args.work.mkdir(parents=True, exist_ok=True)

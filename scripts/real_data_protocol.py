@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from wmhkeras.data.datasets import Subject, write_manifest
+from wmhkeras.data.shared import open_ms_data
 
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = ("patient07", "patient26")
@@ -39,9 +41,13 @@ REPORTED = ("dice", "hd95", "avd", "lesion_recall", "lesion_f1", "precision", "r
             "pred_volume_ml")
 
 
-def default_data() -> Path:
-    shared = os.environ.get("WMH_SHARED_DATA")
-    return Path(shared) / "open_ms_data" if shared else REPO.parent / "shared" / "data" / "open_ms_data"
+def data_folder(parser: argparse.ArgumentParser, given: Path | None, patient: str = PATIENTS[0]) -> Path:
+    """``--data``, else the shared ``open_ms_data`` folder (:func:`wmhkeras.data.shared.open_ms_data`); a
+    usage error where ``patient``'s FLAIR is not in it."""
+    data = given or open_ms_data()
+    if not (data / patient / "FLAIR.nii.gz").is_file():
+        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    return data
 
 
 def wmhkeras() -> list[str]:
@@ -49,14 +55,16 @@ def wmhkeras() -> list[str]:
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "wmhkeras.cli.main"]
 
 
-def write_manifest(data: Path, patient: str, path: Path) -> Path:
+def patient_subject(folder: Path, subject: str) -> Subject:
+    """The subject of a patient's folder (``FLAIR.nii.gz``, ``T1.nii.gz``, ``GOLD_STANDARD.nii.gz``), site open_ms."""
+    folder = folder.resolve()
+    return Subject(subject, "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz", folder / "GOLD_STANDARD.nii.gz")
+
+
+def patient_manifest(data: Path, patient: str, path: Path) -> Path:
+    """A manifest of one patient of ``data`` (:func:`wmhkeras.data.datasets.write_manifest`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = data.resolve() / patient   # absolute: a manifest's relative paths are read from its own folder
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["subject", "site", "flair", "t1", "label"])
-        writer.writerow([patient, "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz", folder / "GOLD_STANDARD.nii.gz"])
-    return path
+    return write_manifest([patient_subject(data / patient, patient)], path)
 
 
 def midline(volume, axis: int) -> int:
@@ -84,7 +92,7 @@ def half_copies(data: Path, out: Path) -> dict[str, Path]:
         axis = next(i for i, c in enumerate(codes) if c in ("L", "R"))
         cut = midline(np.asarray(flair.dataobj, dtype=np.float32), axis)
         for side in ("left", "right"):
-            folder = (out / f"{patient}_{side}").resolve()   # absolute, as in write_manifest
+            folder = out / f"{patient}_{side}"
             folder.mkdir(parents=True, exist_ok=True)
             # voxels beyond the cut towards `side` are kept; the other half is zeroed
             keep_high = (codes[axis] == "L") == (side == "left")
@@ -97,13 +105,9 @@ def half_copies(data: Path, out: Path) -> dict[str, Path]:
                 index[axis] = slice(0, cut) if keep_high else slice(cut, None)
                 array[tuple(index)] = 0
                 nib.save(nib.Nifti1Image(array, image.affine, image.header), str(folder / f"{name}.nii.gz"))
-            rows[side].append([f"{patient}_{side}", "open_ms", folder / "FLAIR.nii.gz", folder / "T1.nii.gz",
-                               folder / "GOLD_STANDARD.nii.gz"])
+            rows[side].append(patient_subject(folder, f"{patient}_{side}"))
     for side, path in manifests.items():
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["subject", "site", "flair", "t1", "label"])
-            writer.writerows(rows[side])
+        write_manifest(rows[side], path)
     return manifests
 
 
@@ -120,8 +124,8 @@ def run(cmd: list[str], log: Path) -> float:
 def one_direction(name: str, spec: str, train_on: str, test_on: str, data: Path, out: Path) -> list[dict]:
     """Train on patient ``train_on``, score patient ``test_on``: a list of its one row."""
     folder = out / name / f"train-{train_on}"
-    train_manifest = write_manifest(data, train_on, folder / "train_manifest.csv")
-    test_manifest = write_manifest(data, test_on, folder / "test_manifest.csv")
+    train_manifest = patient_manifest(data, train_on, folder / "train_manifest.csv")
+    test_manifest = patient_manifest(data, test_on, folder / "test_manifest.csv")
     return train_and_score(name, spec, train_on, train_manifest, test_manifest, folder)
 
 
@@ -222,9 +226,7 @@ def main() -> int:
                         help="patients: train on one, score the other; hemispheres: train on both patients' "
                              "left halves, score the right halves, and the other way round")
     args = parser.parse_args()
-    data = args.data or default_data()
-    if not (data / PATIENTS[0] / "FLAIR.nii.gz").is_file():
-        parser.error(f"{data}: open_ms_data not found (use --data or set WMH_SHARED_DATA)")
+    data = data_folder(parser, args.data)
     halves = half_copies(data, args.out / "halves") if args.split == "hemispheres" else None
     rows = []
     for arm in args.arm:

@@ -16,7 +16,7 @@ scans are refused.
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,6 +24,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from wmhkeras.data.datasets import read_manifest, write_manifest  # noqa: E402
 
 
 def axial_axis(affine: np.ndarray) -> int:
@@ -68,29 +70,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.factor < 2:
         raise SystemExit("--factor must be 2 or more")
-    with open(args.manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
-    base = args.manifest.resolve().parent
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
-    for row in rows:
-        folder = args.out / row["subject"]
+    for subject in read_manifest(args.manifest):
+        folder = args.out / subject.subject
         folder.mkdir(exist_ok=True)
-        entry = {"subject": row["subject"], "site": row.get("site") or "site0", "flair": "", "t1": "", "label": ""}
+        copies = {}
         for key, is_label in (("flair", False), ("t1", False), ("label", True)):
-            if not row.get(key):
+            source = getattr(subject, key)
+            if source is None:
                 continue
-            image = nib.load(str(base / row[key]))
+            image = nib.load(str(source))
             axis = axial_axis(image.affine)
             data, affine = thicken(image.get_fdata(), image.affine, args.factor, axis, label=is_label)
-            path = folder / f"{key}.nii.gz"
-            nib.save(nib.Nifti1Image(data if is_label else data.astype(np.float32), affine), str(path))
-            entry[key] = str(path.relative_to(args.out))
-        written.append(entry)
-    with open(args.out / "manifest.csv", "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=["subject", "site", "flair", "t1", "label"])
-        out.writeheader()
-        out.writerows(written)
+            copies[key] = folder / f"{key}.nii.gz"
+            nib.save(nib.Nifti1Image(data if is_label else data.astype(np.float32), affine), str(copies[key]))
+        written.append(dataclasses.replace(subject, **{"t1": None, "label": None, **copies}))
+    write_manifest(written, args.out / "manifest.csv")
     print(f"{len(written)} subjects with {args.factor}x thicker axial slices: {args.out / 'manifest.csv'}")
     return 0
 

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from wmhkeras.data.shared import open_ms_data, shared_data
+
 REPO = Path(__file__).resolve().parents[1]
 #: Real test data (two MS patients, CC-BY): WMH_SHARED_DATA points at the folder holding open_ms_data/.
-SHARED_DATA = Path(os.environ.get("WMH_SHARED_DATA", REPO.parent / "shared" / "data"))
-OPEN_MS = SHARED_DATA / "open_ms_data"
+SHARED_DATA = shared_data()
+OPEN_MS = open_ms_data()
 #: ImageNet VGG19 blocks 1-3 (Keras layout, .npz; CC BY 4.0), beside the data: WMH_SHARED_WEIGHTS overrides.
 SHARED_WEIGHTS = Path(os.environ.get("WMH_SHARED_WEIGHTS", SHARED_DATA.parent / "weights"))
 SHARED_VGG19 = SHARED_WEIGHTS / "vgg19_imagenet_block1-3.npz"

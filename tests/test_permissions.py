@@ -7,10 +7,9 @@ import stat
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
+from tests.cli.helpers import run_cli
 from tests.io.bids_tree import make_bids_tree
-from wmhkeras.cli.main import main
 from wmhkeras.data.synth import SiteParams, make_cohort
 
 TINY = {"data": {"split": [0.5, 0.25, 0.25]},
@@ -20,7 +19,7 @@ TINY = {"data": {"split": [0.5, 0.25, 0.25]},
 
 
 def _run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
+    result = run_cli(*args)
     assert result.exit_code == 0, result.output
     return result
 

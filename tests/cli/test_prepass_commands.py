@@ -7,11 +7,10 @@ import shutil
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
+from tests.cli.helpers import run_cli
 from tests.experiment.test_experiment import TINY as TINY_EXPERIMENT
 from tests.training.test_trainer import TINY
-from wmhkeras.cli.main import main
 from wmhkeras.data.datasets import load_dataset
 from wmhkeras.data.synth import SITE_PRESETS, make_cohort
 
@@ -34,10 +33,6 @@ def _broken(cohort, tmp_path, which="flair", subject=5):
     return root, path
 
 
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def _one_error_line(res, path):
     assert res.exit_code == 2, res.output
     lines = res.stderr.splitlines()
@@ -47,7 +42,7 @@ def _one_error_line(res, path):
 
 def test_check_lists_the_broken_file_on_stderr(cohort, tmp_path):
     root, path = _broken(cohort, tmp_path, "label")
-    res = _run("check", root, "--labels")
+    res = run_cli("check", root, "--labels")
     assert res.exit_code == 2
     assert res.stderr.splitlines() == [line for line in res.stderr.splitlines() if line.startswith("FAIL sub-006: ")]
     assert len(res.stderr.splitlines()) == 1 and str(path) in res.stderr
@@ -59,7 +54,7 @@ def test_train_refuses_a_broken_file_of_any_subject_before_training(cohort, tmp_
     config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "epochs": 1}}))
     for subject in range(6):  # the hold-out subject among them: its files were only looked for before
         root, path = _broken(cohort, tmp_path / f"s{subject}", "flair" if subject % 2 else "label", subject)
-        res = _run("train", config, "--data", root, "--out", tmp_path / "run")
+        res = run_cli("train", config, "--data", root, "--out", tmp_path / "run")
         _one_error_line(res, path)
         assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".tmp-run*"))
 
@@ -69,7 +64,7 @@ def test_experiment_refuses_a_broken_file_before_writing(cohort, tmp_path):
     config.write_text(yaml.safe_dump(TINY_EXPERIMENT))  # site2 external
     for subject in (0, 1, 2, 4):  # a training subject among them: before, only the arm's training found it
         root, path = _broken(cohort, tmp_path / f"s{subject}", "flair", subject)
-        res = _run("experiment", config, "--data", root, "--out", tmp_path / "exp")
+        res = run_cli("experiment", config, "--data", root, "--out", tmp_path / "exp")
         _one_error_line(res, path)
         assert not (tmp_path / "exp").exists()
 
@@ -82,12 +77,12 @@ def test_evaluate_refuses_a_broken_truth_or_prediction_before_scoring(cohort, tm
         if s.subject != "sub-003":
             shutil.copy(s.label, pred / f"{s.subject}_wmh_mask.nii.gz")
     shutil.copy(load_dataset(cohort)[2].label, pred / "sub-003_wmh_mask.nii.gz")
-    res = _run("evaluate", "--pred", pred, "--truth", root, "--out", tmp_path / "ev", "--no-qc")
+    res = run_cli("evaluate", "--pred", pred, "--truth", root, "--out", tmp_path / "ev", "--no-qc")
     _one_error_line(res, label)
     assert not (tmp_path / "ev").exists()
     shutil.copy(load_dataset(cohort)[2].label, label)  # the truth repaired, a prediction broken
     broken_pred = pred / "sub-004_wmh_mask.nii.gz"
     broken_pred.write_bytes(b"")
-    res = _run("evaluate", "--pred", pred, "--truth", root, "--out", tmp_path / "ev", "--no-qc")
+    res = run_cli("evaluate", "--pred", pred, "--truth", root, "--out", tmp_path / "ev", "--no-qc")
     assert res.exit_code == 2 and res.stderr == f"error: {broken_pred}: the file is empty (0 bytes)\n"
     assert not (tmp_path / "ev").exists()

@@ -7,10 +7,9 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from tests.cli.helpers import run_cli
 from tests.inference.helpers import SHAPE, blob_volume, read_rows, tiny_model_file, write_nifti
-from wmhkeras.cli.main import main
 
 PROGRESS_PREFIX = "subjects: "
 
@@ -18,10 +17,6 @@ PROGRESS_PREFIX = "subjects: "
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.keras")
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _error_line(res) -> str:
@@ -68,7 +63,7 @@ def test_one_bad_flair_exits_2_and_out_is_not_created(model, tmp_path, case):
     bad = tmp_path / "bad.nii.gz"
     make(bad)
     out = tmp_path / "new" / "out"
-    res = _run("segment", model, bad, "--out", out)
+    res = run_cli("segment", model, bad, "--out", out)
     assert res.exit_code == 2, res.output
     line = _error_line(res)
     assert message in line and str(bad) in line
@@ -82,12 +77,12 @@ def test_an_existing_out_folder_is_left_as_it_was_found(model, tmp_path, case):
     make, _ = {**BAD_FILES, **BAD_VOXELS}[case]
     flair = write_nifti(tmp_path / "bad.nii.gz", blob_volume(), np.eye(4))
     out = tmp_path / "out"
-    assert _run("segment", model, flair, "--out", out).exit_code == 0
+    assert run_cli("segment", model, flair, "--out", out).exit_code == 0
     (out / "notes.txt").write_text("mine")
     before = _tree(out)
     assert {"bad_wmh_mask.nii.gz", "summary.csv", "segment.json", "notes.txt"} <= set(before)
     make(flair)
-    res = _run("segment", model, flair, "--out", out)
+    res = run_cli("segment", model, flair, "--out", out)
     assert res.exit_code == 2, res.output
     _error_line(res)
     assert _tree(out) == before
@@ -102,7 +97,7 @@ def test_bad_voxels_among_good_subjects_fail_alone(model, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "s3_wmh_mask.nii.gz").write_bytes(b"an earlier run's mask")  # stale: removed once the run started
-    res = _run("segment", model, good[0], tmp_path / "s3.nii.gz", tmp_path / "s4.nii.gz", good[1], "--out", out)
+    res = run_cli("segment", model, good[0], tmp_path / "s3.nii.gz", tmp_path / "s4.nii.gz", good[1], "--out", out)
     assert res.exit_code == 1, res.output
     failed = [line for line in res.stderr.splitlines() if line.startswith("failed: ")]
     assert len(failed) == 2 and "failed: s3: " in failed[0] and "not finite" in failed[0]
@@ -119,11 +114,11 @@ def test_grids_that_disagree_are_refused_before_work(tmp_path):
     two = tiny_model_file(tmp_path / "two.keras", channels=2)  # FLAIR + T1
     flair = write_nifti(tmp_path / "a_FLAIR.nii.gz", blob_volume(), np.eye(4))
     t1 = write_nifti(tmp_path / "a_T1.nii.gz", blob_volume(), np.diag([1.0, 1.0, 2.0, 1.0]))
-    res = _run("segment", two, flair, "--t1", t1, "--out", tmp_path / "out")
+    res = run_cli("segment", two, flair, "--t1", t1, "--out", tmp_path / "out")
     assert res.exit_code == 2 and f"{t1}: affine differs from a_FLAIR.nii.gz" in _error_line(res)
     small = write_nifti(tmp_path / "brain.nii.gz", np.ones((32, 32, 9)), np.eye(4))
     one = tiny_model_file(tmp_path / "one.keras")
-    res = _run("segment", one, flair, "--brain-mask", small, "--out", tmp_path / "out")
+    res = run_cli("segment", one, flair, "--brain-mask", small, "--out", tmp_path / "out")
     assert res.exit_code == 2 and "shape (32, 32, 9) differs from a_FLAIR.nii.gz" in _error_line(res)
     assert not (tmp_path / "out").exists()
 
@@ -132,7 +127,7 @@ def test_a_model_file_that_is_not_a_model(tmp_path):
     flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), np.eye(4))
     for name, data in (("junk.keras", b"PK\x03\x04 not really a zip"), ("model.keras", gzip.compress(b"x"))):
         (tmp_path / name).write_bytes(data)
-        res = _run("segment", tmp_path / name, flair, "--out", tmp_path / "out")
+        res = run_cli("segment", tmp_path / name, flair, "--out", tmp_path / "out")
         assert res.exit_code == 2 and str(tmp_path / name) in _error_line(res)
     assert not (tmp_path / "out").exists()
 
@@ -145,7 +140,7 @@ def test_an_id_that_climbs_out_of_out_writes_nothing_anywhere(model, tmp_path, s
     manifest = data / "manifest.csv"
     manifest.write_text(f'subject,site,flair,t1,label\n"{subject}",a,f.nii.gz,,\nok,a,f.nii.gz,,\n')
     before = _tree(tmp_path)
-    res = _run("segment", model, manifest, "--out", tmp_path / "work" / "out")
+    res = run_cli("segment", model, manifest, "--out", tmp_path / "work" / "out")
     assert res.exit_code == 2, res.output
     assert "subject ids must be plain names, not paths" in _error_line(res) and repr(subject) in res.stderr
     assert _tree(tmp_path) == before  # nothing written, not even --out

@@ -18,11 +18,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from click.testing import CliRunner
 
 import wmhkeras.io.files as files
+from tests.cli.helpers import run_cli
 from tests.inference.helpers import blob_volume, read_rows, tiny_model_file, write_nifti
-from wmhkeras.cli.main import main
 from wmhkeras.data.synth import SiteParams, make_cohort
 
 SUBJECTS = ["s1", "s2", "s3"]
@@ -40,10 +39,6 @@ def scans(tmp_path_factory):
     for i, s in enumerate(SUBJECTS):
         write_nifti(folder / f"{s}.nii.gz", blob_volume(i), np.eye(4))
     return folder
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _one_error_line(result, expected: str) -> None:
@@ -84,14 +79,14 @@ def test_segment_stops_at_a_nifti_it_cannot_write_and_resumes(model, scans, tmp_
     out = tmp_path / "out"
     with monkeypatch.context() as m:
         m.setattr(nib, "save", _failing(name, code, nib.save))
-        result = _run("segment", model, scans, "--out", out)
+        result = run_cli("segment", model, scans, "--out", out)
     _one_error_line(result, f"cannot write {out / name}.nii.gz: {os.strerror(code)}")
     # s1 is complete and listed; s2 (the one being written) has no files at all; s3 was never started
     assert sorted(p.name for p in out.iterdir()) == ["s1_lesions.csv", "s1_wmh_mask.nii.gz", "s1_wmh_prob.nii.gz",
                                                       "segment.json", "summary.csv"]
     assert [(r["subject"], r["status"]) for r in read_rows(out / "summary.csv")] == [("s1", "ok")]
     assert json.loads((out / "segment.json").read_text())["state"] == "running"
-    resumed = _run("segment", model, scans, "--out", out, "--skip-existing")
+    resumed = run_cli("segment", model, scans, "--out", out, "--skip-existing")
     assert resumed.exit_code == 0, resumed.output
     assert [(r["subject"], r["status"]) for r in read_rows(out / "summary.csv")] == [(s, "ok") for s in SUBJECTS]
     assert _stray(out) == []
@@ -106,12 +101,12 @@ def test_segment_stops_when_the_summary_cannot_be_written(model, scans, tmp_path
 
     with monkeypatch.context() as m:
         m.setattr(files, "open", _failing("summary", errno.ENOSPC, opener, after=1), raising=False)
-        result = _run("segment", model, scans, "--out", out)
+        result = run_cli("segment", model, scans, "--out", out)
     _one_error_line(result, f"cannot write {out / 'summary.csv'}: No space left on device")
     # the table written after s1 stays whole; s2's files are complete but unlisted, so a resume redoes s2
     assert [(r["subject"], r["status"]) for r in read_rows(out / "summary.csv")] == [("s1", "ok")]
     assert _stray(out) == []
-    resumed = _run("segment", model, scans, "--out", out, "--skip-existing")
+    resumed = run_cli("segment", model, scans, "--out", out, "--skip-existing")
     assert resumed.exit_code == 0 and "s1: " in resumed.output and "complete from an earlier run" in resumed.output
     assert [r["subject"] for r in read_rows(out / "summary.csv")] == SUBJECTS
 
@@ -128,7 +123,7 @@ def test_export_that_cannot_write_its_saved_model_leaves_no_folder(model, tmp_pa
     # keras.export.ExportArchive() makes an instance of the backend's class
     monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", full_disk)
     out = tmp_path / "exports" / "tiny"
-    result = _run("export", model, "--out", out, "--tflite", "none")
+    result = run_cli("export", model, "--out", out, "--tflite", "none")
     _one_error_line(result, f"cannot write {out / 'saved_model'}: No space left on device")
     assert list(tmp_path.iterdir()) == []  # neither the export folder, nor the staged one, nor exports/
 
@@ -157,12 +152,12 @@ def test_train_stops_at_a_checkpoint_it_cannot_write_and_resumes(cohort, tmp_pat
     run = (tmp_path / "run").resolve()
     with monkeypatch.context() as m:  # epoch 1 saves last.keras and best.keras; epoch 2's last.keras fails
         m.setattr(keras.Model, "save", _failing("last", errno.ENOSPC, keras.Model.save, after=1))
-        result = _run("train", config, "--data", cohort, "--out", run)
+        result = run_cli("train", config, "--data", cohort, "--out", run)
     _one_error_line(result, f"cannot write {run / 'checkpoints' / 'last.keras'}: No space left on device")
     assert _stray(tmp_path) == []
     state = json.loads((run / "checkpoints" / "state.json").read_text())
     assert (state["epochs"], state["running_epoch"]) == (1, 2)  # epoch 1 is saved, epoch 2 was under way
-    resumed = _run("train", "--resume", run)
+    resumed = run_cli("train", "--resume", run)
     assert resumed.exit_code == 0, resumed.output
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     assert _stray(tmp_path) == []
@@ -178,5 +173,5 @@ def test_train_stops_when_tensorboard_cannot_write(cohort, tmp_path, monkeypatch
                                                f"localhost/replica:0/task:0/device:CPU:0}}}} {events}; No space left on device")
 
     monkeypatch.setattr(keras.callbacks.TensorBoard, "on_epoch_end", full_disk)
-    result = _run("train", _config(tmp_path, epochs=1), "--data", cohort, "--out", run)
+    result = run_cli("train", _config(tmp_path, epochs=1), "--data", cohort, "--out", run)
     _one_error_line(result, f"cannot write {events}: No space left on device")

@@ -275,3 +275,9 @@ def test_evaluate_arrays_keys_and_consistency():
     assert m["hd95"] == metrics.hd95(truth, pred, ANISO)
     assert m["lesion_f1"] == metrics.lesion_f1(truth, pred)
     assert isinstance(m["truth_lesions"], int) and all(isinstance(v, (int, float)) for v in m.values())
+
+
+def test_mask_dice():
+    empty = np.zeros((2, 2), bool)
+    assert metrics.mask_dice(empty, empty) == 1.0
+    assert metrics.mask_dice([[1, 1], [0, 0]], [[1, 0], [0, 0]]) == pytest.approx(2 / 3)

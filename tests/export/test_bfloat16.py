@@ -1,8 +1,9 @@
-"""The bfloat16 SavedModel of an export (``--saved-model``): when it is tried, kept or left out, its card,
-``wmhkeras segment`` on it, and the table's runtime and speed columns. Fixtures: ``conftest.py``.
+"""The bfloat16 SavedModel of an export (``--saved-model``): written only when asked for, whatever the
+machine and its timings, its card, ``wmhkeras segment`` on it, and the table's runtime and speed columns.
+Fixtures: ``conftest.py``.
 
-The speed comparison is replaced by a fixed ratio (``runner.bf16_speedup``), so that both outcomes of
-"kept only when faster" are tested whatever this machine measures.
+The speed comparison is replaced by a fixed ratio (``runner.bf16_speedup``) where a test needs one, so
+that no outcome depends on what this machine measures.
 """
 
 from __future__ import annotations
@@ -68,47 +69,38 @@ def test_library_refuses_bfloat16_in_the_serving_layout_before_any_work(tmp_path
     assert not (tmp_path / "o").exists() and not leftovers(tmp_path)
 
 
-def test_plan(monkeypatch):
-    """When the bfloat16 SavedModel is tried (auto), written whatever (explicit), or not, and why not."""
+@pytest.mark.parametrize("native", ["0", "1"])
+def test_plan_writes_bfloat16_only_when_asked_for(monkeypatch, native):
+    """Native bfloat16 or not, the default writes float32 alone; listed, bfloat16 is written."""
     from wmhkeras.export.serving import serving_layout
 
-    serving = serving_layout("wmh", 1)
-    monkeypatch.setenv("WMHKERAS_BF16", "1")
-    assert (runner._plan_bfloat16(None, None).mode, runner._plan_bfloat16(None, None).skipped) == ("auto", {})
-    plan = runner._plan_bfloat16(None, serving)
-    assert plan.mode is None and plan.skipped[BF16].startswith("not written in the TensorFlow Serving layout")
-    assert runner._plan_bfloat16(("float32",), None).mode is None
-    monkeypatch.setenv("WMHKERAS_BF16", "0")
-    plan = runner._plan_bfloat16(None, None)
-    assert plan.mode is None and plan.skipped[BF16].startswith("not tried: WMHKERAS_BF16=0")
-    assert runner._plan_bfloat16(("float32", "bfloat16"), None).mode == "explicit"
-    assert runner._plan_bfloat16(("float32",), None).skipped == {}
+    monkeypatch.setenv("WMHKERAS_BF16", native)
+    assert runner._plan_bfloat16(None, None) is False
+    assert runner._plan_bfloat16(None, serving_layout("wmh", 1)) is False
+    assert runner._plan_bfloat16(("float32",), None) is False
+    assert runner._plan_bfloat16(("float32", "bfloat16"), None) is True
 
 
-def test_rejection_reasons_carry_the_figures():
-    """Hand-made checks: 10 ms float32, 16 ms bfloat16 (0.62x); a bfloat16 check outside its tolerance."""
+def test_speed_line_follows_the_speed_rule_of_segment():
+    """Hand-made checks: 10 ms float32 against 16 ms (0.62x), 10 ms (1.00x) and 5 ms (2x) bfloat16; the
+    rule is :func:`wmhkeras.inference.precision.bfloat16_faster` (not slower, at 2 decimals)."""
     f32 = ArtifactCheck("saved_model", "saved_model", 1, 10.0, 0.0, 1.0)
-    slow = [ArtifactCheck(BF16, BF16, 1, 16.0, 1e-3, 0.995), ArtifactCheck("segment_volume_bf16", BF16, None, 5, 0, 1)]
-    assert runner._bf16_rejection(f32, slow).startswith(
-        "not faster on this machine: 0.62x the float32 SavedModel (16.00 vs 10.00 ms/slice), mask Dice 0.9950")
-    fast = [ArtifactCheck(BF16, BF16, 1, 5.0, 1e-3, 0.995), slow[1]]
-    assert runner._bf16_rejection(f32, fast) is None  # 2x
-    fast[1] = ArtifactCheck("segment_volume_bf16", BF16, None, 5, 0.2, 0.9, {"mask_dice": 0.99}, False)
-    assert runner._bf16_rejection(f32, fast).startswith("outside its tolerance (segment_volume_bf16): 2.00x")
-    almost = [ArtifactCheck(BF16, BF16, 1, 10.0 / 1.04, 0, 1), slow[1]]  # 1.04x: within timing noise
-    assert runner._bf16_rejection(f32, almost).startswith("not faster on this machine: 1.04x")
+    line = runner.bf16_speed_line(f32, ArtifactCheck(BF16, BF16, 1, 16.0, 1e-3, 0.995))
+    assert line == "bfloat16 SavedModel: 0.62x the float32 SavedModel (16.00 vs 10.00 ms/slice), not faster on this machine"
+    assert runner.bf16_speed_line(f32, ArtifactCheck(BF16, BF16, 1, 10.0, 0, 1)).endswith(", faster on this machine")
+    assert runner.bf16_speed_line(f32, ArtifactCheck(BF16, BF16, 1, 5.0, 0, 1)).startswith("bfloat16 SavedModel: 2.00x")
+    assert precision.bfloat16_faster(1.0) and precision.bfloat16_faster(0.996) and not precision.bfloat16_faster(0.99)
 
 
-# === Default: tried only with native bfloat16 ===
+# === Default: float32 alone ===
 
 
 @pytest.mark.slow
-def test_default_without_native_bfloat16_says_why(exported):
-    """tests/conftest.py sets WMHKERAS_BF16=0: no bfloat16 SavedModel, and the report says it was not tried."""
+def test_default_writes_float32_alone(exported):
+    """The default export holds no bfloat16 SavedModel and the report lists none as skipped."""
     out, report = exported
     assert not (out / BF16).exists()
-    assert report.skipped[BF16].startswith("not tried: WMHKERAS_BF16=0")
-    assert "--saved-model float32,bfloat16" in report.skipped[BF16]
+    assert BF16 not in report.skipped
     card = ModelCard.read(out / "model_card.json")
     assert card.precision == "float32" and set(card.saved_models) == {"float32"}
     # every row says what ran it; Keras is the speed reference
@@ -119,12 +111,12 @@ def test_default_without_native_bfloat16_says_why(exported):
 
 
 @pytest.mark.slow
-def test_native_bfloat16_faster_is_kept_and_segments(tiny_run, tmp_path, monkeypatch):
+def test_asked_for_it_is_written_and_segments(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("WMHKERAS_BF16", "1")
     _ratio(monkeypatch, 1.5)
     run, split, by_id = tiny_run
     out = tmp_path / "exp"
-    report = runner.export(run.path, out, tflite=())
+    report = runner.export(run.path, out, tflite=(), saved_models="float32,bfloat16")
     assert report.passed, format_table(report)
     assert [a.name for a in report.artifacts] == ["keras", "saved_model", "segment_volume", BF16,
                                                   "segment_volume_bf16"]
@@ -175,15 +167,18 @@ def test_native_bfloat16_faster_is_kept_and_segments(tiny_run, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_native_bfloat16_not_faster_is_left_out(tiny_run, tmp_path, monkeypatch):
+def test_native_bfloat16_default_is_float32_alone_whatever_the_speed(tiny_run, tmp_path, monkeypatch, caplog):
+    """On a machine with native bfloat16 and bfloat16 faster, the default export is still float32 alone
+    (its content does not depend on a timing); the log says how to ask for bfloat16."""
     monkeypatch.setenv("WMHKERAS_BF16", "1")
-    _ratio(monkeypatch, 0.63)
+    _ratio(monkeypatch, 2.0)
     run, _, _ = tiny_run
     out = tmp_path / "exp"
-    report = runner.export(run.path, out, tflite=())
+    with caplog.at_level("INFO", logger="wmhkeras.export.runner"):
+        report = runner.export(run.path, out, tflite=())
     assert report.passed and [a.name for a in report.artifacts] == ["keras", "saved_model", "segment_volume"]
-    assert report.skipped[BF16].startswith("not faster on this machine: 0.63x the float32 SavedModel (")
-    assert f"{BF16:<19} skipped: not faster" in format_table(report)
+    assert BF16 not in report.skipped
+    assert any("--saved-model float32,bfloat16" in r.getMessage() for r in caplog.records)
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model_card.json", "saved_model"]
     assert set(ModelCard.read(out / "model_card.json").saved_models) == {"float32"}
     with pytest.raises(ConfigError, match=r"\(use --precision auto or float32\)"):
@@ -192,7 +187,7 @@ def test_native_bfloat16_not_faster_is_left_out(tiny_run, tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_asked_for_it_is_kept_even_when_slower_and_fails_like_any_artifact(tiny_run, tmp_path, monkeypatch):
-    """WMHKERAS_BF16=0 (no native bfloat16) and 0.5x: kept all the same; a tolerance nothing in bfloat16
+    """WMHKERAS_BF16=0 (no native bfloat16) and 0.5x: written all the same; a tolerance nothing in bfloat16
     meets (max |diff| 0) fails the export, as any artifact would (exit code 1 in the CLI)."""
     _ratio(monkeypatch, 0.5)
     run, _, _ = tiny_run

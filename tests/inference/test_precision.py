@@ -61,12 +61,6 @@ def test_cpu_file(tmp_path, monkeypatch):
     assert not precision.cpu_supports_bf16(tmp_path / "with")
 
 
-def test_mask_dice():
-    empty = np.zeros((2, 2), bool)
-    assert precision.mask_dice(empty, empty) == 1.0
-    assert precision.mask_dice([[1, 1], [0, 0]], [[1, 0], [0, 0]]) == pytest.approx(2 / 3)
-
-
 def test_auto_without_native_bfloat16_is_float32(spread_model, monkeypatch):
     _no_native(monkeypatch)
     seg = load_segmenter(spread_model)

@@ -83,6 +83,21 @@ def test_new_run_dir_must_be_absent_or_empty(tmp_path):
         check_new_run_dir(tmp_path)
 
 
+def test_a_resume_takes_no_split_or_model_and_needs_a_run_folder(tmp_path):
+    """The one resume check (RunFolder.check_resume), as train() and `train --resume` both apply it."""
+    run = RunFolder(tmp_path / "run")
+    with pytest.raises(ConfigError, match="give no CONFIG file, --out, --split or --init"):
+        run.check_resume(given=True)
+    with pytest.raises(ConfigError, match="give no CONFIG file"):
+        train(None, run.path, resume=True, split={"train": [], "validation": [], "holdout": []}, verbose=0)
+    with pytest.raises(InputError, match="run folder not found"):
+        run.check_resume(given=False)
+    run.path.mkdir()
+    run.config.write_text("{}")
+    with pytest.raises(InputError, match=r"split.json is missing"):
+        train(None, run.path, resume=True, verbose=0)
+
+
 def test_trim_log_keeps_complete_rows_of_saved_epochs(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("epoch,loss\r\n0,0.9\r\n1,0.8\r\n2,0.7\r\n3,0.")  # epoch 3 cut by a kill

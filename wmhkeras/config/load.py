@@ -277,8 +277,7 @@ def load_config(paths=(), overrides=(), *, experiment: bool = False) -> Config:
 
 def load_run_config(path: str | Path, overrides=()) -> Config:
     """A run folder's saved ``config.yaml``, read as the run was made: a key of :data:`SAVED_RUN_DEFAULTS`
-    that the file lacks (it was saved before the key existed) takes the value the run used, not today's
-    default; then ``overrides`` apply, as in :func:`load_config`."""
+    that the file lacks takes the value such a run was made with, not the current default; then ``overrides`` apply, as in :func:`load_config`."""
     merged = _resolve_relative_paths(read_yaml(path), Path(path).parent)
     for (section, key), value in SAVED_RUN_DEFAULTS.items():
         if isinstance(merged.get(section), dict) and key not in merged[section]:

@@ -53,7 +53,9 @@ class LesionSynthesisConfig:
 class DataConfig:
     """Where the data is and how samples are drawn from it."""
 
-    #: A manifest CSV (``subject,site,flair,t1,label``) or a folder in the MICCAI 2017 WMH layout.
+    #: A manifest CSV (``subject,site,flair,t1,label``), a folder holding ``manifest.csv``, a BIDS dataset (its
+    #: root, or ``ROOT/derivatives/PIPELINE`` for that pipeline's masks; docs/bids.md) or a folder in the MICCAI
+    #: 2017 WMH layout (:func:`wmhkeras.data.datasets.load_dataset`).
     path: Optional[str] = None
     #: Input modalities of the model, FLAIR first.
     modalities: list[Literal["flair", "t1"]] = field(default_factory=lambda: ["flair"])
@@ -68,7 +70,7 @@ class DataConfig:
     #: Where the other samples come from: brain tissue only, or anywhere (empty background too).
     background: Literal["brain", "any"] = "brain"
     #: Patches: where the drawn lesion voxel sits in its lesion patch. ``random``: anywhere in the patch,
-    #: uniformly; ``centre``: at the centre (before 2026-12-02), which teaches a fully convolutional model
+    #: uniformly; ``centre``: at the centre, which teaches a fully convolutional model
     #: a centre prior that whole-slice segmentation never meets (docs/real_data.md).
     lesion_position: Literal["random", "centre"] = "random"
     balance_sites: bool = False

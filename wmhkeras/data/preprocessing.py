@@ -33,7 +33,8 @@ def _tf():
     return tf
 
 
-#: The ``zscore`` brain mask: voxels brighter than this fraction of the volume's maximum.
+#: A voxel is brain when it is brighter than this fraction of the volume's maximum: the ``zscore`` brain mask,
+#: the training cache's brain label and the skull-stripping check.
 BRAIN_THRESHOLD = 0.1
 
 
@@ -172,6 +173,11 @@ class Resampling:
         object.__setattr__(self, "input_size", None if self.input_size is None else tuple(int(v) for v in self.input_size))
         object.__setattr__(self, "spacing", None if self.spacing is None else tuple(float(v) for v in self.spacing))
 
+    def record(self) -> dict:
+        """``{mode, spacing, multiple}``, as ``segment.json`` and the model card's ``resample`` record it."""
+        return {"mode": self.mode, "spacing": None if self.spacing is None else list(self.spacing),
+                "multiple": self.multiple}
+
     def grid(self, in_size, voxel_size=None):
         """``(size, padded)``: the in-plane size after resampling and after padding, as int32 tensors ``[2]``.
 
@@ -247,12 +253,22 @@ def add_context(slices, k: int):
     last = tf.shape(x)[0] - 1
     stacked = tf.stack([tf.gather(x, tf.clip_by_value(z + j, 0, last)) for j in range(-k, k + 1)], axis=-1)
     shape = tf.shape(x)
-    return tf.reshape(stacked, tf.concat([shape[:3], [shape[3] * (2 * k + 1)]], 0))
+    return tf.reshape(stacked, tf.concat([shape[:3], [shape[3] * slices_per_modality(k)]], 0))
+
+
+def slices_per_modality(context_slices: int) -> int:
+    """The slices each modality gives a model's input: slice ``z`` and ``context_slices`` on either side."""
+    return 2 * context_slices + 1
+
+
+def input_channels(n_modalities: int, context_slices: int) -> int:
+    """A model's input channels: each of ``n_modalities`` at :func:`slices_per_modality` slices."""
+    return n_modalities * slices_per_modality(context_slices)
 
 
 def center_channels(n_modalities: int, k: int) -> list[int]:
     """The channels of :func:`add_context`'s output that hold slice ``z`` itself, one per modality."""
-    return [c * (2 * k + 1) + k for c in range(n_modalities)]
+    return [c * slices_per_modality(k) + k for c in range(n_modalities)]
 
 
 def preprocess_volume(channels: Sequence, image_size: Optional[Sequence[int]] = None, method: str = "max", *,

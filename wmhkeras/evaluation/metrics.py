@@ -173,6 +173,14 @@ def dice(truth, pred) -> float:
     return float(2.0 * np.count_nonzero(g & r) / total)
 
 
+def mask_dice(a, b) -> float:
+    """Dice of two boolean masks of any (equal) shape, as a parity check: 1 when both are empty, since two
+    empty masks agree (unlike :func:`dice`, which scores a segmentation against a truth)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
+
+
 def avd(truth, pred) -> float:
     """Average volume difference ``|V_G - V_R| / V_G * 100`` (%) on voxel counts; NaN if ``G`` is empty."""
     g, r = prepare(truth, pred)

@@ -57,7 +57,7 @@ def parse_variants(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
 def parse_saved_models(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     """``'float32,bfloat16'`` or a sequence -> the SavedModel precisions, float32 always among them, in the
     order of :data:`~wmhkeras.io.model_card.SAVED_MODEL_PRECISIONS`; ``None`` stays ``None`` (the default:
-    float32, and bfloat16 where it helps).
+    float32 alone).
 
     Raises:
         ConfigError: an unknown precision, or none at all (the float32 SavedModel is always written).
@@ -74,6 +74,17 @@ def parse_saved_models(text: str | Sequence[str] | None) -> tuple[str, ...] | No
         raise ConfigError(f"saved model precisions (--saved-model): none given; the float32 SavedModel is always "
                           f"written: {allowed}")
     return tuple(p for p in SAVED_MODEL_PRECISIONS if p in names or p == "float32")
+
+
+def check_serving_precisions(precisions: Sequence[str] | None, serving: bool) -> None:
+    """Refuse a bfloat16 SavedModel in the TensorFlow Serving layout (``serving``: ``--serving-version``).
+
+    Raises:
+        ConfigError: bfloat16 among ``precisions`` with ``serving``.
+    """
+    if serving and precisions is not None and "bfloat16" in precisions:
+        raise ConfigError("--saved-model bfloat16 is not written with --serving-version (not written in the "
+                          "TensorFlow Serving layout): export it to another folder without --serving-version")
 
 
 def resolve_tolerances(tolerances: dict | None) -> dict[str, dict[str, float]]:

@@ -21,7 +21,7 @@ class ArtifactCheck:
     ``runtime``: what ran it (``TF oneDNN``, ``TF oneDNN bf16``, ``TF GPU``, ``LiteRT XNNPACK``, ...) on
     ``threads`` CPU threads; ``speedup``: the Keras model's time over this artifact's on the same work (one
     slice at a time; for ``segment_volume`` rows the Keras pipeline of ``wmhkeras segment`` on the volume),
-    so above 1 is faster than Keras. Reports written before these fields read them as empty.
+    so above 1 is faster than Keras. A report without these fields reads them as empty.
     """
 
     name: str
@@ -71,7 +71,7 @@ class ExportReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> ExportReport:
-        """The report of :meth:`to_dict` (``export_report.json``), older reports included."""
+        """The report of :meth:`to_dict` (``export_report.json``), also one without the runtime, threads and speed fields."""
         names = {f.name for f in fields(ArtifactCheck)}
         artifacts = [ArtifactCheck(**{k: v for k, v in a.items() if k in names}) for a in data["artifacts"]]
         return cls(Path(data["out_dir"]), data["source"], data["created"], artifacts, dict(data.get("skipped") or {}),

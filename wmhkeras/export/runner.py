@@ -4,7 +4,7 @@
 
     OUT_DIR/saved_model/             tf.saved_model.load(...) works without wmhkeras or Keras objects
       assets.extra/model_card.json   the card again, so the SavedModel folder alone carries it
-    OUT_DIR/saved_model_bf16/        the same signatures computing in bfloat16 (where it helps, below)
+    OUT_DIR/saved_model_bf16/        the same signatures computing in bfloat16 (when asked for, below)
     OUT_DIR/tflite/model_<v>.tflite  fp32, fp16, dynamic (int8 weights), int8 (full integer)
     OUT_DIR/model_card.json          signatures, preprocessing, intended use, input requirements, data, metrics
     OUT_DIR/export_report.json       how each artifact compares with the Keras model
@@ -21,11 +21,12 @@ and :mod:`~wmhkeras.export.card` (the :class:`wmhkeras.io.model_card.ModelCard`)
 Every artifact is reloaded and run on slices held back from training before the export is accepted; the
 tolerances are in :data:`~wmhkeras.export.options.DEFAULT_TOLERANCES`.
 
-The bfloat16 SavedModel: asked for (``saved_models=("float32", "bfloat16")``) it is written and reported
-like any artifact. By default it is tried only where the machine computes bfloat16 natively
-(:func:`wmhkeras.inference.precision.native_bfloat16`), and kept only when it is within its tolerance and
-at least :data:`MIN_BF16_SPEEDUP` times as fast as the float32 SavedModel on the verification slices
-(:func:`bf16_speedup`); otherwise it is removed and the report's ``skipped`` says why, with the figures.
+The bfloat16 SavedModel is written only when asked for (``saved_models=("float32", "bfloat16")``), and
+then verified and reported like any artifact: what an export holds never depends on a timing. Its speed
+against the float32 SavedModel on the verification slices (:func:`bf16_speedup`) is logged, judged by the
+speed rule of ``segment --precision auto`` (:func:`wmhkeras.inference.precision.bfloat16_faster`); on a
+machine that computes bfloat16 natively (:func:`wmhkeras.inference.precision.native_bfloat16`) a default
+export logs how to ask for it.
 
 Everything is built in a hidden folder beside ``out_dir`` (:func:`wmhkeras.io.files.staged_folder`) and
 renamed onto it at the end, so a failed export leaves nothing behind.
@@ -35,20 +36,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from wmhkeras.errors import ConfigError, InputError
+from wmhkeras.errors import InputError
 from wmhkeras.export.card import build_card, find_holdout_summary, read_card_info, write_card
 from wmhkeras.export.options import (
     OUT_DIR_HINT,
     TFLITE_VARIANTS,
     check_out_dir,
+    check_serving_precisions,
     parse_saved_models,
     parse_variants,
     resolve_tolerances,
@@ -70,16 +70,13 @@ from wmhkeras.export.serving import serving_layout, write_warmup
 from wmhkeras.export.source import ExportSource, RunSubjects, resolve_source, run_subjects
 from wmhkeras.export.tflite import tflite_entries, write_tflite_variants
 from wmhkeras.export.verification import VerificationVolume, calibration_slices, verification_data
-from wmhkeras.inference.precision import native_bfloat16
+from wmhkeras.inference.precision import bfloat16_faster, native_bfloat16
 from wmhkeras.io.files import StagedFolder, atomic_write_json, staged_folder
 from wmhkeras.io.model_card import ServingLayout
 from wmhkeras.io.provenance import utc_now
 
 log = logging.getLogger(__name__)
 
-#: How much faster than the float32 SavedModel a bfloat16 one must be to be kept when nobody asked for it
-#: (a margin over timing noise: an equal one would only double the export's size).
-MIN_BF16_SPEEDUP = 1.05
 #: Name of the bfloat16 SavedModel in the report (its first check, ``serving_default``).
 BF16_ARTIFACT = "saved_model_bf16"
 #: What each SavedModel computes in, for the model card's ``saved_models``.
@@ -87,15 +84,6 @@ SAVED_MODEL_COMPUTE = {
     "float32": "float32",
     "bfloat16": "bfloat16 (the model under the Keras mixed_bfloat16 policy: float32 weights, inputs and outputs)",
 }
-
-
-@dataclass
-class _Bf16Plan:
-    """Whether to write the bfloat16 SavedModel: ``mode`` ``explicit`` (asked for: kept like any artifact),
-    ``auto`` (kept only if it verifies and is faster) or ``None``; ``skipped``: why not, for the report."""
-
-    mode: str | None
-    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def export(
@@ -127,10 +115,8 @@ def export(
         serving_version, serving_name: write the SavedModel at ``out_dir/<name>/<version>/`` (TensorFlow
             Serving's layout, with warm-up requests; name default: ``out_dir``'s) instead of ``saved_model/``.
         saved_models: SavedModel precisions out of ``float32, bfloat16`` (float32 is always written).
-            ``None`` (default): float32, and a bfloat16 one at ``out_dir/saved_model_bf16/`` where it helps:
-            tried on a machine with native bfloat16, kept when within its tolerance and faster than float32
-            (else listed in ``skipped`` with the figures). Asked for, it is kept and verified like any
-            artifact. Not with ``serving_version``.
+            ``None`` (default): float32 alone. With bfloat16, a bfloat16 one at ``out_dir/saved_model_bf16/``
+            too, verified like any artifact. Not with ``serving_version``.
 
     Returns:
         The :class:`~wmhkeras.export.report.ExportReport` (also ``export_report.json``); ``passed`` is False
@@ -159,7 +145,6 @@ def export(
         saved_model = serving.path if serving else SAVED_MODEL_NAME
         checks = _write_artifacts(src, staged.path, saved_model, variants, limits, slices, volume, calibration, serving,
                                   bf16)
-        skipped.update(bf16.skipped)
         report = ExportReport(out_dir, src.description, utc_now(), checks, skipped, verification,
                               calibration_desc or {})
         written = {"float32": saved_model} | ({"bfloat16": SAVED_MODEL_BF16_NAME}
@@ -197,24 +182,19 @@ def _plan_variants(requested: tuple[str, ...] | None, calibration_data, src: Exp
     return [v for v in variants if v != "int8"], {"int8": desc}, None, desc
 
 
-def _plan_bfloat16(precisions: tuple[str, ...] | None, serving: ServingLayout | None) -> _Bf16Plan:
-    """Whether the bfloat16 SavedModel is written (see :class:`_Bf16Plan`), decided before any work.
+def _plan_bfloat16(precisions: tuple[str, ...] | None, serving: ServingLayout | None) -> bool:
+    """Whether the bfloat16 SavedModel is written: when ``precisions`` lists it. Decided before any work.
 
     Raises:
         ConfigError: bfloat16 asked for in the TensorFlow Serving layout.
     """
-    if precisions is not None:
-        if "bfloat16" in precisions and serving is not None:
-            raise ConfigError("--saved-model bfloat16 is not written in the TensorFlow Serving layout "
-                              "(--serving-version): export it to another folder without --serving-version")
-        return _Bf16Plan("explicit" if "bfloat16" in precisions else None)
+    check_serving_precisions(precisions, serving is not None)
+    if precisions is not None and "bfloat16" in precisions:
+        return True
     native, why = native_bfloat16()
-    if not native:
-        return _Bf16Plan(None, {BF16_ARTIFACT: f"not tried: {why} (ask for it with --saved-model float32,bfloat16)"})
-    if serving is not None:
-        return _Bf16Plan(None, {BF16_ARTIFACT: "not written in the TensorFlow Serving layout (--serving-version)"})
-    log.info("bfloat16 SavedModel: %s; it is kept if it verifies and is faster than float32", why)
-    return _Bf16Plan("auto")
+    if native and serving is None:
+        log.info("bfloat16 SavedModel: not asked for (%s; --saved-model float32,bfloat16 adds one)", why)
+    return False
 
 
 def bf16_speedup(float32: ArtifactCheck, bfloat16: ArtifactCheck) -> float:
@@ -223,19 +203,13 @@ def bf16_speedup(float32: ArtifactCheck, bfloat16: ArtifactCheck) -> float:
     return float32.latency_ms / max(bfloat16.latency_ms, 1e-9)
 
 
-def _bf16_rejection(float32: ArtifactCheck, bf16_checks: list[ArtifactCheck]) -> str | None:
-    """Why the bfloat16 SavedModel is not kept (with its figures), or ``None`` when it is."""
-    serve = bf16_checks[0]
-    ratio = bf16_speedup(float32, serve)
-    figures = (f"{ratio:.2f}x the float32 SavedModel ({serve.latency_ms:.2f} vs {float32.latency_ms:.2f} ms/slice), "
-               f"mask Dice {serve.mask_dice:.4f}")
-    failed = [c.name for c in bf16_checks if not c.passed]
-    if failed:
-        return f"outside its tolerance ({', '.join(failed)}): {figures}"
-    if ratio < MIN_BF16_SPEEDUP:
-        return (f"not faster on this machine: {figures} (kept from {MIN_BF16_SPEEDUP:g}x; "
-                "keep it anyway with --saved-model float32,bfloat16)")
-    return None
+def bf16_speed_line(float32: ArtifactCheck, bfloat16: ArtifactCheck) -> str:
+    """The log line on the bfloat16 SavedModel's speed: its figures, and whether it passes the speed rule
+    (:func:`wmhkeras.inference.precision.bfloat16_faster`) on this machine."""
+    ratio = bf16_speedup(float32, bfloat16)
+    verdict = "faster" if bfloat16_faster(ratio) else "not faster"
+    return (f"bfloat16 SavedModel: {ratio:.2f}x the float32 SavedModel ({bfloat16.latency_ms:.2f} vs "
+            f"{float32.latency_ms:.2f} ms/slice), {verdict} on this machine")
 
 
 def _tflite_entries(src: ExportSource, variants: Sequence[str]) -> dict:
@@ -261,10 +235,10 @@ def _export_folder(out_dir: Path, force: bool) -> Iterator[StagedFolder]:
 def _write_artifacts(src: ExportSource, folder: Path, saved_model: str, variants: Sequence[str],
                      limits: dict[str, dict[str, float]], slices: np.ndarray, volume: VerificationVolume,
                      calibration: np.ndarray | None, serving: ServingLayout | None,
-                     bf16: _Bf16Plan) -> list[ArtifactCheck]:
+                     bf16: bool) -> list[ArtifactCheck]:
     """The Keras model as the reference, then the SavedModel (at ``folder/saved_model``, with the serving
-    warm-up requests when ``serving``), the bfloat16 SavedModel as ``bf16`` plans it (a rejection goes to
-    ``bf16.skipped``), and each TFLite variant, written and checked."""
+    warm-up requests when ``serving``), the bfloat16 SavedModel when ``bf16``, and each TFLite variant,
+    written and checked."""
     log.info("verification: the Keras model on %d held-back slices, then each artifact against it", len(slices))
     ref = keras_reference(src, slices, volume)
     size = src.checkpoint.stat().st_size
@@ -278,8 +252,8 @@ def _write_artifacts(src: ExportSource, folder: Path, saved_model: str, variants
             write_warmup(path, src, serving.name)
     loaded = tf.saved_model.load(str(path))
     checks += check_saved_model(loaded, src, path, ref, limits, saved_model)
-    if bf16.mode is not None:
-        checks += _bfloat16_saved_model(src, folder, ref, limits, checks[1], bf16)
+    if bf16:
+        checks += _bfloat16_saved_model(src, folder, ref, limits, checks[1])
     checks += write_tflite_variants(loaded, folder, variants, calibration, slices, ref.out, limits, ref.ms)
     if variants and src.input_size is None:
         log.info("TFLite files take slices of any height and width (the signature runner resizes per call)")
@@ -287,19 +261,13 @@ def _write_artifacts(src: ExportSource, folder: Path, saved_model: str, variants
 
 
 def _bfloat16_saved_model(src: ExportSource, folder: Path, ref: Reference, limits: dict[str, dict[str, float]],
-                          float32: ArtifactCheck, bf16: _Bf16Plan) -> list[ArtifactCheck]:
-    """Write and check ``folder/saved_model_bf16``; in ``auto`` mode remove it again unless it verifies and
-    is faster than the ``float32`` SavedModel (its check), and say why in ``bf16.skipped``."""
+                          float32: ArtifactCheck) -> list[ArtifactCheck]:
+    """Write and check ``folder/saved_model_bf16``; log its speed against the ``float32`` SavedModel (its
+    check)."""
     path = folder / SAVED_MODEL_BF16_NAME
     log.info("writing the bfloat16 SavedModel")
     write_saved_model(src, path, "bfloat16")
     checks = check_saved_model(tf.saved_model.load(str(path)), src, path, ref, limits, SAVED_MODEL_BF16_NAME,
                                "bfloat16")
-    why = _bf16_rejection(float32, checks) if bf16.mode == "auto" else None
-    if why is None:
-        return checks
-    log.warning("bfloat16 SavedModel left out: %s", why)
-    with tf_writing(path):
-        shutil.rmtree(path)
-    bf16.skipped[BF16_ARTIFACT] = why
-    return []
+    log.info("%s", bf16_speed_line(float32, checks[0]))
+    return checks

@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from wmhkeras.data.preprocessing import preprocess_volume, restore_volume
+from wmhkeras.data.preprocessing import preprocess_volume, restore_volume, slices_per_modality
 from wmhkeras.errors import WriteError
 from wmhkeras.export.report import ArtifactCheck
 from wmhkeras.export.source import ExportSource
@@ -225,7 +225,7 @@ def signatures(src: ExportSource) -> dict:
             "spacing": f"resampled to {r.spacing and 'x'.join(f'{v:g}' for v in r.spacing)} mm pixels, then "
                        f"zero-padded (centred) to a multiple of {r.multiple}",
             "none": f"on the native grid, zero-padded (centred) to a multiple of {r.multiple}"}[r.mode]
-    context = (f"; channel c * {2 * k + 1} + j is modality c of slice z - {k} + j (edge slices repeated)"
+    context = (f"; channel c * {slices_per_modality(k)} + j is modality c of slice z - {k} + j (edge slices repeated)"
                if k else "; one channel per modality")
     channels = {n: {"shape": [None, None, None], "dtype": "float32",
                     "description": f"raw {n.upper()} volume in scanner units, {ORIENTATION.split(':')[0]} voxel order"}

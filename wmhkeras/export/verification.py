@@ -12,7 +12,6 @@ resampling itself adds), so that one array holds them all.
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 from wmhkeras.data.datasets import Subject, check_subject, load_dataset
 from wmhkeras.data.synth import SITE_PRESETS, make_subject
 from wmhkeras.errors import InputError
-from wmhkeras.evaluation.metrics import dice
+from wmhkeras.evaluation.metrics import mask_dice
 from wmhkeras.export.report import ArtifactCheck
 from wmhkeras.export.source import ExportSource, RunSubjects
 from wmhkeras.io.model_card import THRESHOLD
@@ -177,16 +176,13 @@ def check_artifact(name: str, path: str, size_bytes: int | None, latency_ms: flo
     ``speedup`` is ``reference_ms / latency_ms`` (the reference's time on the same work) when given.
     """
     diff = float(np.abs(out - ref).max())
-    # metrics.dice takes [X, Y, Z] arrays: count over all voxels of any shape through a 3D view.
-    mask_dice = dice(np.reshape(out >= THRESHOLD, (1, 1, -1)), np.reshape(ref >= THRESHOLD, (1, 1, -1)))
-    if math.isnan(mask_dice):  # metrics.dice is NaN when both masks are empty; here that is full agreement
-        mask_dice = 1.0
-    passed = diff <= tolerance.get("max_abs_diff", np.inf) and mask_dice >= tolerance.get("mask_dice", -np.inf)
-    log.info("%s: max |diff| %.3g, mask Dice %.4f, %.2f ms/slice -> %s", name, diff, mask_dice, latency_ms,
+    agreement = mask_dice(out >= THRESHOLD, ref >= THRESHOLD)
+    passed = diff <= tolerance.get("max_abs_diff", np.inf) and agreement >= tolerance.get("mask_dice", -np.inf)
+    log.info("%s: max |diff| %.3g, mask Dice %.4f, %.2f ms/slice -> %s", name, diff, agreement, latency_ms,
              "ok" if passed else "OUTSIDE TOLERANCE")
     latency_ms = round(latency_ms, 3)  # the figures as reported, the speedup from them
     speedup = None if reference_ms is None else round(round(reference_ms, 3) / max(latency_ms, 1e-3), 3)
-    return ArtifactCheck(name, path, size_bytes, latency_ms, diff, mask_dice, tolerance, passed,
+    return ArtifactCheck(name, path, size_bytes, latency_ms, diff, agreement, tolerance, passed,
                          runtime, threads, speedup)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from wmhkeras.data.preprocessing import Resampling, preprocess_volume, restore_volume
+from wmhkeras.data.preprocessing import Resampling, input_channels, preprocess_volume, restore_volume
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.inference.card_checks import check_skull_stripped, check_voxel_size
 from wmhkeras.inference.sources import ModelSpec, inspect_model, modalities_of
@@ -64,17 +64,14 @@ class Segmenter:
     @property
     def channels(self) -> int:
         """Input channels of the model: each modality at ``2 * context_slices + 1`` slices."""
-        return len(self.modalities) * (2 * self.context_slices + 1)
+        return input_channels(len(self.modalities), self.context_slices)
 
     @property
     def settings(self) -> dict:
         """The preprocessing as ``segment.json`` and the model card record it."""
-        r = self.resampling
         return {"modalities": list(self.modalities), "normalisation": self.normalisation,
                 "input_size": None if self.input_size is None else list(self.input_size),
-                "resample": {"mode": r.mode, "spacing": None if r.spacing is None else list(r.spacing),
-                             "multiple": r.multiple},
-                "context_slices": self.context_slices}
+                "resample": self.resampling.record(), "context_slices": self.context_slices}
 
     def __call__(self, slices) -> np.ndarray:
         return np.asarray(self.predict_fn(slices), dtype=np.float32)
@@ -237,7 +234,7 @@ def _load_keras(spec: ModelSpec) -> Segmenter:
         raise InputError(f"{spec.path}: expected a model (batch, H, W, C) -> (batch, H, W, 1), got {in_shape} -> {out_shape}")
     k = spec.context_slices
     modalities = spec.modalities or modalities_of(in_shape[3], k, spec.path)
-    if len(modalities) * (2 * k + 1) != in_shape[3]:
+    if input_channels(len(modalities), k) != in_shape[3]:
         raise ConfigError(f"{spec.path}: the model takes {in_shape[3]} channels, the recorded settings say "
                           f"modalities {list(modalities)} with context_slices {k}")
     resampling = _keras_resampling(spec, model, in_shape)
@@ -270,7 +267,7 @@ def _load_saved_model(spec: ModelSpec) -> Segmenter:
     if len(inputs) != 1:
         raise InputError(f"{spec.path}: serving_default must take one input, takes {sorted(inputs)}")
     (name, tensor_spec), = inputs.items()
-    channels = len(spec.modalities) * (2 * spec.context_slices + 1)
+    channels = input_channels(len(spec.modalities), spec.context_slices)
     expected = (*(spec.input_size or (None, None)), channels)
     shape = tf.TensorShape(tensor_spec.shape[1:])
     if not shape.is_compatible_with(expected) or spec.input_size is None and shape.as_list()[:2] != [None, None]:

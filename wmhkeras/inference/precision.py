@@ -13,7 +13,8 @@ The parity gate: before a model's first bfloat16 prediction, both precisions seg
 slices of the first image with the most contrast (highest standard deviation); unless the two masks at
 the run's threshold have Dice >= :data:`MIN_PARITY_DICE`, float32 is used, with a warning naming the Dice.
 With ``auto``, bfloat16 must also be faster than float32 on those slices (one timed call each, after
-the check's own call): on a narrow model the casts can cost more than bfloat16 saves. The environment
+the check's own call; :func:`bfloat16_faster`, the speed rule ``wmhkeras export`` logs by too): on a
+narrow model the casts can cost more than bfloat16 saves. The environment
 variable ``WMHKERAS_BF16`` (``0`` or ``1``) overrides the hardware detection of ``auto`` (the test suite
 sets ``0``, so its results do not depend on the machine). Checked once per model and process; the
 outcome is :attr:`Segmenter.precision` (recorded in ``segment.json``).
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from wmhkeras.errors import ConfigError
+from wmhkeras.evaluation.metrics import mask_dice
 from wmhkeras.inference.loaders import Segmenter
 from wmhkeras.io.model_card import SAVED_MODEL_FOLDERS, ModelCard
 
@@ -40,6 +42,9 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 MIN_PARITY_DICE = 0.99
 #: Slices of the parity check.
 PARITY_SLICES = 8
+#: The speed rule: bfloat16 counts as faster when float32's time over bfloat16's on the same slices,
+#: rounded to 2 decimals, is at least this (not slower).
+MIN_BF16_SPEEDUP = 1.0
 #: Per Keras model (by id; the model is kept alive): (float32 fn, bfloat16 fn or None, parity Dice, speedup, model).
 _CHECKED: dict[int, tuple] = {}
 
@@ -132,13 +137,6 @@ def is_keras(segmenter: Segmenter) -> bool:
     return isinstance(segmenter.model, keras.Model)
 
 
-def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1 when both are empty."""
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def bfloat16_model(model):
     """``model`` rebuilt under the ``mixed_bfloat16`` policy with the same weights (float32 variables)."""
     from wmhkeras.models.unet import with_dtype_policy
@@ -187,6 +185,12 @@ def speedup(slow, fast, sample) -> float:
     return seconds[0] / max(seconds[1], 1e-9)
 
 
+def bfloat16_faster(ratio: float) -> bool:
+    """Whether a bfloat16 speed-up over float32 (float32's time over bfloat16's) passes the speed rule,
+    :data:`MIN_BF16_SPEEDUP` at 2 decimals."""
+    return round(ratio, 2) >= MIN_BF16_SPEEDUP
+
+
 def _checked(segmenter: Segmenter, slices, threshold: float) -> tuple:
     """The model's (float32 fn, bfloat16 fn or None, Dice, speedup, model), checked on its first call."""
     key = id(segmenter.model)
@@ -227,7 +231,7 @@ def choose_precision(segmenter: Segmenter, precision: str, slices, threshold: fl
             _CHECKED.get(id(segmenter.model), (segmenter.predict_fn, None, None, None, None)))
         if wanted == "bfloat16" and fast is None:
             wanted, reason = "float32", f"bfloat16 failed the parity check (mask Dice {dice:.4f})"
-        elif wanted == "bfloat16" and precision == "auto" and ratio < 1.0:
+        elif wanted == "bfloat16" and precision == "auto" and not bfloat16_faster(ratio):
             wanted, reason = "float32", f"auto: bfloat16 is not faster for this model ({ratio:.2f}x float32)"
         segmenter.predict_fn = fast if wanted == "bfloat16" else float32_fn
     segmenter.precision = {"requested": precision, "used": wanted, "reason": reason, "parity_dice": dice,

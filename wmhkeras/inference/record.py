@@ -85,8 +85,7 @@ def model_record(spec: Optional[ModelSpec], segmenter: Optional[Segmenter],
     r = spec.resampling
     return {**record, "modalities": list(modalities or ()), "normalisation": spec.normalisation,
             "input_size": None if spec.input_size is None else list(spec.input_size),
-            "resample": None if r is None else {"mode": r.mode, "spacing": None if r.spacing is None else list(r.spacing),
-                                                "multiple": r.multiple},
+            "resample": None if r is None else r.record(),
             "context_slices": spec.context_slices}
 
 

@@ -3,7 +3,7 @@
 A model source is a built-in model's name (:mod:`wmhkeras.io.builtin_models`; a path of the same name wins),
 a ``.keras`` file, a training run folder (its ``checkpoints/best.keras`` or
 ``last.keras`` and its ``config.yaml``), an exported SavedModel folder (with ``model_card.json`` in its
-``assets.extra/``, or beside it for older exports) or an export's ``.tflite`` file (with the export's
+``assets.extra/``, or only beside it) or an export's ``.tflite`` file (with the export's
 ``model_card.json``). :func:`inspect_model` reads the modalities, normalisation,
 resampling (:class:`~wmhkeras.data.preprocessing.Resampling`) and 2.5D context of each, so that a wrong
 source costs nothing before the model is loaded (:func:`wmhkeras.inference.loaders.load_segmenter`).
@@ -21,7 +21,7 @@ from typing import Optional
 
 from wmhkeras import KERAS_PACKAGE
 from wmhkeras.config import load_run_config
-from wmhkeras.data.preprocessing import Resampling, resampling_for
+from wmhkeras.data.preprocessing import Resampling, input_channels, resampling_for, slices_per_modality
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.io.builtin_models import BuiltinModel, builtin_models, is_builtin_name, resolve_model
 from wmhkeras.io.files import path_sha256, read_json
@@ -134,7 +134,7 @@ def keras_info(path: Path) -> KerasInfo:
 
 def modalities_of(channels: int, context_slices: int, where) -> tuple[str, ...]:
     """The modalities of a model with ``channels`` input channels and ``context_slices`` k."""
-    per = 2 * context_slices + 1
+    per = slices_per_modality(context_slices)
     if channels % per:
         raise InputError(f"{where}: the model takes {channels} input channels, not a multiple of "
                          f"2 * context_slices + 1 = {per}")
@@ -178,17 +178,17 @@ def _run_spec(source: Path, fmt: str, checkpoint: Path, config_path: Path, info:
     cfg = load_run_config(config_path)
     if cfg.data.sampling == "patches" and cfg.data.lesion_position == "centre":
         log.warning("%s: trained with each lesion patch's lesion voxel at the patch centre "
-                    "(data.lesion_position: centre, the only behaviour before 2026-12-02); such models learn a "
+                    "(data.lesion_position: centre); such models learn a "
                     "centre prior and miss lesions in whole slices (docs/real_data.md, 'The centre prior'). "
                     "Retrain with data.lesion_position: random", config_path.parent)
     modalities, k = tuple(cfg.data.modalities), cfg.data.context_slices
     resampling = resampling_for(cfg.data, cfg.model)
     where = f"{checkpoint}: the model takes {info.shape} inputs but the run config says"
     if info.shape is not None:
-        if info.shape[2] != len(modalities) * (2 * k + 1):
+        if info.shape[2] != input_channels(len(modalities), k):
             raise ConfigError(f"{where} modalities {list(modalities)} with context_slices {k}")
-        # A checkpoint built for one size (a training-state last.keras, or a run from before free-size
-        # generators) is loaded as its free-size copy in the spacing and none modes (loaders.py).
+        # A checkpoint built for one size (a training-state last.keras, or a fixed-size generator) is
+        # loaded as its free-size copy in the spacing and none modes (loaders.py).
         fixed_size = None if info.free else tuple(info.shape[:2])
         if fixed_size and resampling.mode == "fixed" and fixed_size != resampling.input_size:
             raise ConfigError(f"{where} input_size {list(cfg.model.input_size)}")

@@ -170,7 +170,7 @@ def _match(run: RunFolder, state: RunState, source: Path, hashes: _Hashes) -> Op
     if state.last_sha256 is None:
         if state.epochs == 0:  # no epoch committed yet
             return ResumePoint(state, None, source)
-        # written before checksums were kept: trust last.keras (its step counter is checked on load)
+        # a state without checksums: trust last.keras (its step counter is checked on load)
         return ResumePoint(state, run.last if run.last.is_file() else None, source)
     for checkpoint in (run.last, run.last_prev):
         if hashes(checkpoint) == state.last_sha256:

@@ -6,36 +6,14 @@ and read by every consumer (:meth:`ModelCard.read`, found by :meth:`ModelCard.fi
 takes the modalities, normalisation and input size of a SavedModel or TFLite file from it, so an exported
 model needs no flags, and warns when an input's voxel size is far from the training data's. No TensorFlow here.
 
-Format version 2 added ``resample`` (``{mode, spacing, multiple}``: how slices reach the model's grid, see
-:class:`wmhkeras.data.preprocessing.Resampling`) and ``context_slices`` (2.5D input). A card without them
-(version 1) means ``fixed`` resampling at ``input_size`` and no context; ``input_size`` is ``null`` for a
-model that takes slices of any size (``spacing`` and ``none`` modes).
-
-Format version 3 adds typed sections for people: ``intended_use``, ``not_intended_for``, ``limitations``
-(free text, :data:`NOT_STATED` unless the exporter states them), ``input_requirements``
-(:class:`InputRequirements`: modalities, skull stripping, bias correction, the training voxel sizes),
-``training_data`` (:class:`TrainingData`: dataset, subjects, sites, licence, citation; version 2's ``data``
-is read into it), ``holdout_metrics`` (:class:`HoldoutMetrics`), ``project_version`` and ``serving``
-(:class:`ServingLayout`). Cards of versions 1 and 2 are still read; their keys that version 3 gives a
-typed home (e.g. texts a script added by hand) stay in ``extra`` as they were.
-
-An optional ``parent`` (:class:`ParentModel`, still format version 3) says that the model was fine-tuned
-(``wmhkeras train --init``): the model it started from, that model's SHA-256 and its training data with
-licence and citation (and its own ``parent``, for a model fine-tuned twice); ``training_data`` then
-describes the data of the fine-tuning.
-
-Two optional fields, still format version 3, describe an export with more than one SavedModel:
-``precision`` (:data:`SAVED_MODEL_PRECISIONS`), what the SavedModel at ``saved_model`` computes in, and
-``saved_models``, every SavedModel of the export by precision (``{"float32": {"path": "saved_model", ...},
-"bfloat16": {"path": "saved_model_bf16", ...}}``). The card beside the SavedModels and the one inside
-``saved_model/`` describe the float32 one; the card inside ``saved_model_bf16/`` is the same card with
-``saved_model`` and ``precision`` naming that folder. A card without them (older exports) means float32.
-
-One more optional field, still format version 3: ``backbone``, the content loss's backbone of a model
-trained with it (``loss.name`` content or hybrid): ``name``, ``layers``, ``weights`` (as configured),
-``source``, ``file`` and ``sha256`` as the run recorded them in its ``versions.json`` (``null`` where the run
-recorded none), and, for pretrained weights, their ``licence`` and ``credit``. ``null`` or absent: the model
-was trained without a backbone, or its run folder was not known to the export.
+The card is format version 3 (:data:`MODEL_CARD_VERSION`): the fields the segmenter needs (modalities,
+normalisation, ``input_size``, ``resample``, ``context_slices``), the typed sections for people
+(:class:`InputRequirements`, :class:`TrainingData`, :class:`HoldoutMetrics`, :class:`ServingLayout`, the
+free texts, :data:`NOT_STATED` unless stated) and the optional ``parent`` (:class:`ParentModel`: the model
+a fine-tuned one started from), ``precision`` and ``saved_models`` (an export's SavedModels by precision;
+absent: float32) and ``backbone`` (the content loss's backbone). Cards of versions 1 and 2 are read too:
+:meth:`ModelCard.from_dict` maps them onto version 3, and keys without a typed home stay in ``extra``.
+Every field is described in docs/export.md, "The model card".
 """
 
 from __future__ import annotations
@@ -70,8 +48,8 @@ THRESHOLD = 0.5
 RESAMPLE_MODES = ("fixed", "spacing", "none")
 #: Largest ``context_slices`` a card may record (``data.context_slices``).
 MAX_CONTEXT_SLICES = 7
-#: Fields of format version 3 (``precision``, ``saved_models`` and ``backbone`` came later, optional); in an
-#: older card these keys are left in ``extra``.
+#: Fields of format version 3 (``precision``, ``saved_models``, ``backbone`` and ``parent`` optional); in a
+#: card of version 1 or 2 these keys are left in ``extra``.
 V3_FIELDS = ("project_version", "intended_use", "not_intended_for", "limitations", "input_requirements",
              "training_data", "holdout_metrics", "serving", "precision", "saved_models", "backbone", "parent")
 #: What an exported SavedModel may compute in (float32 inputs and outputs either way), and the folder

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from wmhkeras.errors import InputError
+from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.io.files import atomic_write_json, atomic_write_text, check_new_folder, read_json, staged_folder
 from wmhkeras.io.model_card import ParentModel
 
@@ -122,7 +122,7 @@ class RunState:
     """``checkpoints/state.json``: where ``last.keras`` stands, written after it (epochs count from 1).
 
     ``last_sha256`` / ``best_sha256``: the SHA-256 of the ``last.keras`` / ``best.keras`` this state
-    describes (None before the first checkpoint, and in states written before checksums were kept);
+    describes (None before the first checkpoint, and in a state without checksums);
     ``early_stopping``: the early-stopping count (``wait``) and its ``best``, restored on resume.
     The commit order and the resume rules are in :mod:`wmhkeras.io.checkpoints`.
     """
@@ -352,6 +352,19 @@ class RunFolder:
 
     def write_split(self, split: Split) -> None:
         split.write(self.split)
+
+    def check_resume(self, *, given: bool) -> None:
+        """The one check of a resume request: what a resumed run reads from its folder (its config file, split
+        and starting model) must not be given again (``given``: a config file, ``--out``, a split or an
+        ``--init`` model was), and the folder must be resumable (:meth:`check_resumable`).
+
+        Raises:
+            ConfigError: ``given``. InputError: the folder cannot be resumed.
+        """
+        if given:
+            raise ConfigError("--resume RUN_DIR reads the config, split and starting model from RUN_DIR: give no "
+                              "CONFIG file, --out, --split or --init")
+        self.check_resumable()
 
     def check_resumable(self) -> None:
         """Raise :class:`InputError` unless this folder holds a run that can be resumed."""

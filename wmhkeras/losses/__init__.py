@@ -1,7 +1,8 @@
 """Losses for WMH segmentation: the Siamese content loss, overlap baselines, hybrids, Dice metric.
 
 Importing this package registers every loss and metric with Keras (package ``wmhkeras``), so compiled
-``.keras`` files load without ``custom_objects``. It imports TensorFlow.
+``.keras`` files load without ``custom_objects``. It needs Keras, not TensorFlow: the content loss imports
+TensorFlow when it first builds its backbone.
 
 All losses take the packed target ``y_true`` ``(batch, H, W, 2)`` (channel 0 mask, channel 1 image) or a
 plain 1-channel mask where the image is not needed; ``y_pred`` is ``(batch, H, W, 1)``.

@@ -19,7 +19,6 @@ import logging
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
 
 from wmhkeras import KERAS_PACKAGE
 from wmhkeras.errors import ConfigError
@@ -124,6 +123,8 @@ class SiameseContentLoss(keras.losses.Loss):
         if self._hidden.model is None:
             shape = (*self.input_size, 3) if self.input_size else (None, None, 3)
             # First use may be inside a traced train step: build and load weights eagerly.
+            import tensorflow as tf
+
             with tf.init_scope():
                 model = build_feature_extractor(self.backbone, self.layers, self.weights, shape)
             model.trainable = self.trainable_backbone

@@ -34,15 +34,15 @@ import numpy as np
 
 from wmhkeras.config import Config
 from wmhkeras.data.datasets import Subject
-from wmhkeras.data.preprocessing import resample_mode
+from wmhkeras.data.preprocessing import BRAIN_THRESHOLD, input_channels, resample_mode
 from wmhkeras.errors import InputError
 from wmhkeras.io.files import atomic_path, atomic_write_json
 from wmhkeras.io.nifti import canonical_grid
 
 log = logging.getLogger(__name__)
 
-#: A voxel is brain when its max-normalised FLAIR is above this (as ``normalise(..., 'zscore')``).
-BRAIN_THRESHOLD = 0.1
+# A voxel is brain when its max-normalised FLAIR is above BRAIN_THRESHOLD (wmhkeras.data.preprocessing's,
+# the zscore normalisation's mask).
 #: A slice contains brain when at least this fraction of its voxels is brain.
 MIN_BRAIN_FRACTION = 0.01
 #: Bumped whenever the cached arrays would change for the same inputs and settings.
@@ -232,7 +232,7 @@ def estimate_cache_bytes(cfg: Config, subjects: list[Subject]) -> int:
     grid and voxel size as :meth:`~wmhkeras.data.preprocessing.Resampling.grid` does.
     """
     d = cfg.data
-    channels = len(d.modalities) * (2 * d.context_slices + 1)
+    channels = input_channels(len(d.modalities), d.context_slices)
     mode = resample_mode(d.resample, d.sampling)
     total = 0
     for s in subjects:

@@ -87,7 +87,7 @@ def input_shape(cfg: Config) -> tuple[int, int, int]:
     """``(height, width, channels)`` of the training samples: whole slices (on the ``model.input_size``
     canvas) or patches; channels = modalities x ``(2 * data.context_slices + 1)``."""
     size = cfg.data.patch_size if cfg.data.sampling == "patches" else cfg.model.input_size
-    return (int(size[0]), int(size[1]), len(cfg.data.modalities) * (2 * cfg.data.context_slices + 1))
+    return (int(size[0]), int(size[1]), pp.input_channels(len(cfg.data.modalities), cfg.data.context_slices))
 
 
 def pack(x, mask, flair: int = 0):

@@ -33,8 +33,8 @@ def load_checkpoint(model: keras.Model, point: ResumePoint, steps_per_epoch: int
     """Load ``point``'s checkpoint (weights and optimizer state) into ``model``.
 
     Returns ``(epochs done, state, optimizer steps)``. The epoch counter is the state's when its
-    ``iterations`` match the checkpoint's optimizer; otherwise (a state written before checksums were
-    kept, one epoch behind its checkpoint) it is ``iterations // steps_per_epoch``.
+    ``iterations`` match the checkpoint's optimizer; otherwise (a state without checksums, one
+    epoch behind its checkpoint) it is ``iterations // steps_per_epoch``.
     """
     if point.checkpoint is None:
         if point.state.epochs:

@@ -186,7 +186,7 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
             replaces it (e.g. with more ``train.epochs``) and is written back.
         out_dir: the run folder; a new run needs it absent (or empty), a resumed run needs it written
             by an earlier call.
-        data_path: dataset (manifest CSV, folder with ``manifest.csv``, or MICCAI layout); default
+        data_path: dataset (manifest CSV, folder with ``manifest.csv``, BIDS dataset or MICCAI layout); default
             ``cfg.data.path``. Recorded, resolved, in ``config.yaml``.
         resume: continue from ``checkpoints/last.keras`` with its optimizer state and epoch counter,
             on the split in ``split.json``.
@@ -210,10 +210,8 @@ def train(cfg: Config | None, out_dir: str | Path, data_path: str | Path | None 
             the run folder's lock from here to the end, ``--resume`` included).
     """
     run = RunFolder(Path(out_dir).resolve())
-    cfg = _run_config(cfg, run, data_path, resume=resume, split_given=split is not None)
+    cfg = _run_config(cfg, run, data_path, resume=resume, given=split is not None or init is not None)
     if init is not None:
-        if resume:
-            raise ConfigError("--init starts a new run from a model; a resumed run continues from its own checkpoint")
         check_init_config(cfg, init)
         cfg = finetune_config(cfg, init)
     check_freeze(cfg, finetuning=init is not None or resume and run.init.is_file())
@@ -261,12 +259,11 @@ def _holding(run: RunFolder, resume: bool, chief: bool) -> Iterator[None]:
         yield
 
 
-def _run_config(cfg: Config | None, run: RunFolder, data_path, *, resume: bool, split_given: bool) -> Config:
-    """The config of the run (read back on resume when not given), with ``data.path`` resolved."""
+def _run_config(cfg: Config | None, run: RunFolder, data_path, *, resume: bool, given: bool) -> Config:
+    """The config of the run (read back on resume when not given), with ``data.path`` resolved; on resume,
+    ``given`` (a split or an ``init`` model) is refused (:meth:`RunFolder.check_resume`)."""
     if resume:
-        if split_given:
-            raise ConfigError("train: a resumed run keeps its own split.json; do not pass a split")
-        run.check_resumable()
+        run.check_resume(given=given)
         if cfg is None:
             cfg = load_run_config(run.config)
     elif cfg is None:
@@ -320,7 +317,7 @@ def _run(cfg: Config, strategy, subjects: list[Subject], split: Split, *, read: 
         initial_epoch, state, steps_done = load_checkpoint(model, point, t.steps_per_epoch)
         if start is not None:
             assign_init_weights(generator, start[1], start[0])
-    if steps_done > first:  # a state from before checksums, one epoch behind its checkpoint
+    if steps_done > first:  # a state without checksums, one epoch behind its checkpoint
         data.train = data.train.skip(steps_done - first)
     validation = data.validation
     if validation is not None and replicas > 1:
