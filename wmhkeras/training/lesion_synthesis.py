@@ -47,6 +47,7 @@ from scipy import ndimage
 
 from wmhkeras.config import Config
 from wmhkeras.data.datasets import Subject, check_subject
+from wmhkeras.data.preprocessing import BRAIN_THRESHOLD
 from wmhkeras.errors import InputError
 from wmhkeras.io.nifti import Volume
 
@@ -117,9 +118,7 @@ def brain_statistics(flair: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -
 
 
 def brain_mask(flair: np.ndarray) -> np.ndarray:
-    """The pipeline's brain: the max-normalised FLAIR above the training cache's brain threshold."""
-    from wmhkeras.training.cache import BRAIN_THRESHOLD
-
+    """The pipeline's brain: the max-normalised FLAIR above the preprocessing's brain threshold."""
     peak = float(flair.max())
     return flair > BRAIN_THRESHOLD * peak if peak > 0 else np.zeros(flair.shape, bool)
 
