@@ -87,3 +87,21 @@ def other_process():
     for proc in started:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def setup_kwargs():
+    """The keyword arguments setup.py passes to ``setuptools.setup`` (setup.py run with setup() captured)."""
+    import runpy
+
+    import setuptools
+
+    captured = {}
+    real = setuptools.setup
+    setuptools.setup = lambda **kwargs: captured.update(kwargs)
+    try:
+        runpy.run_path(str(REPO / "setup.py"), run_name="__main__")
+    finally:
+        setuptools.setup = real
+    assert captured, "setup.py did not call setuptools.setup"
+    return captured

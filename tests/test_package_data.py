@@ -3,14 +3,12 @@ built wheel, unchanged."""
 
 import hashlib
 import os
-import runpy
 import shutil
 import subprocess
 import sys
 import zipfile
 
 import pytest
-import setuptools
 
 from tests.conftest import REPO
 
@@ -28,15 +26,8 @@ print(wmhkeras.__file__, record["source"], record["sha256"], tuple(model.outputs
 """
 
 
-def test_setup_declares_the_carried_weights_and_their_credit():
-    captured = {}
-    real = setuptools.setup
-    setuptools.setup = lambda **kwargs: captured.update(kwargs)
-    try:
-        runpy.run_path(str(REPO / "setup.py"), run_name="__main__")
-    finally:
-        setuptools.setup = real
-    globs = captured["package_data"]["wmhkeras.losses"]
+def test_setup_declares_the_carried_weights_and_their_credit(setup_kwargs):
+    globs = setup_kwargs["package_data"]["wmhkeras.losses"]
     for path in WEIGHTS:
         assert (REPO / path).is_file()
         assert any((REPO / "wmhkeras" / "losses").glob(g) for g in globs if (REPO / path).match(g))

@@ -2,13 +2,11 @@
 every Python TensorFlow 2.21 has wheels for is allowed, and each imported package is declared."""
 
 import ast
-import runpy
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-import setuptools
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
@@ -20,20 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 #: 3.13 list 2.21.0, 3.9 stops at 2.20.0, 3.14 has none. The trove classifiers of tensorflow-2.21.0 agree.
 TF_2_21_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 LOWER, UPPER = {">=", ">", "~="}, {"<", "<=", "~="}
-
-
-@pytest.fixture(scope="module")
-def setup_kwargs():
-    """The keyword arguments setup.py passes to ``setuptools.setup`` (setup.py run with setup() captured)."""
-    captured = {}
-    real = setuptools.setup
-    setuptools.setup = lambda **kwargs: captured.update(kwargs)
-    try:
-        runpy.run_path(str(REPO / "setup.py"), run_name="__main__")
-    finally:
-        setuptools.setup = real
-    assert captured, "setup.py did not call setuptools.setup"
-    return captured
 
 
 @pytest.fixture(scope="module")
