@@ -1,4 +1,4 @@
-"""Datasets: manifests (read, write), the MICCAI 2017 layout, per-subject checks (commands: tests/cli)."""
+"""Datasets: manifests (read, write), the MICCAI 2017 layout, images to segment, per-subject checks (commands: tests/cli)."""
 
 import nibabel as nib
 import numpy as np
@@ -35,6 +35,27 @@ def test_manifest_participant_column_round_trips(tmp_path):
     assert [s.participant for s in subjects] == ["p1", "p1", None]
     assert [s.group for s in subjects] == ["p1", "p1", "p2"]
     assert read_manifest(write_manifest(subjects, tmp_path / "copy.csv")) == subjects
+
+
+def test_manifest_brain_mask_column_round_trips(tmp_path):
+    (tmp_path / "m.csv").write_text("subject,site,flair,t1,label,brain_mask\ns1,s,f1.nii.gz,,,b1.nii.gz\ns2,s,/f2.nii.gz,,,\n")
+    subjects = read_manifest(tmp_path / "m.csv")
+    assert [s.brain_mask for s in subjects] == [(tmp_path / "b1.nii.gz").resolve(), None]
+    out = write_manifest(subjects, tmp_path / "copy.csv")
+    assert read_manifest(out) == subjects and "brain_mask" in out.read_text().splitlines()[0]
+    assert "brain_mask" not in write_manifest([subjects[1]], tmp_path / "one.csv").read_text()
+
+
+def test_images_to_segment(tmp_path):
+    flair = _img(tmp_path / "in" / "a_FLAIR.nii.gz")
+    _img(tmp_path / "in" / "a_T1.nii.gz")
+    assert load_dataset(flair, labels=False) == [Subject("a", "site0", flair.resolve())]
+    assert load_dataset(tmp_path / "in", labels=False) == [Subject("a", "site0", flair.resolve(), (tmp_path / "in" / "a_T1.nii.gz").resolve())]
+    with pytest.raises(InputError, match="no manifest.csv and no MICCAI 2017 layout"):
+        load_dataset(tmp_path / "in")  # loose images carry no labels: not a dataset to train on
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="not a NIfTI file"):
+        load_dataset(tmp_path / "notes.txt", labels=False)
 
 
 @pytest.mark.parametrize(

@@ -68,10 +68,10 @@ def test_output_paths(tmp_path):
 
 
 def test_entries_of_the_tree(tree):
-    entries = {e.key: e for e in read_bids(tree)}
+    entries = {e.subject: e for e in read_bids(tree)}
     assert sorted(entries) == sorted(IMAGES)
     one, two, three = (entries[k] for k in ("sub-01_acq-3d", "sub-02_ses-01", "sub-02_ses-02"))
-    assert one.source == "sub-01/anat/sub-01_acq-3d_FLAIR.nii.gz" and one.root == tree.resolve()
+    assert one.flair.relative_to(one.bids_root).as_posix() == "sub-01/anat/sub-01_acq-3d_FLAIR.nii.gz" and one.bids_root == tree.resolve()
     assert one.t1.name == "sub-01_acq-3d_T1w.nii.gz" and two.t1.name == "sub-02_ses-01_T1w.nii.gz"
     assert three.t1.name == "sub-02_ses-02_acq-mprage_T1w.nii.gz"  # the only T1w of its session
     assert one.label.name == "sub-01_acq-3d_label-WMH_mask.nii.gz"
@@ -127,7 +127,7 @@ def test_bad_trees(copy, tmp_path):
 def test_t1_is_left_out_when_ambiguous(copy):
     anat = copy / "sub-02" / "ses-02" / "anat"
     shutil.copy(anat / "sub-02_ses-02_acq-mprage_T1w.nii.gz", anat / "sub-02_ses-02_acq-other_T1w.nii.gz")
-    entries = {e.key: e for e in read_bids(copy)}
+    entries = {e.subject: e for e in read_bids(copy)}
     assert entries["sub-02_ses-02"].t1 is None and entries["sub-02_ses-01"].t1 is not None
 
 
@@ -139,7 +139,7 @@ def test_find_masks_keys(tree):
 def test_write_derivative(tree, tmp_path):
     out = tmp_path / "out"
     entry = read_bids(tree, labels=False)[1]
-    files = output_paths(out, entry.key, uncertainty=False, bids=True)
+    files = output_paths(out, entry.subject, uncertainty=False, bids=True)
     for path in files.values():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
@@ -147,7 +147,7 @@ def test_write_derivative(tree, tmp_path):
     flat = {"mask": output_paths(out, "p7", uncertainty=False, bids=True)["mask"]}
     flat["mask"].parent.mkdir(parents=True)
     flat["mask"].write_bytes(b"")
-    outputs = [DerivativeOutput(files, entry.flair, entry.root), DerivativeOutput(flat, flat_flair)]
+    outputs = [DerivativeOutput(files, entry.flair, entry.bids_root), DerivativeOutput(flat, flat_flair)]
     stale = out / "sub-gone" / "anat" / "sub-gone_space-orig_label-WMH_mask.json"  # its image was removed
     stale.parent.mkdir(parents=True)
     stale.write_text("{}")

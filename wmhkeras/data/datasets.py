@@ -1,12 +1,13 @@
-"""Datasets: a manifest CSV, a folder in the MICCAI 2017 WMH challenge layout, or a BIDS dataset.
+"""Datasets: a manifest CSV, a folder in the MICCAI 2017 WMH challenge layout, or a BIDS dataset, read into
+:class:`~wmhkeras.io.subject.Subject` records by one reader each, all reached through :func:`load_dataset`.
 
-Manifest: a CSV with the columns ``subject,site,flair,t1,label``; ``t1`` and ``label`` may be empty;
-paths may be relative to the manifest's folder. Read as spreadsheet programs write it
-(:func:`read_manifest_table`): UTF-8 with or without a byte-order mark, or UTF-16 with one; comma,
-semicolon or tab between fields; CRLF, LF or CR line ends; quoted fields; columns in any order and header
-names in any case; empty rows and empty trailing columns skipped. Refused, naming the line: another
-encoding, a row with a value beyond the header's columns or under an unnamed one, a Windows path, two
-columns of one name (docs/data_pipeline.md, "Manifests").
+Manifest: a CSV with the columns ``subject,site,flair,t1,label`` (``t1`` and ``label`` may be empty), and
+optionally ``participant`` and ``brain_mask``; paths may be relative to the manifest's folder. Read as
+spreadsheet programs write it (:func:`read_manifest_table`): UTF-8 with or without a byte-order mark, or
+UTF-16 with one; comma, semicolon or tab between fields; CRLF, LF or CR line ends; quoted fields; columns
+in any order and header names in any case; empty rows and empty trailing columns skipped. Refused, naming
+the line: another encoding, a row with a value beyond the header's columns or under an unnamed one, a
+Windows path, two columns of one name (docs/data_pipeline.md, "Manifests").
 
 MICCAI 2017 layout (as downloaded): ``<root>/<site>/<subject>/pre/FLAIR.nii.gz``,
 ``.../pre/T1.nii.gz`` and ``<root>/<site>/<subject>/wmh.nii.gz`` (labels 0, 1, 2).
@@ -14,6 +15,9 @@ MICCAI 2017 layout (as downloaded): ``<root>/<site>/<subject>/pre/FLAIR.nii.gz``
 BIDS: a dataset root, or ``<root>/derivatives/<pipeline>`` to name the pipeline whose WMH masks are the
 labels (rules: :mod:`wmhkeras.io.bids`); one subject per FLAIR image, its id the entities of the name
 (``sub-01_ses-02_acq-3d``), its site from ``participants.tsv`` (a ``site`` column) or ``site0``.
+
+Images to segment (``load_dataset(path, labels=False)``): also a FLAIR file on its own, or the NIfTI files
+directly in a folder (:func:`read_images`), which come before the MICCAI layout.
 
 No volume is opened here (only the CSV, or a BIDS dataset's JSON/TSV): :func:`check_subject` reads and
 validates volumes.
@@ -27,7 +31,7 @@ import io
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,40 +39,14 @@ from wmhkeras.errors import InputError
 from wmhkeras.io.bids import bids_location, read_bids
 from wmhkeras.io.files import atomic_write_text
 from wmhkeras.io.header_check import check_inputs
+from wmhkeras.io.naming import OUTPUT_SUFFIXES, is_nifti, is_output_map, strip_nifti, subject_id, swap_tag
+from wmhkeras.io.subject import Subject
 from wmhkeras.io.subject_ids import check_subject_ids
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ("subject", "site", "flair", "t1", "label")
 MANIFEST_NAME = "manifest.csv"
-
-
-@dataclass(frozen=True)
-class Subject:
-    """One subject's files (absolute paths)."""
-
-    subject: str
-    site: str
-    flair: Path
-    t1: Optional[Path] = None
-    label: Optional[Path] = None
-    #: The person the image belongs to, when one person has several images (BIDS sessions, a manifest's
-    #: optional ``participant`` column): splits keep a participant's images in one set.
-    participant: Optional[str] = None
-    #: The T1 was named in a manifest: checked like every input even where the model does not use it
-    #: (:func:`check_headers`); a T1 found by its name in a folder layout is checked only when used.
-    t1_listed: bool = False
-
-    @property
-    def group(self) -> str:
-        """The unit a split assigns: the participant, else the subject itself."""
-        return self.participant or self.subject
-
-    def modality(self, name: str) -> Path:
-        path = {"flair": self.flair, "t1": self.t1}[name]
-        if path is None:
-            raise InputError(f"subject {self.subject}: no {name.upper()} file is listed, but the model needs it")
-        return path
 
 
 #: Field separators a manifest may use (spreadsheet programs write ``;`` where the decimal mark is a comma).
@@ -156,7 +134,10 @@ def read_manifest_table(path: str | Path) -> ManifestTable:
 
 
 def read_manifest(path: str | Path) -> list[Subject]:
-    """Read a manifest CSV (:func:`read_manifest_table`); relative paths are taken from the manifest's folder."""
+    """Read a manifest CSV (:func:`read_manifest_table`); relative paths are taken from the manifest's folder.
+
+    Optional columns beside :data:`MANIFEST_COLUMNS`: ``participant`` and ``brain_mask`` (``segment``).
+    """
     table = read_manifest_table(path)
     path, base = table.path, table.path.parent
 
@@ -176,7 +157,8 @@ def read_manifest(path: str | Path) -> list[Subject]:
             raise InputError(f"{path}, line {line}: subject and flair must not be empty")
         t1 = resolve(row["t1"], line, "t1")
         subjects.append(Subject(name, row["site"] or "site0", flair, t1, resolve(row["label"], line, "label"),
-                                row.get("participant") or None, t1_listed=t1 is not None))
+                                row.get("participant") or None, t1_listed=t1 is not None,
+                                brain_mask=resolve(row.get("brain_mask", ""), line, "brain_mask")))
     check_subject_ids([s.subject for s in subjects], str(path))
     if not subjects:
         raise InputError(f"{path}: the manifest lists no subject")
@@ -184,7 +166,10 @@ def read_manifest(path: str | Path) -> list[Subject]:
 
 
 def write_manifest(subjects: list[Subject], path: str | Path) -> Path:
-    """Write a manifest with paths relative to its folder where possible (atomically); returns its path."""
+    """Write a manifest with paths relative to its folder where possible (atomically); returns its path.
+
+    The optional ``participant`` and ``brain_mask`` columns are written when a subject has one.
+    """
     path = Path(path)
     base = path.parent.resolve()
 
@@ -199,10 +184,11 @@ def write_manifest(subjects: list[Subject], path: str | Path) -> Path:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     participants = any(s.participant for s in subjects)
-    writer.writerow(MANIFEST_COLUMNS + (("participant",) if participants else ()))
+    masks = any(s.brain_mask for s in subjects)
+    writer.writerow(MANIFEST_COLUMNS + (("participant",) if participants else ()) + (("brain_mask",) if masks else ()))
     for s in subjects:
         writer.writerow([s.subject, s.site, rel(s.flair), rel(s.t1), rel(s.label)]
-                        + ([s.participant or ""] if participants else []))
+                        + ([s.participant or ""] if participants else []) + ([rel(s.brain_mask)] if masks else []))
     return atomic_write_text(path, out.getvalue())
 
 
@@ -217,49 +203,97 @@ def discover_miccai(root: str | Path) -> list[Subject]:
         site = subject_dir.parent.name if subject_dir.parent != root.parent else "site0"
         subjects.append(Subject(subject_dir.name, site, flair.resolve(), t1 and t1.resolve(), label and label.resolve()))
     if any(sum(s.subject == o.subject for o in subjects) > 1 for s in subjects):
-        subjects = [Subject(f"{s.site}_{s.subject}", s.site, s.flair, s.t1, s.label) for s in subjects]
+        subjects = [replace(s, subject=f"{s.site}_{s.subject}") for s in subjects]
     return subjects
 
 
-def read_bids_dataset(path: str | Path) -> list[Subject]:
-    """The subjects of a BIDS dataset (a root, or ``<root>/derivatives/<pipeline>``), with their labels.
+def image_subject(path: str | Path) -> Subject:
+    """A FLAIR file on its own: its subject id is :func:`~wmhkeras.io.naming.subject_id` of it."""
+    return Subject(subject_id(path), "site0", Path(path).resolve())
 
-    Each FLAIR image is one subject, with its participant (``sub-<id>``) recorded: splits keep a
-    participant's sessions and acquisitions in one set.
+
+def read_images(folder: str | Path) -> list[Subject]:
+    """The NIfTI files directly in ``folder`` as FLAIR images (hidden files and ``segment``'s outputs skipped):
+    if some names end with ``FLAIR``, only those, each with the file named with ``T1`` instead as its T1
+    when there is one; else every file."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    files = [p for p in files if not is_output_map(p, OUTPUT_SUFFIXES)]
+    flairs = [p for p in files if re.search(r"flair$", strip_nifti(p.name), flags=re.IGNORECASE)]
+    if not flairs:
+        return [image_subject(p) for p in files]
+    subjects = []
+    for p in flairs:
+        t1 = swap_tag(p, "FLAIR", "T1")
+        subjects.append(replace(image_subject(p), t1=t1.resolve() if t1 is not None and t1.is_file() else None))
+    return subjects
+
+
+def read_folder(root: str | Path, images: bool = False) -> list[Subject]:
+    """The subjects of a folder that holds no manifest and is no BIDS dataset: with ``images``, the NIfTI
+    files directly inside it (:func:`read_images`) when there are some; else the MICCAI 2017 layout
+    (:func:`discover_miccai`).
+
+    Raises:
+        InputError: no subject found; an id is not a plain name or ids collide.
     """
-    entries = read_bids(path, labels=True)
+    root = Path(root)
+    subjects = read_images(root) if images else []
+    if not subjects:
+        subjects = discover_miccai(root)
+        if not subjects:
+            raise InputError(
+                f"{root}: no {MANIFEST_NAME} and no MICCAI 2017 layout (<site>/<subject>/pre/FLAIR.nii.gz) found, "
+                "nor a BIDS dataset (sub-*/[ses-*/]anat/*_FLAIR.nii.gz)"
+            )
+        log.info("discovered %d subjects in the MICCAI layout under %s", len(subjects), root)
+    check_subject_ids([s.subject for s in subjects], str(root), [s.flair for s in subjects])
+    return subjects
+
+
+def _log_participants(path: Path, subjects: list[Subject]) -> None:
+    """Log the participants with several images (BIDS sessions), which splits keep in one set."""
     images: dict[str, int] = {}
-    for e in entries:
-        images[e.participant] = images.get(e.participant, 0) + 1
+    for s in subjects:
+        images[s.group] = images.get(s.group, 0) + 1
     repeated = sorted(p for p, n in images.items() if n > 1)
     if repeated:
         log.info("%s: %d participants with several FLAIR images (e.g. %s); splits keep each participant's images "
                  "in one set", path, len(repeated), ", ".join(repeated[:3]))
-    return [Subject(e.key, e.site, e.flair, e.t1, e.label, e.participant) for e in entries]
 
 
-def load_dataset(path: str | Path) -> list[Subject]:
-    """Subjects from a manifest CSV, a folder holding ``manifest.csv``, a BIDS dataset or a MICCAI-layout folder."""
+def load_dataset(path: str | Path, labels: bool = True) -> list[Subject]:
+    """The subjects of a dataset, each source read by its one reader: a manifest CSV or a folder holding
+    ``manifest.csv`` (:func:`read_manifest`), a BIDS dataset (:func:`~wmhkeras.io.bids.read_bids`, each
+    participant's images logged), or another folder (:func:`read_folder`).
+
+    With ``labels`` False, the images to segment: a BIDS dataset's masks are not looked for, and a FLAIR
+    file on its own (:func:`image_subject`) or the NIfTI files directly in a folder are a dataset too.
+
+    Raises:
+        InputError: no path, a path that is not a dataset, or any reader's refusal.
+    """
     if path is None:
         raise InputError("no dataset given: set data.path in the config or pass --data PATH")
     path = Path(path)
     if path.is_file():
-        return read_manifest(path)
+        if labels or path.suffix.lower() == ".csv":
+            return read_manifest(path)
+        if not is_nifti(path):
+            raise InputError(f"{path}: not a NIfTI file (.nii, .nii.gz), a folder, a BIDS dataset or a manifest CSV")
+        subjects = [image_subject(path)]
+        check_subject_ids([s.subject for s in subjects], str(path), [path])
+        return subjects
     if not path.is_dir():
         raise InputError(f"{path}: dataset not found (expected a manifest CSV or a folder)")
     if (path / MANIFEST_NAME).is_file():
         return read_manifest(path / MANIFEST_NAME)
     if bids_location(path) is not None:
-        return read_bids_dataset(path)
-    subjects = discover_miccai(path)
-    if not subjects:
-        raise InputError(
-            f"{path}: no {MANIFEST_NAME} and no MICCAI 2017 layout (<site>/<subject>/pre/FLAIR.nii.gz) found, "
-            "nor a BIDS dataset (sub-*/[ses-*/]anat/*_FLAIR.nii.gz)"
-        )
-    check_subject_ids([s.subject for s in subjects], str(path), [s.flair for s in subjects])
-    log.info("discovered %d subjects in the MICCAI layout under %s", len(subjects), path)
-    return subjects
+        subjects = read_bids(path, labels=labels)
+        if labels:
+            _log_participants(path, subjects)
+        return subjects
+    return read_folder(path, images=not labels)
 
 
 def unused_t1(subjects: list[str], why: str) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from wmhkeras.config import load_run_config
-from wmhkeras.data.datasets import MANIFEST_NAME, load_dataset, read_manifest
+from wmhkeras.data.datasets import MANIFEST_NAME, load_dataset
 from wmhkeras.data.splits import load_split
 from wmhkeras.errors import InputError
 from wmhkeras.io.bids import bids_location, find_masks, is_bids_root
@@ -115,7 +115,7 @@ def _truth_cases(path: Path) -> list[TruthCase]:
         raise InputError(f"{path}: ground truth not found")
     if path.is_file():
         if path.suffix.lower() == ".csv":
-            return _cases(read_manifest(path), path)
+            return _cases(load_dataset(path), path)
         if not is_nifti(path):
             raise InputError(f"{path}: not a NIfTI file (.nii, .nii.gz), a folder or a manifest CSV")
         return [TruthCase(subject_id(path, TRUTH_TAGS), path.resolve(), _flair_beside(path))]
@@ -123,7 +123,7 @@ def _truth_cases(path: Path) -> list[TruthCase]:
     if run.split.is_file() and run.config.is_file():
         return _holdout(run)
     if (path / MANIFEST_NAME).is_file():
-        return _cases(read_manifest(path / MANIFEST_NAME), path / MANIFEST_NAME)
+        return _cases(load_dataset(path), path / MANIFEST_NAME)
     if bids_location(path) is not None:
         return _cases(load_dataset(path), path)
     labels = [p for p in _nifti_files(path) if not _has_tag(p, IMAGE_TAGS)]

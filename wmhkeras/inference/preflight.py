@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Optional
 
 from wmhkeras.errors import InputError, WmhError
-from wmhkeras.inference.inputs import SegmentInput, check_input_headers
+from wmhkeras.inference.inputs import check_input_headers
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
 from wmhkeras.inference.sources import ModelSpec
 from wmhkeras.io.header_check import one_line
+from wmhkeras.io.subject import Subject
 
 
 def as_list(value: Sequence[str | Path] | str | Path | None) -> list:
@@ -22,7 +23,7 @@ def as_list(value: Sequence[str | Path] | str | Path | None) -> list:
     return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
 
 
-def check_t1(items: Sequence[SegmentInput], modalities: Optional[Sequence[str]]) -> None:
+def check_t1(items: Sequence[Subject], modalities: Optional[Sequence[str]]) -> None:
     """A FLAIR + T1 model needs a T1 for every subject."""
     if modalities and "t1" in modalities:
         missing = [i.subject for i in items if i.t1 is None]
@@ -33,7 +34,7 @@ def check_t1(items: Sequence[SegmentInput], modalities: Optional[Sequence[str]])
             )
 
 
-def load_checked(spec: ModelSpec, items: Sequence[SegmentInput], todo: Sequence[SegmentInput],
+def load_checked(spec: ModelSpec, items: Sequence[Subject], todo: Sequence[Subject],
                  modalities: Optional[Sequence[str]]) -> Optional[Segmenter]:
     """The model of ``spec``, or None when nothing is to be segmented (every subject complete already).
 

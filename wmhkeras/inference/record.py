@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Optional
 
 from wmhkeras.errors import ConfigError, InputError
-from wmhkeras.inference.inputs import SegmentInput
 from wmhkeras.inference.loaders import Segmenter
 from wmhkeras.inference.sources import ModelSpec
 from wmhkeras.io.files import atomic_write_json, read_json
 from wmhkeras.io.naming import SUMMARY_NAME
 from wmhkeras.io.provenance import package_versions, utc_now
+from wmhkeras.io.subject import Subject
 
 #: Settings that may differ between the runs writing into one folder (they change no output's content).
 FREE_SETTINGS = ("batch_size", "qc", "precision")
@@ -89,7 +89,7 @@ def model_record(spec: Optional[ModelSpec], segmenter: Optional[Segmenter],
             "context_slices": spec.context_slices}
 
 
-def write_record(path: Path, model: dict, settings: SegmentSettings, items: Sequence[SegmentInput],
+def write_record(path: Path, model: dict, settings: SegmentSettings, items: Sequence[Subject],
                  results: Sequence, state: str = "done", shard: Optional[tuple[int, int]] = None) -> Path:
     """``segment.json``: the model, the settings (every option), brain masks, the outcome and the versions;
     written when the run starts writing (``state`` ``running``, no outcome yet) and when it ends (``done``)."""

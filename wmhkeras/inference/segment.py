@@ -39,7 +39,7 @@ import numpy as np
 from wmhkeras.errors import InputError, WmhError, WriteError
 from wmhkeras.evaluation.metrics import lesion_table
 from wmhkeras.inference.batch import is_complete, parse_shard, select_shard
-from wmhkeras.inference.inputs import SegmentInput, bids_output, check_input_headers, load_subject, resolve_inputs
+from wmhkeras.inference.inputs import bids_output, check_input_headers, load_subject, resolve_inputs
 from wmhkeras.inference.loaders import Segmenter
 from wmhkeras.inference.output_folder import FolderGuard, file_stamps, remove_written
 from wmhkeras.inference.precision import check_precision, first_image_precision, is_keras
@@ -62,6 +62,7 @@ from wmhkeras.io.files import atomic_write_csv, make_folder
 from wmhkeras.io.header_check import one_line
 from wmhkeras.io.lock import holds_folder
 from wmhkeras.io.naming import SUMMARY_NAME
+from wmhkeras.io.subject import Subject
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def segment_volumes(segmenter: Segmenter, images: list, brain, settings: Segment
     return prob, disagreement, mask
 
 
-def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settings: SegmentSettings) -> SubjectResult:
+def _segment_one(segmenter: Segmenter, item: Subject, out_dir: Path, settings: SegmentSettings) -> SubjectResult:
     """Segment one subject and write its files (three, four with the uncertainty map)."""
     start = time.perf_counter()
     images, brain = load_subject(item, segmenter.modalities)
@@ -177,7 +178,7 @@ def _segment_one(segmenter: Segmenter, item: SegmentInput, out_dir: Path, settin
     )
 
 
-def _segment_or_fail(segmenter: Optional[Segmenter], item: SegmentInput, out_dir: Path,
+def _segment_or_fail(segmenter: Optional[Segmenter], item: Subject, out_dir: Path,
                      settings: SegmentSettings) -> tuple[SubjectResult, list[Path]]:
     """One subject's result and, when it failed, the outputs an earlier run left for it (the caller removes
     them once the run has started: :func:`_segment_all`); the files this attempt wrote are removed at once."""
@@ -202,7 +203,7 @@ def _montage_title(subject: str, count: int, volume_ml: float) -> str:
     return f"{subject}: {count} lesions, {volume_ml:.2f} mL"
 
 
-def _kept(item: SegmentInput, row: dict[str, str], out_dir: Path, settings: SegmentSettings) -> SubjectResult:
+def _kept(item: Subject, row: dict[str, str], out_dir: Path, settings: SegmentSettings) -> SubjectResult:
     """A subject complete from an earlier run, as its ``summary.csv`` row says; with ``qc``, a missing
     montage is drawn from its mask file (no model needed)."""
     paths = _output_paths(out_dir, item.subject, settings.uncertainty, settings.bids_out, settings.qc)
@@ -232,7 +233,7 @@ def _summary_row(r: SubjectResult, with_brain: bool, with_participant: bool = Fa
     return row
 
 
-def _previous(out_dir: Path, items: Sequence[SegmentInput], settings: SegmentSettings,
+def _previous(out_dir: Path, items: Sequence[Subject], settings: SegmentSettings,
               source: str) -> tuple[list[dict[str, str]], dict[str, dict[str, str]]]:
     """For ``skip_existing``: the rows of the folder's ``summary.csv`` and, by subject, the complete ones
     (:func:`~wmhkeras.inference.batch.is_complete`); refused when the folder was made with other settings."""
@@ -246,7 +247,7 @@ def _previous(out_dir: Path, items: Sequence[SegmentInput], settings: SegmentSet
     return rows, complete
 
 
-def _segment_all(segmenter: Optional[Segmenter], items: Sequence[SegmentInput], out_dir: Path,
+def _segment_all(segmenter: Optional[Segmenter], items: Sequence[Subject], out_dir: Path,
                  settings: SegmentSettings, progress: Callable[..., Iterable] | None,
                  previous: tuple[list[dict[str, str]], dict[str, dict[str, str]]] = ([], {}),
                  start: Callable[[], object] = lambda: None) -> list[SubjectResult]:

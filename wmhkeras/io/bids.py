@@ -2,8 +2,9 @@
 and sidecars of ``wmhkeras segment``. No TensorFlow; no volume is read here.
 
 In (:func:`read_bids`): a dataset root (``dataset_description.json`` and/or ``sub-*`` folders) holds
-``sub-<id>[/ses-<id>]/anat/*_FLAIR.nii[.gz]``. Each FLAIR image is one entry, keyed by the entities of
-its name (``sub-01_ses-02_acq-3d``); its T1 is the ``*_T1w`` image of the same folder with the same
+``sub-<id>[/ses-<id>]/anat/*_FLAIR.nii[.gz]``. Each FLAIR image is one :class:`~wmhkeras.io.subject.Subject`,
+its id the entities of its name (``sub-01_ses-02_acq-3d``), its participant ``sub-<id>``, its site the
+``site`` column of ``participants.tsv`` (else ``site0``); its T1 is the ``*_T1w`` image of the same folder with the same
 entities, else the only ``*_T1w`` image there. Its lesion mask is
 ``derivatives/<pipeline>/sub-<id>[/ses-<id>]/anat/<key>[_space-..][_desc-..]_label-WMH_mask.nii[.gz]``.
 The pipeline is the only one under ``derivatives/`` holding such masks (those written by wmhkeras itself,
@@ -30,6 +31,7 @@ from wmhkeras import __version__
 from wmhkeras.errors import InputError
 from wmhkeras.io.files import atomic_write_json, atomic_write_text, read_json
 from wmhkeras.io.naming import LESIONS_SUFFIX, MASK_SUFFIX, PROB_SUFFIX, UNCERTAINTY_SUFFIX, is_nifti, strip_nifti
+from wmhkeras.io.subject import Subject
 from wmhkeras.io.subject_ids import check_subject_ids
 
 log = logging.getLogger(__name__)
@@ -80,28 +82,6 @@ def parse_name(name: str) -> Optional[BidsName]:
     if not parts or not all(matches) or matches[0].group(1) != "sub" or not _LABEL.fullmatch(suffix):
         return None
     return BidsName(tuple((m.group(1), m.group(2)) for m in matches), suffix, name[len(stem):])
-
-
-@dataclass(frozen=True)
-class BidsEntry:
-    """One FLAIR image of a BIDS dataset, with its T1 and lesion mask when found (absolute paths)."""
-
-    key: str
-    root: Path
-    flair: Path
-    t1: Optional[Path] = None
-    label: Optional[Path] = None
-    site: str = "site0"
-
-    @property
-    def participant(self) -> str:
-        """``sub-<id>``."""
-        return self.key.split("_")[0]
-
-    @property
-    def source(self) -> str:
-        """The FLAIR file relative to the dataset root (``sub-01/anat/sub-01_FLAIR.nii.gz``)."""
-        return self.flair.relative_to(self.root).as_posix()
 
 
 # === Reading a dataset ===
@@ -208,7 +188,7 @@ def _t1_for(flair: BidsName, folder: Path, t1s: Sequence[tuple[BidsName, Path]])
     return None
 
 
-def read_bids(path: str | Path, labels: bool = True) -> list[BidsEntry]:
+def read_bids(path: str | Path, labels: bool = True) -> list[Subject]:
     """The FLAIR images of a BIDS dataset, each with its T1 and (``labels``) its WMH mask (rules: module doc).
 
     ``path`` is a BIDS root or ``<root>/derivatives/<pipeline>``. Masks without an image are logged.
@@ -225,20 +205,22 @@ def read_bids(path: str | Path, labels: bool = True) -> list[BidsEntry]:
     sites = _sites(root)
     files = _anat_files(root)
     t1s = [(n, p) for n, p in files if n.suffix == T1_SUFFIX]
-    entries: dict[str, BidsEntry] = {}
+    subjects: dict[str, Subject] = {}
     for name, flair in ((n, p) for n, p in files if n.suffix == FLAIR_SUFFIX):
-        if name.key in entries:
-            raise InputError(f"{root}: two FLAIR images for {name.key} ({entries[name.key].flair.name}, {flair.name})")
-        entries[name.key] = BidsEntry(name.key, root, flair.resolve(), _t1_for(name, flair.parent, t1s),
-                                      masks.get(name.key), sites.get(name.key.split("_")[0], "site0"))
-    if not entries:
+        if name.key in subjects:
+            raise InputError(f"{root}: two FLAIR images for {name.key} ({subjects[name.key].flair.name}, {flair.name})")
+        participant = name.key.split("_")[0]
+        subjects[name.key] = Subject(name.key, sites.get(participant, "site0"), flair.resolve(),
+                                     _t1_for(name, flair.parent, t1s), masks.get(name.key), participant,
+                                     bids_root=root)
+    if not subjects:
         raise InputError(f"{root}: a BIDS dataset, but no sub-*/[ses-*/]anat/*_{FLAIR_SUFFIX}.nii[.gz] image found")
-    check_subject_ids(list(entries), str(root), [e.flair.name for e in entries.values()])
-    orphans = sorted(set(masks) - set(entries))
+    check_subject_ids(list(subjects), str(root), [s.flair.name for s in subjects.values()])
+    orphans = sorted(set(masks) - set(subjects))
     if orphans:
         log.warning("%s: %d WMH masks match no FLAIR image and are ignored: %s", root, len(orphans), ", ".join(orphans[:5]))
-    log.info("%s: %d BIDS FLAIR images, %d with a WMH mask", root, len(entries), sum(e.label is not None for e in entries.values()))
-    return list(entries.values())
+    log.info("%s: %d BIDS FLAIR images, %d with a WMH mask", root, len(subjects), sum(s.label is not None for s in subjects.values()))
+    return list(subjects.values())
 
 
 # === Writing derivatives ===
