@@ -2,10 +2,11 @@
 and sidecars of ``wmhkeras segment``. No TensorFlow; no volume is read here.
 
 In (:func:`read_bids`): a dataset root (``dataset_description.json`` and/or ``sub-*`` folders) holds
-``sub-<id>[/ses-<id>]/anat/*_FLAIR.nii[.gz]``. Each FLAIR image is one :class:`~wmhkeras.io.subject.Subject`,
-its id the entities of its name (``sub-01_ses-02_acq-3d``), its participant ``sub-<id>``, its site the
-``site`` column of ``participants.tsv`` (else ``site0``); its T1 is the ``*_T1w`` image of the same folder with the same
-entities, else the only ``*_T1w`` image there. Its lesion mask is
+``sub-<id>[/ses-<id>]/anat/*_FLAIR.nii[.gz]``. Each FLAIR image is one
+:class:`~wmhkeras.io.subject.Subject`, its id the entities of its name (``sub-01_ses-02_acq-3d``), its
+participant ``sub-<id>``, its site the ``site`` column of ``participants.tsv`` (else ``site0``); its T1 is
+the ``*_T1w`` image of the same folder with the same entities, else the only ``*_T1w`` image there. Its
+lesion mask is
 ``derivatives/<pipeline>/sub-<id>[/ses-<id>]/anat/<key>[_space-..][_desc-..]_label-WMH_mask.nii[.gz]``.
 The pipeline is the only one under ``derivatives/`` holding such masks (those written by wmhkeras itself,
 by their ``GeneratedBy`` name, are predictions and never taken as labels); with several, the dataset
