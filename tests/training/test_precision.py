@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.training.test_trainer import cohort, tiny_config  # noqa: F401  (cohort: a module fixture)
+from tests.training.helpers import tiny_config
+from tests.training.test_trainer import cohort  # noqa: F401  (a module fixture)
 from wmhkeras.inference.loaders import float32_model, load_segmenter
 from wmhkeras.io.run_folder import RunFolder
 from wmhkeras.models import build_generator

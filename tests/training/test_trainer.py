@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ import tensorflow as tf
 import yaml
 from click.testing import CliRunner
 
-from wmhkeras.config import config_from_dict
+from tests.training.helpers import TINY, assert_best_is_the_best_of_the_log, read_log, tiny_config
 from wmhkeras.data.datasets import read_manifest, write_manifest
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.errors import ConfigError, InputError
@@ -23,33 +22,11 @@ from wmhkeras.losses import LossTermMetric
 from wmhkeras.training.callbacks import overlay
 from wmhkeras.training.trainer import build_model, make_learning_rate, make_loss, make_metrics, train
 
-#: The tiny setup of every training test: 32 x 32 slices, depth 2, 4 filters, 3 steps of 4 slices.
-TINY = {
-    "data": {"split": [0.6, 0.2, 0.2], "lesion_fraction": 0.7},
-    "model": {"arch": "dense_unet", "input_size": [32, 32], "depth": 2, "base_filters": 4},
-    "loss": {"name": "dice", "weights": "random"},
-    "train": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "learning_rate": 0.01, "image_summary_every": 1},
-}
-
-
-def tiny_config(manifest=None, **sections):
-    data = {key: dict(value) for key, value in TINY.items()}
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    if manifest is not None:
-        data["data"]["path"] = str(manifest)
-    return config_from_dict(data)
-
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Six synthetic subjects on two sites (4 train / 1 validation / 1 hold-out)."""
     return make_cohort(tmp_path_factory.mktemp("cohort"), subjects=6, sites=2, seed=0).manifest
-
-
-def read_log(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def event_tags(folder: Path) -> set[str]:
@@ -181,18 +158,6 @@ def test_mixed_precision_keeps_loss_and_output_in_float32():
 
 
 # === Training (slow) ===
-
-
-def assert_best_is_the_best_of_the_log(run: RunFolder) -> None:
-    """summary.json's and state.json's best validation Dice and epoch are those of the best row of log.csv,
-    and best.keras is that epoch's model (its file's hash is the one state.json records)."""
-    from wmhkeras.io.checkpoints import sha256
-
-    dice = [float(r["val_dice"]) for r in read_log(run.log)]
-    summary, state = json.loads(run.summary.read_text()), json.loads(run.state.read_text())
-    assert summary["best_val_dice"] == pytest.approx(max(dice), rel=1e-6) == state["best"]
-    assert summary["best_epoch"] == dice.index(max(dice)) + 1 == state["best_epoch"]
-    assert state["best_sha256"] == sha256(run.best)
 
 
 @pytest.mark.slow
