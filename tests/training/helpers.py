@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from wmhkeras.config import config_from_dict
+from wmhkeras.data.synth import make_cohort
 from wmhkeras.io.run_folder import RunFolder, Split
 from wmhkeras.training.cache import BRAIN_THRESHOLD
 
@@ -72,3 +73,8 @@ def assert_best_is_the_best_of_the_log(run: RunFolder) -> None:
     assert summary["best_val_dice"] == pytest.approx(max(dice), rel=1e-6) == state["best"]
     assert summary["best_epoch"] == dice.index(max(dice)) + 1 == state["best_epoch"]
     assert state["best_sha256"] == sha256(run.best)
+
+
+def tiny_cohort(folder: Path) -> Path:
+    """Six synthetic subjects on two sites (4 train / 1 validation / 1 hold-out) in ``folder``: the manifest."""
+    return make_cohort(folder, subjects=6, sites=2, seed=0).manifest

@@ -13,7 +13,7 @@ import tensorflow as tf
 import yaml
 from click.testing import CliRunner
 
-from tests.training.helpers import TINY, assert_best_is_the_best_of_the_log, read_log, tiny_config
+from tests.training.helpers import TINY, assert_best_is_the_best_of_the_log, read_log, tiny_cohort, tiny_config
 from wmhkeras.data.datasets import read_manifest, write_manifest
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.errors import ConfigError, InputError
@@ -26,7 +26,7 @@ from wmhkeras.training.trainer import build_model, make_learning_rate, make_loss
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Six synthetic subjects on two sites (4 train / 1 validation / 1 hold-out)."""
-    return make_cohort(tmp_path_factory.mktemp("cohort"), subjects=6, sites=2, seed=0).manifest
+    return tiny_cohort(tmp_path_factory.mktemp("cohort"))
 
 
 def event_tags(folder: Path) -> set[str]:
