@@ -1,4 +1,4 @@
-"""The trainer: run folder helpers, loss/schedule wiring, a tiny real training, bad input via the CLI."""
+"""The trainer: the resume check, loss/schedule wiring, a tiny real training, bad input via the CLI."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from tests.training.helpers import TINY, assert_best_is_the_best_of_the_log, rea
 from wmhkeras.data.datasets import read_manifest, write_manifest
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.errors import ConfigError, InputError
-from wmhkeras.io.run_folder import RunFolder, check_new_run_dir, staged_run_folder, trim_log
+from wmhkeras.io.run_folder import RunFolder
 from wmhkeras.losses import LossTermMetric
-from wmhkeras.training.callbacks import overlay
 from wmhkeras.training.trainer import build_model, make_learning_rate, make_loss, make_metrics, train
 
 
@@ -37,27 +36,7 @@ def event_tags(folder: Path) -> set[str]:
     return tags
 
 
-# === Run folder helpers (fast) ===
-
-
-def test_staged_run_folder_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "run"
-    with pytest.raises(InputError), staged_run_folder(target) as staged:
-        assert staged.path.parent == tmp_path and staged.path.name.startswith(".tmp-run-")
-        raise InputError("bad input")
-    assert list(tmp_path.iterdir()) == []
-    with staged_run_folder(target) as staged:
-        (staged.path / "a.txt").write_text("x")
-        staged.commit()
-    assert (target / "a.txt").read_text() == "x" and len(list(tmp_path.iterdir())) == 1
-
-
-def test_new_run_dir_must_be_absent_or_empty(tmp_path):
-    assert check_new_run_dir(tmp_path / "new") == tmp_path / "new"
-    assert check_new_run_dir(tmp_path) == tmp_path  # empty
-    (tmp_path / "x").write_text("")
-    with pytest.raises(InputError, match="--resume"):
-        check_new_run_dir(tmp_path)
+# === The resume check (fast) ===
 
 
 def test_a_resume_takes_no_split_or_model_and_needs_a_run_folder(tmp_path):
@@ -73,30 +52,6 @@ def test_a_resume_takes_no_split_or_model_and_needs_a_run_folder(tmp_path):
     run.config.write_text("{}")
     with pytest.raises(InputError, match=r"split.json is missing"):
         train(None, run.path, resume=True, verbose=0)
-
-
-def test_trim_log_keeps_complete_rows_of_saved_epochs(tmp_path):
-    log = tmp_path / "log.csv"
-    log.write_text("epoch,loss\r\n0,0.9\r\n1,0.8\r\n2,0.7\r\n3,0.")  # epoch 3 cut by a kill
-    trim_log(log, 2)
-    assert [row["epoch"] for row in read_log(log)] == ["0", "1"]
-    trim_log(tmp_path / "missing.csv", 1)  # nothing to do
-
-
-def test_resume_needs_a_run_folder(tmp_path):
-    with pytest.raises(InputError, match="not found"):
-        RunFolder(tmp_path / "nope").check_resumable()
-    with pytest.raises(InputError, match="config.yaml"):
-        RunFolder(tmp_path).check_resumable()
-
-
-def test_overlay_colours():
-    x = np.full((1, 2, 2, 1), 0.5, np.float32)
-    truth = np.array([1, 1, 0, 0], np.float32).reshape(1, 2, 2, 1)
-    pred = np.array([1, 0, 1, 0], np.float32).reshape(1, 2, 2, 1)
-    rgb = overlay(x, truth, pred, alpha=1.0)
-    assert rgb.shape == (1, 2, 2, 3) and rgb.dtype == np.float32
-    np.testing.assert_allclose(rgb[0].reshape(4, 3), [[1, 1, 0], [0, 1, 0], [1, 0, 0], [0.5, 0.5, 0.5]])
 
 
 # === Wiring of the config onto Keras objects (fast) ===
