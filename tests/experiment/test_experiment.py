@@ -1,5 +1,5 @@
 """The experiment: the --out check, paired tests, resume, one tiny experiment (its config section is tested in
-tests/test_config.py, its folds in tests/data/test_splits.py)."""
+tests/config/test_load.py, its folds in tests/data/test_splits.py)."""
 
 from __future__ import annotations
 
