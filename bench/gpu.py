@@ -264,19 +264,10 @@ def train_section(args, backend: str, device: dict, record, budget) -> None:
             if args.smoke and jit and policy != "float32" and len(jits) > 1:
                 continue  # XLA compiles slowly on a CPU; the smoke run checks the XLA path once
             name = f"{policy}, jit_compile={jit}"
-            if budget.exhausted():
-                section["not_measured"].append(f"{name}: time budget")
-                continue
-            start = time.perf_counter()
-            try:
-                figure = train_figure(args, backend, policy, jit, x, y)
-            except Exception as exc:  # one failing figure (e.g. a kernel missing for a dtype) must not end the run
-                log.exception("train %s failed", name)
-                figure = {"precision": policy, "jit_compile": jit, "error": f"{type(exc).__name__}: {exc}"[:500]}
-            figure["figure_wall_s"] = time.perf_counter() - start
-            section["figures"].append(figure)
-            record.save()
-            if "error" not in figure:
+            figure = measure(section, record, budget, "train", name,
+                             lambda policy=policy, jit=jit: train_figure(args, backend, policy, jit, x, y),
+                             failed={"precision": policy, "jit_compile": jit})
+            if figure is not None and "error" not in figure:
                 log.info("train %s: %.4f s/step, %.1f slices/s (first step %.1f s)", name, figure["median_step_s"],
                          figure["slices_per_s"], figure["first_step_s"])
 
@@ -412,8 +403,6 @@ def volume_runner_jax(kind: str, args, model, fn, voxel_size):
 
 
 def inference_section(args, backend: str, device: dict, record, budget) -> None:
-    import numpy as np
-
     volume, voxel_size, source = load_flair(args)
     precisions = ["float32", "float16"] + (["bfloat16"] if bf16_native(device, args.smoke) else [])
     section = record["inference"] = {
@@ -427,32 +416,33 @@ def inference_section(args, backend: str, device: dict, record, budget) -> None:
         model = build("float32", (*size, 1), arch["depth"], arch["base_filters"])
         fns = (predict_fns_tf(model, 1, precisions) if backend == "tensorflow" else predict_fns_jax(model, precisions))
         runner = volume_runner_tf if backend == "tensorflow" else volume_runner_jax
-        reference = None
+        reference = {}  # this model's float32 probabilities, once measured
         for precision in precisions:
             for batch in args.infer_batches:
                 name = f"{kind} {precision} batch {batch}"
-                if budget.exhausted():
-                    section["not_measured"].append(f"{name}: time budget")
-                    continue
-                start = time.perf_counter()
-                try:
-                    run, slices = runner(kind, args, model, fns[precision], voxel_size)
-                    figure = inference_figure(args, run, slices, fns[precision], volume, batch)
-                    prob = figure.pop("probabilities")
-                    if precision == "float32" and reference is None:
-                        reference = prob
-                    figure["max_abs_diff_vs_float32"] = float(np.abs(prob - reference).max())
-                    figure["model_forward_gflops_per_slice"] = (
-                        None if (flops := forward_flops(model, figure["model_input_hw"])) is None else flops / 1e9)
-                except Exception as exc:
-                    log.exception("inference %s failed", name)
-                    figure = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-                figure.update(model=kind, precision=precision, batch=batch, figure_wall_s=time.perf_counter() - start)
-                section["figures"].append(figure)
-                record.save()
-                if "error" not in figure:
+                run = (kind, runner, model, fns[precision], precision, batch, reference)
+                figure = measure(section, record, budget, "inference", name,
+                                 lambda run=run: compared_figure(args, volume, voxel_size, *run),
+                                 after={"model": kind, "precision": precision, "batch": batch})
+                if figure is not None and "error" not in figure:
                     log.info("inference %s: %.2f s per volume, %.0f slices/s in the model", name,
                              figure["median_volume_s"], figure["model_slices_per_s"])
+
+
+def compared_figure(args, volume, voxel_size, kind, runner, model, fn, precision, batch, reference: dict) -> dict:
+    """The figure of ``model`` at ``precision`` and ``batch``, with its largest difference from the model's float32
+    probabilities (``reference["prob"]``, set by the float32 figure) and its forward GFLOPs per slice."""
+    import numpy as np
+
+    run, slices = runner(kind, args, model, fn, voxel_size)
+    figure = inference_figure(args, run, slices, fn, volume, batch)
+    prob = figure.pop("probabilities")
+    if precision == "float32" and reference.get("prob") is None:
+        reference["prob"] = prob
+    figure["max_abs_diff_vs_float32"] = float(np.abs(prob - reference.get("prob")).max())
+    figure["model_forward_gflops_per_slice"] = (
+        None if (flops := forward_flops(model, figure["model_input_hw"])) is None else flops / 1e9)
+    return figure
 
 
 def inference_figure(args, run, slices, fn, volume, batch: int) -> dict:
@@ -494,6 +484,27 @@ class Record(dict):
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(self, indent=2, default=str) + "\n")
         os.replace(tmp, self.path)
+
+
+def measure(section: dict, record, budget: Budget, stage: str, name: str, compute, failed: dict | None = None,
+            after: dict | None = None) -> dict | None:
+    """One figure of ``section``: ``compute()`` timed (``figure_wall_s``), appended to ``section["figures"]`` and
+    the record saved; a failure is recorded as the figure ``{**failed, "error": ...}``, so that one failing
+    figure (e.g. a kernel missing for a dtype) does not end the run. ``after`` is added to the figure either
+    way. None, and the figure listed under ``not_measured``, once the time budget is spent."""
+    if budget.exhausted():
+        section["not_measured"].append(f"{name}: time budget")
+        return None
+    start = time.perf_counter()
+    try:
+        figure = compute()
+    except Exception as exc:
+        log.exception("%s %s failed", stage, name)
+        figure = {**(failed or {}), "error": f"{type(exc).__name__}: {exc}"[:500]}
+    figure.update(after or {}, figure_wall_s=time.perf_counter() - start)
+    section["figures"].append(figure)
+    record.save()
+    return figure
 
 
 class Budget:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from wmhkeras.data.shared import open_ms_data, shared_data
@@ -60,6 +61,15 @@ def shared_vgg19():
     if not SHARED_VGG19.is_file():
         pytest.skip(f"shared VGG19 weights not found at {SHARED_VGG19} (set WMH_SHARED_WEIGHTS)")
     return SHARED_VGG19
+
+
+@pytest.fixture
+def data():
+    """Two 32 x 32 inputs and their packed targets (mask, image), for the generator and adversarial tests."""
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 32, 32, 1), dtype=np.float32)
+    mask = (rng.random((2, 32, 32, 1)) > 0.8).astype("float32")
+    return x, np.concatenate([mask, x], axis=-1)
 
 
 #: A second process that holds folder ``argv[1]`` as command ``argv[2]`` until it is killed.

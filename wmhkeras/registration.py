@@ -13,9 +13,10 @@ import os
 
 import keras
 
-import wmhkeras.losses  # noqa: F401  (content and overlap losses)
 import wmhkeras.losses.adversarial  # noqa: F401  (the fine-tuning ablation's training wrapper)
+import wmhkeras.losses.content  # noqa: F401  (the Siamese content loss)
 import wmhkeras.losses.metrics  # noqa: F401  (DiceMetric, LossTermMetric)
+import wmhkeras.losses.overlap  # noqa: F401  (overlap and pixel losses, the hybrid)
 
 
 def _safe_mode_scope():

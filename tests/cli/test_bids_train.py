@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.io.bids_tree import add_pipeline, make_bids_tree
-from tests.training.test_trainer import TINY
+from tests.training.helpers import TINY
 from wmhkeras.cli.main import main
 
 

@@ -2,7 +2,7 @@
 
 from click.testing import CliRunner
 
-from tests.data.test_datasets import _img
+from tests.data.helpers import _img
 from wmhkeras.cli.main import main
 
 

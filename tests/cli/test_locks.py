@@ -8,21 +8,16 @@ import signal
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from tests.cli.helpers import run_cli as run
 from tests.inference.helpers import blob_volume, tiny_model_file, write_nifti
-from tests.training.test_trainer import tiny_config
-from wmhkeras.cli.main import main
+from tests.training.helpers import tiny_config
 from wmhkeras.config import save_config
 from wmhkeras.data.datasets import read_manifest
 from wmhkeras.data.splits import make_split
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.io.lock import LOCK_NAME
 from wmhkeras.io.run_folder import RunFolder
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def snapshot(folder):

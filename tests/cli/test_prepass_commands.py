@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from tests.cli.helpers import run_cli
-from tests.experiment.test_experiment import TINY as TINY_EXPERIMENT
-from tests.training.test_trainer import TINY
+from tests.experiment.helpers import TINY as TINY_EXPERIMENT
+from tests.training.helpers import TINY
 from wmhkeras.data.datasets import load_dataset
 from wmhkeras.data.synth import SITE_PRESETS, make_cohort
 

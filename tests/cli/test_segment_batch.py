@@ -2,26 +2,17 @@
 are segmented again, summary.csv is the table one run writes), --shard i/n plus ``wmhkeras summarize``
 give one run's table, bad values exit 2 before any work, --threads."""
 
-import numpy as np
 import pytest
 
-from tests.cli.helpers import run_cli
-from tests.inference.helpers import blob_volume, read_rows, tiny_model_file, write_nifti
+from tests.cli.helpers import run_cli, write_blob_scans
+from tests.inference.helpers import read_rows
 
 SUBJECTS = ["s1", "s2", "s3", "s4", "s5"]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.keras")
-
-
-@pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cohort")
-    for i, s in enumerate(SUBJECTS):
-        write_nifti(folder / f"{s}.nii.gz", blob_volume(i), np.eye(4))
-    return folder
+    return write_blob_scans(tmp_path_factory.mktemp("cohort"), SUBJECTS)
 
 
 def _mtimes(out):

@@ -14,11 +14,6 @@ from tests.inference.helpers import SHAPE, blob_volume, read_rows, tiny_model_fi
 PROGRESS_PREFIX = "subjects: "
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.keras")
-
-
 def _error_line(res) -> str:
     """stderr less progress lines: exactly one line, ``error: ...``."""
     lines = [line for line in res.stderr.splitlines() if not line.startswith(PROGRESS_PREFIX)]

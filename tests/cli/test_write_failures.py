@@ -14,14 +14,13 @@ from pathlib import Path
 
 import keras
 import nibabel as nib
-import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
 
 import wmhkeras.io.files as files
-from tests.cli.helpers import run_cli
-from tests.inference.helpers import blob_volume, read_rows, tiny_model_file, write_nifti
+from tests.cli.helpers import run_cli, write_blob_scans
+from tests.inference.helpers import read_rows
 from wmhkeras.data.synth import SiteParams, make_cohort
 
 SUBJECTS = ["s1", "s2", "s3"]
@@ -29,16 +28,8 @@ STOPPED = "; stopped (files written before are complete)"
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return tiny_model_file(tmp_path_factory.mktemp("model") / "tiny.keras")
-
-
-@pytest.fixture(scope="module")
 def scans(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("scans")
-    for i, s in enumerate(SUBJECTS):
-        write_nifti(folder / f"{s}.nii.gz", blob_volume(i), np.eye(4))
-    return folder
+    return write_blob_scans(tmp_path_factory.mktemp("scans"), SUBJECTS)
 
 
 def _one_error_line(result, expected: str) -> None:

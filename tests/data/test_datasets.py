@@ -1,18 +1,11 @@
 """Datasets: manifests (read, write), the MICCAI 2017 layout, images to segment, per-subject checks (commands: tests/cli)."""
 
-import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.data.helpers import _img
 from wmhkeras.data.datasets import Subject, check_subject, discover_miccai, load_dataset, read_manifest, write_manifest
 from wmhkeras.errors import InputError
-
-
-def _img(path, shape=(6, 6, 4), value=1.0, affine=None, dtype=np.float32):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.full(shape, value, dtype=dtype)
-    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
-    return path
 
 
 def test_manifest_with_relative_paths_and_optional_columns(tmp_path):

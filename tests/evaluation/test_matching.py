@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.evaluation.test_evaluate import _cohort
+from tests.evaluation.helpers import _cohort
 from wmhkeras.errors import InputError
 from wmhkeras.evaluation.matching import match, resolve_predictions, resolve_truth
 

@@ -1,5 +1,5 @@
 """The experiment: the --out check, paired tests, resume, one tiny experiment (its config section is tested in
-tests/test_config.py, its folds in tests/data/test_splits.py)."""
+tests/config/test_load.py, its folds in tests/data/test_splits.py)."""
 
 from __future__ import annotations
 
@@ -14,21 +14,13 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.experiment.helpers import TINY
 from wmhkeras.config import load_config
 from wmhkeras.errors import InputError
 from wmhkeras.evaluation.metrics import CHALLENGE_KEYS, METRIC_KEYS
 from wmhkeras.experiment.runner import _check_out_dir
 from wmhkeras.experiment.statistics import ROW_KEYS, paired_tests, subject_means
 from wmhkeras.io.run_folder import RunSummary, Split
-
-TINY = {
-    "data": {"split": [0.34, 0.33, 0.33], "lesion_fraction": 0.7},
-    "model": {"arch": "unet", "input_size": [32, 32], "depth": 2, "base_filters": 4},
-    "loss": {"weights": "random"},
-    "augment": {"rotation_degrees": 0},
-    "train": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "image_summary_every": 0},
-    "experiment": {"losses": ["dice", "tversky"], "external_site": "site2"},
-}
 
 
 def write_config(tmp_path: Path, data: dict, name: str = "exp.yaml") -> Path:

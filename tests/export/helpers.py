@@ -17,3 +17,12 @@ def leftovers(folder: Path) -> list[str]:
 def mask_dice(a, b) -> float:
     """The mask Dice the export reports for probabilities ``a`` against ``b`` (threshold 0.5, all voxels)."""
     return check_artifact("test", "test", None, 0.0, np.asarray(a), np.asarray(b), {}).mask_dice
+
+
+MODES = {
+    "fixed": ({"resample": "fixed"}, 1),
+    "spacing": ({"resample": "spacing", "spacing": [1.0, 1.0]}, 1),
+    "none": ({"resample": "none"}, 1),
+    "spacing_context": ({"resample": "spacing", "spacing": [1.0, 1.0], "context_slices": 1}, 3),
+    "fixed_context": ({"resample": "fixed", "context_slices": 1}, 3),
+}

@@ -188,7 +188,7 @@ def test_serving_layout_with_warmup_card_info_and_holdout_metrics(tiny_run, tmp_
 @pytest.mark.parametrize("mode", ["spacing_context", "fixed_context"])
 def test_warmup_requests_fit_the_signatures_in_every_mode(mode, tmp_path):
     """Free-size models with the ``spacing`` input, 2.5D context: each warm-up request runs on its signature."""
-    from tests.export.test_modes import MODES
+    from tests.export.helpers import MODES
     from tests.inference.helpers import run_folder
     from wmhkeras.export.saved_model import write_saved_model
     from wmhkeras.export.serving import write_warmup

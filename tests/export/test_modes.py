@@ -12,7 +12,7 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from tests.export.helpers import leftovers  # noqa: E402
+from tests.export.helpers import MODES, leftovers  # noqa: E402
 from tests.inference.helpers import free_model_file, run_folder, write_nifti  # noqa: E402
 from wmhkeras.export.report import format_table  # noqa: E402
 from wmhkeras.export.runner import export  # noqa: E402
@@ -20,15 +20,6 @@ from wmhkeras.inference.segment import segment  # noqa: E402
 
 #: 0.5 x 0.5 x 2 mm voxels, an odd in-plane size (padding and cropping are uneven).
 SHAPE, VOXEL = (37, 29, 6), (0.5, 0.5, 2.0)
-
-MODES = {
-    "fixed": ({"resample": "fixed"}, 1),
-    "spacing": ({"resample": "spacing", "spacing": [1.0, 1.0]}, 1),
-    "none": ({"resample": "none"}, 1),
-    "spacing_context": ({"resample": "spacing", "spacing": [1.0, 1.0], "context_slices": 1}, 3),
-    "fixed_context": ({"resample": "fixed", "context_slices": 1}, 3),
-}
-
 
 def _flair(path):
     rng = np.random.default_rng(0)

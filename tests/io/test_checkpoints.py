@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from tests.io.helpers import _generator_saved_as_is, fake_run, write_zip  # noqa: F401  (the autouse fixture)
 from wmhkeras.errors import InputError
 from wmhkeras.io import checkpoints
 from wmhkeras.io.checkpoints import (
@@ -26,10 +26,8 @@ from wmhkeras.io.checkpoints import (
     verified_sha256,
 )
 from wmhkeras.io.run_folder import RunFolder, RunState
-from wmhkeras.training import callbacks
 
-#: The validation Dice of each epoch of the fake runs below: epochs 1 and 3 improve best.keras.
-VAL_DICE = {1: 0.5, 2: 0.4, 3: 0.6}
+#: The epochs of the fake runs (:data:`tests.io.helpers.VAL_DICE`) that improve best.keras.
 IMPROVING = {1, 3}
 
 
@@ -37,52 +35,9 @@ class Killed(BaseException):
     """Stands for SIGKILL: passes through every ``except Exception``."""
 
 
-def write_zip(tag: str):
-    def write(path: Path) -> None:
-        with zipfile.ZipFile(path, "w") as archive:
-            archive.writestr("model", tag)
-
-    return write
-
-
 def tag(path: Path) -> str:
     with zipfile.ZipFile(path) as archive:
         return archive.read("model").decode()
-
-
-class FakeModel:
-    """What RunCheckpoint uses of a Keras model: ``save`` (a zip holding ``<prefix><epoch>``) and the
-    optimizer's step counter (3 steps per epoch)."""
-
-    def __init__(self, prefix: str):
-        self.prefix, self.epoch = prefix, 0
-        self.optimizer = SimpleNamespace(iterations=SimpleNamespace(numpy=lambda: 3 * self.epoch))
-
-    def save(self, path) -> None:
-        write_zip(f"{self.prefix}{self.epoch}")(path)
-
-
-@pytest.fixture(autouse=True)
-def _generator_saved_as_is(monkeypatch):
-    """best.keras is the generator itself (the real one saves an uncompiled Keras view of it)."""
-    monkeypatch.setattr(callbacks, "inference_model", lambda generator, free=True: generator)
-
-
-def epoch(checkpoint: callbacks.RunCheckpoint, e: int) -> None:
-    """Epoch ``e`` (1-based) as ``fit`` drives the callback: its begin, then its end with the epoch's logs."""
-    checkpoint.model.epoch = checkpoint.generator.epoch = e
-    checkpoint.on_epoch_begin(e - 1)
-    checkpoint.on_epoch_end(e - 1, {"val_dice": VAL_DICE[e]})
-
-
-def fake_run(tmp_path: Path, epochs: int) -> RunFolder:
-    run = RunFolder(tmp_path / "run")
-    run.checkpoints.mkdir(parents=True)
-    checkpoint = callbacks.RunCheckpoint(run, FakeModel("best"))
-    checkpoint.set_model(FakeModel("last"))
-    for e in range(1, epochs + 1):
-        epoch(checkpoint, e)
-    return run
 
 
 def killed_run(tmp_path, monkeypatch, point: str, at: int, epochs: int = 3) -> RunFolder:

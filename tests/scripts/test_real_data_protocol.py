@@ -108,7 +108,7 @@ def in_process(protocol, monkeypatch):
 @pytest.fixture(scope="module")
 def two_subjects(tmp_path_factory):
     """Manifests of two synthetic subjects (train on one, score the other) and a tiny config file."""
-    from tests.training.test_trainer import TINY
+    from tests.training.helpers import TINY
     from wmhkeras.data.synth import make_cohort
 
     root = tmp_path_factory.mktemp("protocol")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.training.test_trainer import TINY, assert_best_is_the_best_of_the_log, read_log
+from tests.training.helpers import TINY, assert_best_is_the_best_of_the_log, read_log
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.io.run_folder import RunFolder
 

@@ -9,8 +9,8 @@ import keras
 import pytest
 from click.testing import CliRunner
 
-from tests.io.test_checkpoints import _generator_saved_as_is, fake_run  # noqa: F401 (the fixture: fake checkpoints)
-from tests.training.test_trainer import tiny_config
+from tests.io.helpers import _generator_saved_as_is, fake_run  # noqa: F401 (the fixture: fake checkpoints)
+from tests.training.helpers import tiny_config
 from wmhkeras.config import save_config
 from wmhkeras.data.datasets import read_manifest
 from wmhkeras.data.splits import make_split

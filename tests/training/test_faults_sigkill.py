@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.training.test_trainer import TINY
+from tests.training.helpers import TINY
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.io.checkpoints import KILL_ENV
 from wmhkeras.io.lock import LOCK_NAME

@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from tests.inference.helpers import tiny_model_file
-from tests.training.test_trainer import tiny_config
+from tests.training.helpers import tiny_config
 from wmhkeras.cli.main import main
 from wmhkeras.config import load_config, save_config
 from wmhkeras.data.synth import make_cohort

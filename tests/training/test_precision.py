@@ -12,11 +12,17 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from tests.training.test_trainer import cohort, tiny_config  # noqa: F401  (cohort: a module fixture)
+from tests.training.helpers import tiny_cohort, tiny_config
 from wmhkeras.inference.loaders import float32_model, load_segmenter
 from wmhkeras.io.run_folder import RunFolder
 from wmhkeras.models import build_generator
 from wmhkeras.training.trainer import build_model, train
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Six synthetic subjects on two sites (4 train / 1 validation / 1 hold-out)."""
+    return tiny_cohort(tmp_path_factory.mktemp("cohort"))
 
 
 @contextlib.contextmanager
@@ -101,7 +107,7 @@ def test_a_float32_model_is_used_as_it_is():
 
 
 @pytest.mark.slow
-def test_a_mixed_bfloat16_run_resumes_segments_and_exports(cohort, tmp_path):  # noqa: F811
+def test_a_mixed_bfloat16_run_resumes_segments_and_exports(cohort, tmp_path):
     from wmhkeras.export.runner import export
 
     cfg = tiny_config(cohort, loss={"name": "content", "weights": "random"},

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from tests.training.test_trainer import TINY
+from tests.training.helpers import TINY
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.io.run_folder import RunFolder
 

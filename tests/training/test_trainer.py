@@ -1,8 +1,7 @@
-"""The trainer: run folder helpers, loss/schedule wiring, a tiny real training, bad input via the CLI."""
+"""The trainer: the resume check, loss/schedule wiring, a tiny real training, bad input via the CLI."""
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,42 +13,19 @@ import tensorflow as tf
 import yaml
 from click.testing import CliRunner
 
-from wmhkeras.config import config_from_dict
+from tests.training.helpers import TINY, assert_best_is_the_best_of_the_log, read_log, tiny_cohort, tiny_config
 from wmhkeras.data.datasets import read_manifest, write_manifest
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.errors import ConfigError, InputError
-from wmhkeras.io.run_folder import RunFolder, check_new_run_dir, staged_run_folder, trim_log
+from wmhkeras.io.run_folder import RunFolder
 from wmhkeras.losses import LossTermMetric
-from wmhkeras.training.callbacks import overlay
 from wmhkeras.training.trainer import build_model, make_learning_rate, make_loss, make_metrics, train
-
-#: The tiny setup of every training test: 32 x 32 slices, depth 2, 4 filters, 3 steps of 4 slices.
-TINY = {
-    "data": {"split": [0.6, 0.2, 0.2], "lesion_fraction": 0.7},
-    "model": {"arch": "dense_unet", "input_size": [32, 32], "depth": 2, "base_filters": 4},
-    "loss": {"name": "dice", "weights": "random"},
-    "train": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "learning_rate": 0.01, "image_summary_every": 1},
-}
-
-
-def tiny_config(manifest=None, **sections):
-    data = {key: dict(value) for key, value in TINY.items()}
-    for key, value in sections.items():
-        data.setdefault(key, {}).update(value)
-    if manifest is not None:
-        data["data"]["path"] = str(manifest)
-    return config_from_dict(data)
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Six synthetic subjects on two sites (4 train / 1 validation / 1 hold-out)."""
-    return make_cohort(tmp_path_factory.mktemp("cohort"), subjects=6, sites=2, seed=0).manifest
-
-
-def read_log(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return tiny_cohort(tmp_path_factory.mktemp("cohort"))
 
 
 def event_tags(folder: Path) -> set[str]:
@@ -60,27 +36,7 @@ def event_tags(folder: Path) -> set[str]:
     return tags
 
 
-# === Run folder helpers (fast) ===
-
-
-def test_staged_run_folder_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "run"
-    with pytest.raises(InputError), staged_run_folder(target) as staged:
-        assert staged.path.parent == tmp_path and staged.path.name.startswith(".tmp-run-")
-        raise InputError("bad input")
-    assert list(tmp_path.iterdir()) == []
-    with staged_run_folder(target) as staged:
-        (staged.path / "a.txt").write_text("x")
-        staged.commit()
-    assert (target / "a.txt").read_text() == "x" and len(list(tmp_path.iterdir())) == 1
-
-
-def test_new_run_dir_must_be_absent_or_empty(tmp_path):
-    assert check_new_run_dir(tmp_path / "new") == tmp_path / "new"
-    assert check_new_run_dir(tmp_path) == tmp_path  # empty
-    (tmp_path / "x").write_text("")
-    with pytest.raises(InputError, match="--resume"):
-        check_new_run_dir(tmp_path)
+# === The resume check (fast) ===
 
 
 def test_a_resume_takes_no_split_or_model_and_needs_a_run_folder(tmp_path):
@@ -96,30 +52,6 @@ def test_a_resume_takes_no_split_or_model_and_needs_a_run_folder(tmp_path):
     run.config.write_text("{}")
     with pytest.raises(InputError, match=r"split.json is missing"):
         train(None, run.path, resume=True, verbose=0)
-
-
-def test_trim_log_keeps_complete_rows_of_saved_epochs(tmp_path):
-    log = tmp_path / "log.csv"
-    log.write_text("epoch,loss\r\n0,0.9\r\n1,0.8\r\n2,0.7\r\n3,0.")  # epoch 3 cut by a kill
-    trim_log(log, 2)
-    assert [row["epoch"] for row in read_log(log)] == ["0", "1"]
-    trim_log(tmp_path / "missing.csv", 1)  # nothing to do
-
-
-def test_resume_needs_a_run_folder(tmp_path):
-    with pytest.raises(InputError, match="not found"):
-        RunFolder(tmp_path / "nope").check_resumable()
-    with pytest.raises(InputError, match="config.yaml"):
-        RunFolder(tmp_path).check_resumable()
-
-
-def test_overlay_colours():
-    x = np.full((1, 2, 2, 1), 0.5, np.float32)
-    truth = np.array([1, 1, 0, 0], np.float32).reshape(1, 2, 2, 1)
-    pred = np.array([1, 0, 1, 0], np.float32).reshape(1, 2, 2, 1)
-    rgb = overlay(x, truth, pred, alpha=1.0)
-    assert rgb.shape == (1, 2, 2, 3) and rgb.dtype == np.float32
-    np.testing.assert_allclose(rgb[0].reshape(4, 3), [[1, 1, 0], [0, 1, 0], [1, 0, 0], [0.5, 0.5, 0.5]])
 
 
 # === Wiring of the config onto Keras objects (fast) ===
@@ -181,18 +113,6 @@ def test_mixed_precision_keeps_loss_and_output_in_float32():
 
 
 # === Training (slow) ===
-
-
-def assert_best_is_the_best_of_the_log(run: RunFolder) -> None:
-    """summary.json's and state.json's best validation Dice and epoch are those of the best row of log.csv,
-    and best.keras is that epoch's model (its file's hash is the one state.json records)."""
-    from wmhkeras.io.checkpoints import sha256
-
-    dice = [float(r["val_dice"]) for r in read_log(run.log)]
-    summary, state = json.loads(run.summary.read_text()), json.loads(run.state.read_text())
-    assert summary["best_val_dice"] == pytest.approx(max(dice), rel=1e-6) == state["best"]
-    assert summary["best_epoch"] == dice.index(max(dice)) + 1 == state["best_epoch"]
-    assert state["best_sha256"] == sha256(run.best)
 
 
 @pytest.mark.slow

@@ -6,48 +6,20 @@ merging of files and ``--set`` overrides, and the validation, whose errors name 
 and what is allowed.
 """
 
-from wmhkeras.config.load import (
-    config_from_dict,
-    deep_merge,
-    load_config,
-    load_run_config,
-    parse_override,
-    read_yaml,
-    save_config,
-)
-from wmhkeras.config.schema import (
-    CONFIG_VERSION,
-    PCD_BIN_EDGES,
-    AugmentConfig,
-    Config,
-    DataConfig,
-    ExperimentConfig,
-    FinetuneConfig,
-    LesionSynthesisConfig,
-    LossConfig,
-    LossName,
-    ModelConfig,
-    TrainConfig,
-)
+import importlib
 
-__all__ = [
-    "CONFIG_VERSION",
-    "PCD_BIN_EDGES",
-    "AugmentConfig",
-    "Config",
-    "DataConfig",
-    "ExperimentConfig",
-    "FinetuneConfig",
-    "LesionSynthesisConfig",
-    "LossConfig",
-    "LossName",
-    "ModelConfig",
-    "TrainConfig",
-    "config_from_dict",
-    "deep_merge",
-    "load_config",
-    "load_run_config",
-    "parse_override",
-    "read_yaml",
-    "save_config",
-]
+#: The public names, by the module that defines them, each imported on first use (PEP 562).
+_PUBLIC = {
+    **dict.fromkeys(("config_from_dict", "deep_merge", "load_config", "load_run_config", "parse_override", "read_yaml",
+                     "save_config"), "wmhkeras.config.load"),
+    **dict.fromkeys(("CONFIG_VERSION", "PCD_BIN_EDGES", "AugmentConfig", "Config", "DataConfig", "ExperimentConfig",
+                     "FinetuneConfig", "LesionSynthesisConfig", "LossConfig", "LossName", "ModelConfig", "TrainConfig"),
+                     "wmhkeras.config.schema"),
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -1,29 +1,24 @@
-"""Export a trained generator as a verified SavedModel and TFLite files (:mod:`wmhkeras.export.runner`).
+"""Export a trained generator as verified SavedModel and TFLite files.
 
-``wmhkeras.export.export(...)`` and ``wmhkeras.export.format_table(...)`` are the library calls; they are
-imported on first use, so that the TensorFlow-free modules here (options, report) stay cheap to import.
+Modules: :mod:`~wmhkeras.export.runner` (``export(...)``, the library call), ``source`` (the model and
+config a run or ``.keras`` file holds), ``saved_model``, ``tflite`` and ``serving`` (the artefacts and
+TensorFlow Serving's layout), ``verification`` (parity against the Keras model), ``card`` (the model
+card), ``options`` and ``report`` (the option lists and the report's table, without TensorFlow).
 """
-
-from __future__ import annotations
 
 import importlib
 
+#: The public names, by the module that defines them, each imported on first use (PEP 562).
 _PUBLIC = {
-    "export": "wmhkeras.export.runner",
-    "ExportReport": "wmhkeras.export.report",
-    "ArtifactCheck": "wmhkeras.export.report",
-    "format_table": "wmhkeras.export.report",
-    "default_out_dir": "wmhkeras.export.options",
-    "parse_variants": "wmhkeras.export.options",
-    "resolve_tolerances": "wmhkeras.export.options",
-    "DEFAULT_TOLERANCES": "wmhkeras.export.options",
-    "TFLITE_VARIANTS": "wmhkeras.export.options",
+    **dict.fromkeys(("export",), "wmhkeras.export.runner"),
+    **dict.fromkeys(("ArtifactCheck", "ExportReport", "format_table"), "wmhkeras.export.report"),
+    **dict.fromkeys(("DEFAULT_TOLERANCES", "TFLITE_VARIANTS", "default_out_dir", "parse_variants",
+                     "resolve_tolerances"), "wmhkeras.export.options"),
 }
-
 __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -1,76 +1,29 @@
 """Losses for WMH segmentation: the Siamese content loss, overlap baselines, hybrids, Dice metric.
 
-Importing this package registers every loss and metric with Keras (package ``wmhkeras``), so compiled
-``.keras`` files load without ``custom_objects``. It needs Keras, not TensorFlow: the content loss imports
-TensorFlow when it first builds its backbone.
+Modules: :mod:`~wmhkeras.losses.content` (the Siamese content loss) with its frozen feature extractors
+(``backbones``), ``overlap`` (overlap and pixel losses, the hybrid), ``metrics`` (Keras metrics),
+``factory`` (a loss by its config name) and ``adversarial`` (the fine-tuning ablation model). Each module
+registers its Keras objects (package ``wmhkeras``) when imported; :mod:`wmhkeras.registration` imports all
+of them. They import Keras, and with it TensorFlow, its backend.
 
 All losses take the packed target ``y_true`` ``(batch, H, W, 2)`` (channel 0 mask, channel 1 image) or a
 plain 1-channel mask where the image is not needed; ``y_pred`` is ``(batch, H, W, 1)``.
 """
 
-from __future__ import annotations
+import importlib
 
-from collections.abc import Callable
-
-import keras
-
-from wmhkeras.errors import ConfigError
-from wmhkeras.losses.content import REDUCTION_MODES, SiameseContentLoss
-from wmhkeras.losses.metrics import DiceMetric, LossTermMetric
-from wmhkeras.losses.overlap import (
-    BinaryCrossentropyLoss,
-    BinaryFocalLoss,
-    DiceBCELoss,
-    DiceLoss,
-    GeneralizedDiceLoss,
-    HybridLoss,
-    TverskyLoss,
-    unpack_target,
-)
-
-__all__ = [
-    "LOSSES", "REDUCTION_MODES", "BinaryCrossentropyLoss", "BinaryFocalLoss", "DiceBCELoss", "DiceLoss", "DiceMetric",
-    "GeneralizedDiceLoss", "HybridLoss", "LossTermMetric", "SiameseContentLoss", "TverskyLoss", "get_loss",
-    "unpack_target",
-]
-
-
-def _hybrid(overlap: str | keras.losses.Loss = "dice", weight: float = 1.0,
-            overlap_kwargs: dict | None = None, **content_kwargs) -> HybridLoss:
-    """``content + weight * overlap``; ``content_kwargs`` go to :class:`SiameseContentLoss`."""
-    if isinstance(overlap, str):
-        if overlap in ("content", "hybrid"):
-            raise ConfigError(f"hybrid overlap must be an overlap/pixel loss; got {overlap!r}")
-        overlap = get_loss(overlap, **(overlap_kwargs or {}))
-    return HybridLoss(SiameseContentLoss(**content_kwargs), overlap, weight)
-
-
-#: Loss constructors by the name used in configs (``loss.name``).
-LOSSES: dict[str, Callable[..., keras.losses.Loss]] = {
-    "content": SiameseContentLoss,
-    "dice": DiceLoss,
-    "dice_bce": DiceBCELoss,
-    "tversky": TverskyLoss,
-    "generalized_dice": GeneralizedDiceLoss,
-    "focal": BinaryFocalLoss,
-    "bce": BinaryCrossentropyLoss,
-    "hybrid": _hybrid,
+#: The public names, by the module that defines them, each imported on first use (PEP 562).
+_PUBLIC = {
+    **dict.fromkeys(("REDUCTION_MODES", "SiameseContentLoss"), "wmhkeras.losses.content"),
+    **dict.fromkeys(("DiceMetric", "LossTermMetric"), "wmhkeras.losses.metrics"),
+    **dict.fromkeys(("BinaryCrossentropyLoss", "BinaryFocalLoss", "DiceBCELoss", "DiceLoss", "GeneralizedDiceLoss",
+                     "HybridLoss", "TverskyLoss", "unpack_target"), "wmhkeras.losses.overlap"),
+    **dict.fromkeys(("LOSSES", "get_loss"), "wmhkeras.losses.factory"),
 }
+__all__ = sorted(_PUBLIC)
 
 
-def get_loss(name: str, **kwargs) -> keras.losses.Loss:
-    """Build a loss by name; ``kwargs`` go to its constructor.
-
-    Names: ``content``, ``dice``, ``dice_bce``, ``tversky``, ``generalized_dice``, ``focal``, ``bce``, ``hybrid``
-    (``hybrid`` takes ``overlap='dice'``, ``weight=1.0``, ``overlap_kwargs=None`` and the content loss's
-    arguments).
-
-    Raises:
-        ConfigError: unknown name (the message lists the known ones), or a bad argument.
-    """
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
-    try:
-        return LOSSES[name](**kwargs)
-    except TypeError as err:  # unexpected keyword: a config typo
-        raise ConfigError(f"bad arguments for loss {name!r} {sorted(kwargs)}: {err}") from err
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

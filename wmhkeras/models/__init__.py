@@ -1,11 +1,20 @@
-"""Segmentation generators: the dense-block U-Net of Mac et al. (2020) and a plain U-Net baseline.
+"""Segmentation generators (:mod:`~wmhkeras.models.unet`): the dense-block U-Net of Mac et al. (2020) and a
+plain U-Net baseline, plain functional models of built-in layers, and their FLOP count.
 
-Imports TensorFlow/Keras. The generators are plain functional models of built-in layers. The frozen
-feature extractors of the content loss live beside the loss (:mod:`wmhkeras.losses.backbones`).
+The frozen feature extractors of the content loss live beside the loss (:mod:`wmhkeras.losses.backbones`).
 """
 
-from __future__ import annotations
+import importlib
 
-from wmhkeras.models.unet import GENERATORS, build_dense_unet, build_generator, build_unet, count_flops
+#: The public names, by the module that defines them, each imported on first use (PEP 562).
+_PUBLIC = {
+    **dict.fromkeys(("GENERATORS", "build_dense_unet", "build_generator", "build_unet", "count_flops"),
+                     "wmhkeras.models.unet"),
+}
+__all__ = sorted(_PUBLIC)
 
-__all__ = ["GENERATORS", "build_dense_unet", "build_generator", "build_unet", "count_flops"]
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

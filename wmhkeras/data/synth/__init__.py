@@ -32,29 +32,20 @@ Modules: :mod:`~wmhkeras.data.synth.sites` (scanner parameters), :mod:`~wmhkeras
 ``wmhkeras.data.synth``.
 """
 
-from wmhkeras.data.synth.anatomy import Tissue
-from wmhkeras.data.synth.cohort import FILE_NAMES, CohortSummary, SyntheticSubject, make_cohort
-from wmhkeras.data.synth.sites import (
-    DEFAULT_LESION_FRACTION,
-    MAX_LESION_FRACTION,
-    SITE_PRESETS,
-    SiteParams,
-    site_affine,
-    site_presets,
-)
-from wmhkeras.data.synth.subject import make_subject
+import importlib
 
-__all__ = [
-    "DEFAULT_LESION_FRACTION",
-    "FILE_NAMES",
-    "MAX_LESION_FRACTION",
-    "SITE_PRESETS",
-    "CohortSummary",
-    "SiteParams",
-    "SyntheticSubject",
-    "Tissue",
-    "make_cohort",
-    "make_subject",
-    "site_affine",
-    "site_presets",
-]
+#: The public names, by the module that defines them, each imported on first use (PEP 562).
+_PUBLIC = {
+    **dict.fromkeys(("Tissue",), "wmhkeras.data.synth.anatomy"),
+    **dict.fromkeys(("FILE_NAMES", "CohortSummary", "SyntheticSubject", "make_cohort"), "wmhkeras.data.synth.cohort"),
+    **dict.fromkeys(("DEFAULT_LESION_FRACTION", "MAX_LESION_FRACTION", "SITE_PRESETS", "SiteParams", "site_affine",
+                     "site_presets"), "wmhkeras.data.synth.sites"),
+    **dict.fromkeys(("make_subject",), "wmhkeras.data.synth.subject"),
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -14,7 +14,7 @@ from wmhkeras.config import (
 )
 from wmhkeras.errors import ConfigError
 
-from .conftest import REPO
+from ..conftest import REPO
 
 
 def test_shipped_configs_load_and_hold_the_paper_setup():
