@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from wmhkeras.errors import InputError
 from wmhkeras.inference.batch import is_complete, parse_shard, select_shard
@@ -63,6 +63,9 @@ from wmhkeras.io.lock import holds_folder
 from wmhkeras.io.naming import SUMMARY_NAME
 
 log = logging.getLogger(__name__)
+
+#: A path option of :func:`segment`: given once, once per FLAIR file, or not at all.
+PathOption = Optional[Union[Sequence[Union[str, Path]], str, Path]]
 
 @dataclass
 class SegmentResult:
@@ -176,18 +179,10 @@ def default_spec() -> ModelSpec:
 
 
 @holds_folder("out_dir", "segment")  # one process per output folder: a second one is refused (wmhkeras.io.lock)
-def segment(
-    model: str | Path | Segmenter | None,
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    settings: Optional[SegmentSettings] = None,
-    *,
-    t1: Sequence[str | Path] | str | Path | None = None,
-    brain_mask: Sequence[str | Path] | str | Path | None = None,
-    skip_existing: bool = False,
-    shard: str | tuple[int, int] | None = None,
-    progress: Callable[..., Iterable] | None = None,
-) -> SegmentResult:
+def segment(model: str | Path | Segmenter | None, inputs: Sequence[str | Path], out_dir: str | Path,
+            settings: Optional[SegmentSettings] = None, *, t1: PathOption = None, brain_mask: PathOption = None,
+            skip_existing: bool = False, shard: str | tuple[int, int] | None = None,
+            progress: Callable[..., Iterable] | None = None) -> SegmentResult:
     """Segment every subject of ``inputs`` with ``settings`` and write its outputs into ``out_dir``.
 
     Args:
@@ -195,8 +190,8 @@ def segment(
             name (:func:`~wmhkeras.inference.sources.inspect_model`), a loaded :class:`Segmenter`, or None for
             the default built-in model (``segment.json`` records ``model.builtin`` and ``model.default``).
         inputs: FLAIR files, folders or manifest CSVs (rules: :func:`~wmhkeras.inference.inputs.resolve_inputs`).
-        settings: the options that decide the outputs (:class:`~wmhkeras.inference.record.SegmentSettings`,
-            default values without); ``bids_out`` None is resolved from the inputs.
+        settings: the options that decide the outputs (:class:`~wmhkeras.inference.record.SegmentSettings`;
+            None: the defaults).
         t1, brain_mask: one file per FLAIR file given one by one (or a single path).
         skip_existing: keep the subjects whose outputs in ``out_dir`` are complete
             (:func:`~wmhkeras.inference.batch.is_complete`) and merge ``summary.csv``'s earlier rows with
@@ -205,11 +200,9 @@ def segment(
         shard: ``"i/n"`` (1-based): only every n-th subject of the subjects sorted by id, from the i-th.
         progress: wraps the loop over subjects, called as ``progress(iterable, total=n)`` (e.g. ``tqdm``).
 
-    Writes each subject's files (:func:`~wmhkeras.inference.per_subject.segment_one`); across subjects
-    ``summary.csv`` (sorted by subject, rewritten after every subject, with the cohort QC flags of
-    :func:`~wmhkeras.inference.qc.flag_rows`) and ``segment.json`` (model, settings, versions), both first
-    written once a subject succeeded. A failed subject has no outputs (stale ones of the same name are
-    removed) and a ``failed`` row with the error in ``summary.csv``.
+    Writes each subject's files (:func:`~wmhkeras.inference.per_subject.segment_one`; a failed subject has
+    none and a ``failed`` row), ``summary.csv`` (rewritten after every subject, with the QC flags of
+    :func:`~wmhkeras.inference.qc.flag_rows`) and ``segment.json``, both once a subject succeeded.
 
     Raises:
         InputError / ConfigError: before anything is read or written - a bad model source or option, inputs
