@@ -141,7 +141,8 @@ def segment_image(
         batch_size: slices per model call.
         precision: ``auto``, ``float32`` or ``bfloat16`` (``--precision``; Keras models only): ``auto`` is
             bfloat16 on hardware with native bfloat16, each behind the parity gate of
-            :mod:`wmhkeras.inference.precision`, on this image's slices; the choice is logged.
+            :mod:`wmhkeras.inference.precision`, decided on this image at each call (``wmhkeras segment``
+            decides once per run); the choice is logged.
 
     Returns:
         float32 probabilities and the uint8 mask, each a ``nibabel.Nifti1Image`` with the FLAIR's shape,

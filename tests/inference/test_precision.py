@@ -249,3 +249,15 @@ def test_the_decision_is_a_new_segmenter(spread_model, tmp_path):
     flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), AFFINE)
     assert segment(seg, [flair], tmp_path / "out", SegmentSettings(precision="bfloat16")).ok
     assert seg.precision is None and seg.predict_fn is float32_fn
+
+
+def test_the_sample_is_read_only_when_the_gate_runs(spread_model):
+    """``sample`` may be a function: not called for float32; no slices for bfloat16 means float32."""
+    seg = load_segmenter(spread_model)
+
+    def unread():
+        raise AssertionError("read for float32")
+
+    assert precision.decide_precision(seg, "float32", unread, 0.5).precision["used"] == "float32"
+    record = precision.decide_precision(seg, "bfloat16", lambda: None, 0.5).precision
+    assert record["used"] == "float32" and record["reason"] == "bfloat16 not checked: no slices for the parity gate"
