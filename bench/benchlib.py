@@ -83,24 +83,27 @@ def run_child(script: str | Path, extra: list[str]) -> dict:
 
 
 def timed_segment(seg, flair: Path, batch_size: int, tta_flip: bool = False, out_dir: str | Path | None = None,
-                  **options) -> dict:
-    """``segment`` of one FLAIR with the segmenter ``seg``, every model call timed by wrapping ``seg.predict_fn``.
+                  precision: str = "float32") -> dict:
+    """``segment`` of one FLAIR with the segmenter ``seg``, every model call timed: ``segment`` gets a copy
+    of ``seg`` whose ``predict_fn`` and ``preprocess`` are wrapped.
 
     ``predict_maps`` (all resampling modes, TTA included) calls the model only as ``segmenter.predict_fn``;
     ``every_slice_timed`` checks that the wrapper saw each preprocessed slice (twice with ``tta_flip``).
-    ``out_dir``: where the outputs go (default: a temporary folder, removed); ``options``: more keywords of
-    :func:`wmhkeras.inference.segment.segment`.
+    ``out_dir``: where the outputs go (default: a temporary folder, removed); ``precision``: the setting of
+    :class:`wmhkeras.inference.record.SegmentSettings`; the row's ``precision`` is what ``segment.json`` records.
     """
+    import dataclasses
+
     import numpy as np
 
+    from wmhkeras.inference.record import SegmentSettings
     from wmhkeras.inference.segment import segment
 
-    raw_predict, raw_preprocess = seg.predict_fn, seg.preprocess
     seen = {"seconds": 0.0, "cpu": 0.0, "calls": 0, "slices": 0, "sizes": set(), "volume_slices": 0}
 
     def timed(batch):
         start, cpu_start = time.perf_counter(), time.process_time()
-        out = np.asarray(raw_predict(batch))  # materialise, so the time is the model's
+        out = np.asarray(seg.predict_fn(batch))  # materialise, so the time is the model's
         seen["seconds"] += time.perf_counter() - start
         seen["cpu"] += time.process_time() - cpu_start
         seen["calls"] += 1
@@ -108,27 +111,29 @@ def timed_segment(seg, flair: Path, batch_size: int, tta_flip: bool = False, out
         seen["sizes"].add(tuple(int(v) for v in batch.shape[1:3]))
         return out
 
-    def preprocess(*a, **kw):
-        slices = raw_preprocess(*a, **kw)
-        seen["volume_slices"] += int(slices.shape[0])
-        return slices
+    class Counted(type(seg)):
+        def preprocess(self, *a, **kw):
+            slices = super().preprocess(*a, **kw)
+            seen["volume_slices"] += int(slices.shape[0])
+            return slices
 
-    seg.predict_fn, seg.preprocess = timed, preprocess
+    counted = Counted(**{**{f.name: getattr(seg, f.name) for f in dataclasses.fields(seg)}, "predict_fn": timed})
+    settings = SegmentSettings(batch_size=batch_size, tta_flip=tta_flip, precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = segment(seg, [flair], out_dir or tmp, batch_size=batch_size, tta_flip=tta_flip, **options)
+        result = segment(counted, [flair], out_dir or tmp, settings)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         subject = result.subjects[0]
         if not subject.ok:
             raise RuntimeError(subject.error)
-    seg.predict_fn, seg.preprocess = raw_predict, raw_preprocess
+        used = json.loads(result.record_json.read_text())["model"]["precision"]
     sizes = sorted(seen["sizes"])
     return {"seconds_per_volume": wall, "cpu_seconds_all_threads": cpu, "model_seconds": seen["seconds"],
             "model_cpu_seconds": seen["cpu"], "peak_rss_mb": peak_rss_mb(), "batch_size": batch_size,
             "tta_flip": tta_flip, "model_calls": seen["calls"], "model_slice_calls": seen["slices"],
             "volume_slices": seen["volume_slices"],
             "every_slice_timed": seen["slices"] == seen["volume_slices"] * (2 if tta_flip else 1),
-            "model_input_size": list(sizes[0]) if len(sizes) == 1 else [list(v) for v in sizes]}
+            "model_input_size": list(sizes[0]) if len(sizes) == 1 else [list(v) for v in sizes], "precision": used}
 
 
 def add_fractions(row: dict, flops: int | None, peak: float, peak_cpu: float, suffix: str = "") -> None:

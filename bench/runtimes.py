@@ -159,6 +159,8 @@ def _shipped_artifacts(folder: Path) -> tuple[dict[str, Path], dict] | None:
 
 
 def _child(args) -> dict:
+    from dataclasses import replace
+
     import nibabel as nib
     import numpy as np
 
@@ -170,9 +172,9 @@ def _child(args) -> dict:
     if args.precision == "bfloat16":
         # The path itself, without segment's parity gate (which may fall back to float32 for a model whose
         # probabilities crowd near the threshold, like random weights): the table reports the mask Dice.
-        seg.predict_fn = bfloat16_predict_fn(seg.model)
-        seg.precision = {"requested": "bfloat16", "used": "bfloat16", "reason": "benchmark: forced, no parity gate",
-                         "parity_dice": None, "speedup": None}
+        seg = replace(seg, predict_fn=bfloat16_predict_fn(seg.model), precision={
+            "requested": "bfloat16", "used": "bfloat16", "reason": "benchmark: forced, no parity gate",
+            "parity_dice": None, "speedup": None})
     with tempfile.TemporaryDirectory() as tmp:
         # Warm-up on 8 middle slices of the same scan: TensorFlow's first eager ops (preprocessing,
         # oneDNN and XNNPACK set-up) are paid once per process, not per volume.
@@ -184,7 +186,6 @@ def _child(args) -> dict:
         row = timed_segment(seg, args.flair, args.batch_size, out_dir=Path(tmp) / "volume", precision=args.precision)
         (prob,) = (Path(tmp) / "volume").rglob(f"*{PROB_SUFFIX}")
         np.save(args.save, np.asarray(nib.load(str(prob)).dataobj, np.float32))
-    row["precision"] = seg.precision
     return row
 
 

@@ -96,19 +96,20 @@ def segment_command(arguments: tuple[str, ...], out_dir: Path, t1: tuple[Path, .
     as it was found).
     """
     from wmhkeras.inference.qc import QC_HTML_NAME
+    from wmhkeras.inference.record import SegmentSettings
     from wmhkeras.inference.segment import segment
     from wmhkeras.inference.sources import split_model_argument
     from wmhkeras.io.builtin_models import default_model
 
+    settings = SegmentSettings(threshold=threshold, min_lesion_mm3=min_lesion_mm3, tta_flip=tta, batch_size=batch_size,
+                               min_lesion_voxels=min_lesion_voxels, uncertainty=uncertainty,
+                               brain_threshold=brain_threshold, bids_out=bids_out, qc=qc, precision=precision)
     model, inputs = split_model_argument(arguments)
     if model is None:
         click.echo(f"model: the built-in model {default_model().name} (the default; no MODEL given)")
     start_tensorflow(threads)
-    result = segment(model, inputs, out_dir, threshold=threshold, min_lesion_mm3=min_lesion_mm3, tta_flip=tta,
-                     batch_size=batch_size, brain_mask=brain_mask, t1=t1,
-                     progress=progress_bar("subject"),
-                     min_lesion_voxels=min_lesion_voxels, uncertainty=uncertainty, brain_threshold=brain_threshold,
-                     bids_out=bids_out, skip_existing=skip_existing, shard=shard, qc=qc, precision=precision)
+    result = segment(model, inputs, out_dir, settings, t1=t1, brain_mask=brain_mask, skip_existing=skip_existing,
+                     shard=shard, progress=progress_bar("subject"))
     for r in result.subjects:
         if r.ok:
             kept = " (complete from an earlier run)" if r.skipped else ""

@@ -12,8 +12,9 @@ Reached lazily from the package (``wmhkeras.segment_image`` imports this module 
 Every step is the one ``wmhkeras segment`` and ``wmhkeras evaluate`` run on files: images are checked and
 reoriented as :func:`~wmhkeras.io.nifti.load_volume` does (:func:`~wmhkeras.io.nifti.image_volume`), the
 probability map, brain region and small-lesion removal are
-:func:`~wmhkeras.inference.segment.segment_volumes`, the function ``segment`` runs per subject (the
-model's own preprocessing inside), the outputs are the images
+:func:`~wmhkeras.inference.per_subject.segment_volumes`, the function ``segment`` runs per subject (the
+model's own preprocessing inside), after its precision is decided as ``segment`` decides it
+(:func:`~wmhkeras.inference.precision.decide_precision`, on the image's slices), the outputs are the images
 :func:`~wmhkeras.io.nifti.save_like` writes (:func:`~wmhkeras.io.nifti.image_like`), and the metrics are
 :func:`~wmhkeras.evaluation.evaluate.score_volumes`. Bad input raises
 :class:`~wmhkeras.errors.InputError` or :class:`~wmhkeras.errors.ConfigError` naming the argument.
@@ -31,9 +32,10 @@ import numpy as np
 from wmhkeras.errors import InputError
 from wmhkeras.evaluation.evaluate import score_volumes
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
-from wmhkeras.inference.precision import check_precision, is_keras
+from wmhkeras.inference.per_subject import sample_slices, segment_volumes
+from wmhkeras.inference.precision import decide_precision
 from wmhkeras.inference.record import SegmentSettings
-from wmhkeras.inference.segment import default_spec, segment_volumes
+from wmhkeras.inference.segment import default_spec
 from wmhkeras.io import Volume, check_same_grid
 from wmhkeras.io.nifti import image_like, image_volume
 
@@ -139,7 +141,8 @@ def segment_image(
         batch_size: slices per model call.
         precision: ``auto``, ``float32`` or ``bfloat16`` (``--precision``; Keras models only): ``auto`` is
             bfloat16 on hardware with native bfloat16, each behind the parity gate of
-            :mod:`wmhkeras.inference.precision`; the choice is ``model.precision``.
+            :mod:`wmhkeras.inference.precision`, decided on this image at each call (``wmhkeras segment``
+            decides once per run); the choice is logged.
 
     Returns:
         float32 probabilities and the uint8 mask, each a ``nibabel.Nifti1Image`` with the FLAIR's shape,
@@ -157,8 +160,9 @@ def segment_image(
     flair_nii = _nifti(flair_img, "flair_img")
     flair = image_volume(flair_nii, "flair_img")  # a bad image fails before a model is loaded
     segmenter = _model(model)
-    check_precision(precision, "keras" if is_keras(segmenter) else "segmenter", segmenter.source or None, segmenter.card)
     images, brain = _inputs(flair, t1_img, brain_mask_img, segmenter.modalities)
+    loaded = segmenter
+    segmenter = decide_precision(loaded, settings.precision, lambda: sample_slices(loaded, images), settings.threshold)
     # The per-subject steps of wmhkeras segment, without its files.
     prob, _, mask = segment_volumes(segmenter, images, brain, settings, "flair_img")
     return (_with_affine(image_like(prob, flair, np.float32), flair_nii.affine),

@@ -26,6 +26,7 @@ from wmhkeras.export import runner  # noqa: E402
 from wmhkeras.export.options import parse_saved_models  # noqa: E402
 from wmhkeras.export.report import ArtifactCheck, ExportReport, format_table  # noqa: E402
 from wmhkeras.inference import precision  # noqa: E402
+from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.inference.segment import segment  # noqa: E402
 from wmhkeras.io.model_card import ModelCard  # noqa: E402
 
@@ -143,7 +144,7 @@ def test_asked_for_it_is_written_and_segments(tiny_run, tmp_path, monkeypatch):
     results = {}
     for name, chosen in (("saved_model", "float32"), (BF16, "float32"), (BF16 + "_auto", "auto")):
         model = out / name.removesuffix("_auto")
-        assert segment(model, [flair], tmp_path / name, precision=chosen).ok
+        assert segment(model, [flair], tmp_path / name, SegmentSettings(precision=chosen)).ok
         (prob,) = (tmp_path / name).glob("*_wmh_prob.nii.gz")
         record = json.loads((tmp_path / name / "segment.json").read_text())["model"]["precision"]
         results[name] = np.asarray(nib.load(str(prob)).dataobj), record
@@ -157,12 +158,12 @@ def test_asked_for_it_is_written_and_segments(tiny_run, tmp_path, monkeypatch):
 
     # --precision bfloat16 through segment: allowed for the bfloat16 SavedModel; refused for the float32
     # one before any work, naming the bfloat16 one
-    assert segment(out / BF16, [flair], tmp_path / "bf16_asked", precision="bfloat16").ok
+    assert segment(out / BF16, [flair], tmp_path / "bf16_asked", SegmentSettings(precision="bfloat16")).ok
     (prob,) = (tmp_path / "bf16_asked").glob("*_wmh_prob.nii.gz")
     np.testing.assert_array_equal(np.asarray(nib.load(str(prob)).dataobj), results[BF16][0])
     for model in (out / "saved_model", out):
         with pytest.raises(ConfigError, match=f"segment with {out / BF16}"):
-            segment(model, [flair], tmp_path / "refused", precision="bfloat16")
+            segment(model, [flair], tmp_path / "refused", SegmentSettings(precision="bfloat16"))
         assert not (tmp_path / "refused").exists()
 
 

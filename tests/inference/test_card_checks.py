@@ -4,6 +4,7 @@ per subject it concerns."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -55,8 +56,7 @@ def _segment_warnings(tmp_path, caplog, card: ModelCard, voxels: dict, **options
     warnings logged (every subject must still be segmented)."""
     files = [write_nifti(tmp_path / f"{name}.nii.gz", blob_volume(i), np.diag([*size, 1.0]))
              for i, (name, size) in enumerate(voxels.items())]
-    model = bright_segmenter()
-    model.card = card
+    model = replace(bright_segmenter(), card=card)
     caplog.clear()
     caplog.set_level(logging.WARNING, logger="wmhkeras")
     result = segment(model, files, tmp_path / f"out{len(list(tmp_path.glob('out*')))}", **options)

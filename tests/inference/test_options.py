@@ -14,6 +14,7 @@ from wmhkeras.cli.segment import segment_command
 from wmhkeras.errors import ConfigError
 from wmhkeras.inference.loaders import Segmenter
 from wmhkeras.inference.predictor import brain_region, lesion_mask
+from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.inference.segment import segment
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 2 mm^3 voxels
@@ -35,7 +36,7 @@ def _load(path):
 def test_uncertainty_is_the_flip_disagreement(tmp_path):
     """p(x) = x / 31 and, mirrored, 1 - x / 31: the average is 0.5 and the disagreement |2x / 31 - 1|."""
     flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), AFFINE)
-    result = segment(_ramp_segmenter(), [flair], tmp_path / "out", uncertainty=True)
+    result = segment(_ramp_segmenter(), [flair], tmp_path / "out", SegmentSettings(uncertainty=True))
     assert result.ok
     img, unc = _load(tmp_path / "out" / "a_wmh_uncertainty.nii.gz")
     assert unc.shape == SHAPE and img.get_data_dtype() == np.float32
@@ -46,7 +47,7 @@ def test_uncertainty_is_the_flip_disagreement(tmp_path):
     settings = json.loads((tmp_path / "out" / "segment.json").read_text())["settings"]
     assert settings["uncertainty"] is True and settings["tta_flip"] is True  # --uncertainty implies --tta
     # without the option there is no uncertainty file
-    segment(_ramp_segmenter(), [flair], tmp_path / "plain", tta_flip=True)
+    segment(_ramp_segmenter(), [flair], tmp_path / "plain", SegmentSettings(tta_flip=True))
     assert not (tmp_path / "plain" / "a_wmh_uncertainty.nii.gz").exists()
 
 
@@ -74,8 +75,8 @@ def test_brain_threshold_keeps_voxels_bright_enough(tmp_path):
     vol[2:6, 2:6, 2:4] = 1.0
     vol[20:24, 20:24, 5:7] = 0.7
     flair = write_nifti(tmp_path / "a.nii.gz", vol, AFFINE)
-    high = segment(bright_segmenter(), [flair], tmp_path / "high", brain_threshold=0.8).subjects[0]
-    low = segment(bright_segmenter(), [flair], tmp_path / "low", brain_threshold=0.6).subjects[0]
+    high = segment(bright_segmenter(), [flair], tmp_path / "high", SegmentSettings(brain_threshold=0.8)).subjects[0]
+    low = segment(bright_segmenter(), [flair], tmp_path / "low", SegmentSettings(brain_threshold=0.6)).subjects[0]
     assert (high.lesion_count, high.lesion_volume_ml) == (1, pytest.approx(32 * 2 / 1000))
     assert (low.lesion_count, low.lesion_volume_ml) == (2, pytest.approx(64 * 2 / 1000))
     np.testing.assert_array_equal(_load(tmp_path / "high" / "a_wmh_mask.nii.gz")[1], vol == 1.0)
@@ -100,14 +101,14 @@ def test_minimum_size_options_and_the_record(tmp_path):
     vol[25, 5, 8] = 1.0  # a lone bright voxel: a one-voxel lesion (2 mm^3)
     flair = write_nifti(tmp_path / "a.nii.gz", vol, AFFINE)
     assert segment(bright_segmenter(), [flair], tmp_path / "all").subjects[0].lesion_count == 2
-    assert segment(bright_segmenter(), [flair], tmp_path / "mm3", min_lesion_mm3=2.0).subjects[0].lesion_count == 2
-    assert segment(bright_segmenter(), [flair], tmp_path / "vox", min_lesion_voxels=2).subjects[0].lesion_count == 1
+    assert segment(bright_segmenter(), [flair], tmp_path / "mm3", SegmentSettings(min_lesion_mm3=2.0)).subjects[0].lesion_count == 2
+    assert segment(bright_segmenter(), [flair], tmp_path / "vox", SegmentSettings(min_lesion_voxels=2)).subjects[0].lesion_count == 1
     settings = json.loads((tmp_path / "vox" / "segment.json").read_text())["settings"]
     assert settings == {"threshold": 0.5, "min_lesion_mm3": 0.0, "tta_flip": False, "batch_size": 8,
                         "min_lesion_voxels": 2, "uncertainty": False, "brain_threshold": None, "bids_out": False,
                         "qc": False, "precision": "float32"}
     with pytest.raises(ConfigError, match="--min-lesion-mm3 and --min-lesion-voxels"):
-        segment(bright_segmenter(), [flair], tmp_path / "both", min_lesion_mm3=2.0, min_lesion_voxels=2)
+        segment(bright_segmenter(), [flair], tmp_path / "both", SegmentSettings(min_lesion_mm3=2.0, min_lesion_voxels=2))
     assert not (tmp_path / "both").exists()
 
 

@@ -3,7 +3,7 @@
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pytest
@@ -15,6 +15,7 @@ from wmhkeras.cli.segment import segment_command
 from wmhkeras.errors import ConfigError
 from wmhkeras.inference import precision
 from wmhkeras.inference.loaders import load_segmenter
+from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.inference.segment import segment
 from wmhkeras.io.model_card import ModelCard
 
@@ -24,11 +25,6 @@ vendor_id\t: GenuineIntel
 flags\t\t: fpu vme sse sse2 avx2 avx512f avx512bw {extra}
 bugs\t\t: spectre_v1
 """
-
-
-@pytest.fixture(autouse=True)
-def _fresh_checks(monkeypatch):
-    monkeypatch.setattr(precision, "_CHECKED", {})
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +61,8 @@ def test_auto_without_native_bfloat16_is_float32(spread_model, monkeypatch):
     _no_native(monkeypatch)
     seg = load_segmenter(spread_model)
     float32_fn = seg.predict_fn
-    record = precision.choose_precision(seg, "auto", np.zeros((4, 32, 32, 1), np.float32), 0.5)
+    seg = precision.decide_precision(seg, "auto", np.zeros((4, 32, 32, 1), np.float32), 0.5)
+    record = seg.precision
     assert record == {"requested": "auto", "used": "float32", "reason": "auto: no native bfloat16 on this machine",
                       "parity_dice": None, "speedup": None}
     assert seg.predict_fn is float32_fn
@@ -75,16 +72,18 @@ def test_bfloat16_is_close_to_float32(spread_model):
     seg = load_segmenter(spread_model)
     x = np.random.default_rng(1).normal(size=(4, 32, 48, 1)).astype(np.float32)
     reference = np.asarray(seg(x))
-    record = precision.choose_precision(seg, "bfloat16", x, 0.5)
+    fast_seg = precision.decide_precision(seg, "bfloat16", x, 0.5)
+    record = fast_seg.precision
     assert record["used"] == "bfloat16" and record["parity_dice"] >= 0.99
-    fast = np.asarray(seg(x))
+    fast = np.asarray(fast_seg(x))
     assert fast.dtype == np.float32 and fast.shape == reference.shape
     assert 0 < np.abs(fast - reference).max() < 0.05  # computed in bfloat16, not float32
     clear = np.abs(reference - 0.5) > 0.05
     assert clear.mean() > 0.5 and reference[clear].min() < 0.5 < reference[clear].max()
     np.testing.assert_array_equal((fast >= 0.5)[clear], (reference >= 0.5)[clear])
-    # back to float32 on the same segmenter: the original function
-    assert precision.choose_precision(seg, "float32", x, 0.5)["used"] == "float32"
+    # back to float32 from the bfloat16 segmenter, and the original one left as it was
+    assert precision.decide_precision(fast_seg, "float32", x, 0.5).precision["used"] == "float32"
+    np.testing.assert_array_equal(np.asarray(precision.decide_precision(fast_seg, "float32", x, 0.5)(x)), reference)
     np.testing.assert_array_equal(np.asarray(seg(x)), reference)
 
 
@@ -100,21 +99,21 @@ def test_auto_needs_bfloat16_to_be_faster(spread_model, monkeypatch, ratio, used
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *a: True)
     monkeypatch.setattr(precision, "speedup", lambda *a: ratio)
     seg = load_segmenter(spread_model)
-    record = precision.choose_precision(seg, "auto", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+    record = precision.decide_precision(seg, "auto", np.zeros((2, 32, 32, 1), np.float32), 0.5).precision
     assert record["used"] == used and record["speedup"] == ratio and record["parity_dice"] == 1.0
     # an explicit request is honoured whatever the speed
-    assert precision.choose_precision(seg, "bfloat16", None, 0.5)["used"] == "bfloat16"
+    assert precision.decide_precision(seg, "bfloat16", np.zeros((2, 32, 32, 1), np.float32), 0.5).precision["used"] == "bfloat16"
 
 
 def test_environment_overrides_the_detection(spread_model, monkeypatch):
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *a: True)
     monkeypatch.setenv("WMHKERAS_BF16", "0")
     seg = load_segmenter(spread_model)
-    assert precision.choose_precision(seg, "auto", None, 0.5)["reason"] == "auto: WMHKERAS_BF16=0"
+    assert precision.decide_precision(seg, "auto", None, 0.5).precision["reason"] == "auto: WMHKERAS_BF16=0"
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda *a: False)
     monkeypatch.setattr(precision, "speedup", lambda *a: 2.0)
     monkeypatch.setenv("WMHKERAS_BF16", "1")
-    record = precision.choose_precision(load_segmenter(spread_model), "auto", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+    record = precision.decide_precision(load_segmenter(spread_model), "auto", np.zeros((2, 32, 32, 1), np.float32), 0.5).precision
     assert record["used"] == "bfloat16" and record["reason"] == "auto: WMHKERAS_BF16=1"
 
 
@@ -132,7 +131,8 @@ def test_failed_parity_falls_back_to_float32(spread_model, monkeypatch, caplog, 
     seg = load_segmenter(spread_model)
     float32_fn = seg.predict_fn
     with caplog.at_level(logging.WARNING, logger="wmhkeras.inference.precision"):
-        record = precision.choose_precision(seg, "bfloat16", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+        seg = precision.decide_precision(seg, "bfloat16", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+        record = seg.precision
     assert record["used"] == "float32" and record["parity_dice"] == dice and "parity" in record["reason"]
     assert seg.predict_fn is float32_fn
     assert any(f"Dice {dice:.4f}" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
@@ -143,14 +143,15 @@ def test_parity_at_the_gate_passes(spread_model, monkeypatch):
     monkeypatch.setattr(precision, "mask_dice", lambda a, b: 0.99)
     seg = load_segmenter(spread_model)
     float32_fn = seg.predict_fn
-    record = precision.choose_precision(seg, "bfloat16", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+    seg = precision.decide_precision(seg, "bfloat16", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+    record = seg.precision
     assert record["used"] == "bfloat16" and record["parity_dice"] == 0.99 and record["reason"] == "requested"
     assert seg.predict_fn is not float32_fn
 
 
 def test_segment_json_records_the_precision(spread_model, tmp_path):
     flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), AFFINE)
-    assert segment(spread_model, [flair], tmp_path / "out", precision="bfloat16").ok
+    assert segment(spread_model, [flair], tmp_path / "out", SegmentSettings(precision="bfloat16")).ok
     record = json.loads((tmp_path / "out" / "segment.json").read_text())
     assert record["settings"]["precision"] == "bfloat16"
     used = record["model"]["precision"]
@@ -160,12 +161,12 @@ def test_segment_json_records_the_precision(spread_model, tmp_path):
 def test_bfloat16_is_refused_for_models_that_are_not_keras(tmp_path):
     flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), AFFINE)
     with pytest.raises(ConfigError, match="bfloat16 needs a .keras file"):
-        segment(bright_segmenter(), [flair], tmp_path / "out", precision="bfloat16")
+        segment(bright_segmenter(), [flair], tmp_path / "out", SegmentSettings(precision="bfloat16"))
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="bfloat16 needs a .keras file"):
         precision.check_precision("bfloat16", "saved_model")
     precision.check_precision("auto", "tflite")
-    assert segment(bright_segmenter(), [flair], tmp_path / "auto", precision="auto").ok
+    assert segment(bright_segmenter(), [flair], tmp_path / "auto", SegmentSettings(precision="auto")).ok
     record = json.loads((tmp_path / "auto" / "segment.json").read_text())["model"]["precision"]
     assert record["used"] == "float32" and record["reason"] == "auto: not a Keras model"
 
@@ -225,11 +226,38 @@ def test_bfloat16_saved_model_is_allowed_and_named_in_the_refusal(tmp_path):
 
 @pytest.mark.parametrize("requested", ["float32", "auto", "bfloat16"])
 def test_a_bfloat16_export_records_bfloat16(requested):
-    seg = bright_segmenter()
-    seg.card = ModelCard(("flair",), "max", (32, 32), saved_model="saved_model_bf16", precision="bfloat16")
-    record = precision.choose_precision(seg, requested, None, 0.5)
+    seg = replace(bright_segmenter(), card=ModelCard(("flair",), "max", (32, 32), saved_model="saved_model_bf16",
+                                                     precision="bfloat16"))
+    record = precision.decide_precision(seg, requested, None, 0.5).precision
     assert record["used"] == "bfloat16" and record["requested"] == requested
     assert record["reason"].startswith("the exported SavedModel computes in bfloat16")
     assert ("saved_model/ is its float32 graph" in record["reason"]) == (requested == "float32")
     with pytest.raises(ConfigError, match="float16"):
-        precision.choose_precision(seg, "float16", None, 0.5)
+        precision.decide_precision(seg, "float16", None, 0.5)
+
+
+def test_the_decision_is_a_new_segmenter(spread_model, tmp_path):
+    """decide_precision and segment leave the segmenter given as it was (frozen); no state between calls."""
+    seg = load_segmenter(spread_model)
+    float32_fn = seg.predict_fn
+    fast = precision.decide_precision(seg, "bfloat16", np.zeros((2, 32, 32, 1), np.float32), 0.5)
+    assert fast is not seg and fast.precision["used"] == "bfloat16" and fast.predict_fn is not float32_fn
+    assert seg.precision is None and seg.predict_fn is float32_fn
+    assert precision.decide_precision(fast, "bfloat16", None, 0.5) is fast  # decided already: kept as it is
+    with pytest.raises(FrozenInstanceError):
+        seg.predict_fn = fast.predict_fn
+    flair = write_nifti(tmp_path / "a.nii.gz", blob_volume(), AFFINE)
+    assert segment(seg, [flair], tmp_path / "out", SegmentSettings(precision="bfloat16")).ok
+    assert seg.precision is None and seg.predict_fn is float32_fn
+
+
+def test_the_sample_is_read_only_when_the_gate_runs(spread_model):
+    """``sample`` may be a function: not called for float32; no slices for bfloat16 means float32."""
+    seg = load_segmenter(spread_model)
+
+    def unread():
+        raise AssertionError("read for float32")
+
+    assert precision.decide_precision(seg, "float32", unread, 0.5).precision["used"] == "float32"
+    record = precision.decide_precision(seg, "bfloat16", lambda: None, 0.5).precision
+    assert record["used"] == "float32" and record["reason"] == "bfloat16 not checked: no slices for the parity gate"

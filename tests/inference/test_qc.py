@@ -10,6 +10,7 @@ from matplotlib import image as mpimg
 
 from tests.inference.helpers import SHAPE, bright_segmenter, read_rows, write_nifti
 from wmhkeras.inference import qc
+from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.inference.segment import segment
 
 
@@ -119,7 +120,7 @@ def test_segment_qc_writes_a_montage_per_subject_and_the_index(tmp_path):
     lone = np.full(SHAPE, 0.1, np.float32)
     lone[16, 16, 5] = 1.0  # a one-voxel 'lesion', removed by min_lesion_voxels=2: an empty mask
     files.append(write_nifti(tmp_path / "s5.nii.gz", lone, np.eye(4)))
-    result = segment(bright_segmenter(), files, tmp_path / "out", qc=True, min_lesion_voxels=2)
+    result = segment(bright_segmenter(), files, tmp_path / "out", SegmentSettings(qc=True, min_lesion_voxels=2))
     assert result.ok
     out = tmp_path / "out"
     rows = {r["subject"]: r for r in read_rows(out / "summary.csv")}
@@ -146,7 +147,7 @@ def test_summary_names_the_participant_of_each_scan(tmp_path):
         write_nifti(tmp_path / f"s{i}.nii.gz", vol, np.eye(4))
         rows.append(f"s{i},A,s{i}.nii.gz,,,{'p1' if i < 2 else 'p2'}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    segment(bright_segmenter(), [tmp_path / "m.csv"], tmp_path / "out", qc=True)
+    segment(bright_segmenter(), [tmp_path / "m.csv"], tmp_path / "out", SegmentSettings(qc=True))
     table = read_rows(tmp_path / "out" / "summary.csv")
     assert list(table[0])[:2] == ["subject", "participant"]
     assert [r["participant"] for r in table] == ["p1", "p1", "p2"]

@@ -12,6 +12,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from tests.inference.helpers import bright_segmenter, write_nifti
+from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.inference.segment import segment
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -50,7 +51,7 @@ def _volume(seed: int, lesion: int) -> np.ndarray:
 def test_qc_page_loads_every_montage_in_a_browser(tmp_path):
     files = [write_nifti(tmp_path / f"s{i}.nii.gz", _volume(i, 2 + i), np.eye(4)) for i in range(6)]
     out = tmp_path / "out"
-    segment(bright_segmenter((48, 48)), files, out, qc=True)
+    segment(bright_segmenter((48, 48)), files, out, SegmentSettings(qc=True))
     page = out / "qc.html"
     probe = out / "probe.html"  # beside qc.html, so the montages' relative links are the page's own
     probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))

@@ -13,13 +13,14 @@ import wmhkeras.cli.main  # noqa: F401  (the group first: the command modules im
 from tests.inference.helpers import SHAPE, blob_volume, bright_segmenter, read_rows, tiny_model_file, write_nifti
 from wmhkeras.cli.segment import segment_command
 from wmhkeras.errors import ConfigError
+from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.inference.segment import segment
 
 
 def test_bad_option_is_refused(tmp_path):
     f = write_nifti(tmp_path / "a.nii.gz", blob_volume(), np.eye(4))
     with pytest.raises(ConfigError, match="threshold"):
-        segment(bright_segmenter(), [f], tmp_path / "out", threshold=0.0)
+        segment(bright_segmenter(), [f], tmp_path / "out", SegmentSettings(threshold=0.0))
 
 
 # === Geometry ===
@@ -151,7 +152,7 @@ def test_brain_mask_volume(tmp_path):
 def test_output_paths_never_leave_out_dir(tmp_path):
     """The last guard behind the id check: an id that would put an output outside --out is refused."""
     from wmhkeras.errors import InputError
-    from wmhkeras.inference.segment import _output_paths
+    from wmhkeras.inference.per_subject import subject_paths as _output_paths
 
     assert {p.parent for p in _output_paths(tmp_path / "out", "s1", qc=True).values()} == {
         tmp_path / "out", tmp_path / "out" / "qc"}

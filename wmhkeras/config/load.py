@@ -109,71 +109,85 @@ def _build(cls, data, prefix: str):
     return cls(**kwargs)
 
 
+def _need(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+
+
 def _check(cfg: Config) -> None:
-    """Cross-field and range checks that the types alone do not express."""
-
-    def need(ok: bool, key: str, value, allowed: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
-
+    """Cross-field and range checks that the types alone do not express, section by section."""
     if cfg.version > CONFIG_VERSION:
         raise ConfigError(f"version: {cfg.version} is newer than this wmhkeras understands ({CONFIG_VERSION})")
-    d, m, lo, a, t = cfg.data, cfg.model, cfg.loss, cfg.augment, cfg.train
-    need(len(d.modalities) >= 1 and d.modalities[0] == "flair" and len(set(d.modalities)) == len(d.modalities),
-         "data.modalities", d.modalities, "use [flair] or [flair, t1]")
-    need(d.lesion_fraction is None or 0.0 <= d.lesion_fraction <= 1.0, "data.lesion_fraction", d.lesion_fraction, "use a value in [0, 1], or null")
-    need(d.label_smoothing is None or (len(d.label_smoothing) == 2 and 0 <= d.label_smoothing[0] < 0.5 < d.label_smoothing[1] <= 1),
-         "data.label_smoothing", d.label_smoothing, "use [low, high] with 0 <= low < 0.5 < high <= 1, or null")
-    need(len(d.split) == 3 and all(s >= 0 for s in d.split) and abs(sum(d.split) - 1) < 1e-6 and d.split[0] > 0,
-         "data.split", d.split, "use three non-negative fractions [train, validation, hold-out] summing to 1")
-    need(len(d.patch_size) == 2 and all(p > 0 for p in d.patch_size), "data.patch_size", d.patch_size, "use [height, width] > 0")
-    need(d.memory_limit_gb > 0, "data.memory_limit_gb", d.memory_limit_gb, "use a positive number")
-    need(len(d.spacing) == 2 and all(s > 0 for s in d.spacing), "data.spacing", d.spacing, "use [x, y] in mm > 0")
-    need(0 <= d.context_slices <= MAX_CONTEXT_SLICES, "data.context_slices", d.context_slices,
-         f"use 0 (2D) to {MAX_CONTEXT_SLICES}")
-    need(1 <= m.depth <= 7, "model.depth", m.depth, "use 1 to 7")
-    need(m.base_filters >= 1, "model.base_filters", m.base_filters, "use a positive integer")
-    need(0 <= m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum, "use a value in [0, 1)")
-    need(m.output_prior is None or 0 < m.output_prior < 1, "model.output_prior", m.output_prior, "use a value in (0, 1), or null")
-    need(len(m.input_size) == 2 and all(s > 0 for s in m.input_size), "model.input_size", m.input_size, "use [height, width]")
+    _check_data_and_model(cfg)
+    _check_loss_and_augment(cfg)
+    _check_synthesis_and_training(cfg)
+
+
+def _check_data_and_model(cfg: Config) -> None:
+    d, m = cfg.data, cfg.model
+    _need(len(d.modalities) >= 1 and d.modalities[0] == "flair" and len(set(d.modalities)) == len(d.modalities),
+          "data.modalities", d.modalities, "use [flair] or [flair, t1]")
+    _need(d.lesion_fraction is None or 0.0 <= d.lesion_fraction <= 1.0, "data.lesion_fraction", d.lesion_fraction, "use a value in [0, 1], or null")
+    _need(d.label_smoothing is None or (len(d.label_smoothing) == 2 and 0 <= d.label_smoothing[0] < 0.5 < d.label_smoothing[1] <= 1),
+          "data.label_smoothing", d.label_smoothing, "use [low, high] with 0 <= low < 0.5 < high <= 1, or null")
+    _need(len(d.split) == 3 and all(s >= 0 for s in d.split) and abs(sum(d.split) - 1) < 1e-6 and d.split[0] > 0,
+          "data.split", d.split, "use three non-negative fractions [train, validation, hold-out] summing to 1")
+    _need(len(d.patch_size) == 2 and all(p > 0 for p in d.patch_size), "data.patch_size", d.patch_size, "use [height, width] > 0")
+    _need(d.memory_limit_gb > 0, "data.memory_limit_gb", d.memory_limit_gb, "use a positive number")
+    _need(len(d.spacing) == 2 and all(s > 0 for s in d.spacing), "data.spacing", d.spacing, "use [x, y] in mm > 0")
+    _need(0 <= d.context_slices <= MAX_CONTEXT_SLICES, "data.context_slices", d.context_slices,
+          f"use 0 (2D) to {MAX_CONTEXT_SLICES}")
+    _need(1 <= m.depth <= 7, "model.depth", m.depth, "use 1 to 7")
+    _need(m.base_filters >= 1, "model.base_filters", m.base_filters, "use a positive integer")
+    _need(0 <= m.bn_momentum < 1, "model.bn_momentum", m.bn_momentum, "use a value in [0, 1)")
+    _need(m.output_prior is None or 0 < m.output_prior < 1, "model.output_prior", m.output_prior, "use a value in (0, 1), or null")
+    _need(len(m.input_size) == 2 and all(s > 0 for s in m.input_size), "model.input_size", m.input_size, "use [height, width]")
     divisor = 2**m.depth
-    need(all(s % divisor == 0 for s in m.input_size), "model.input_size", m.input_size,
-         f"each size must divide by 2^depth = {divisor} (model.depth = {m.depth})")
+    _need(all(s % divisor == 0 for s in m.input_size), "model.input_size", m.input_size,
+          f"each size must divide by 2^depth = {divisor} (model.depth = {m.depth})")
     if d.sampling == "patches":
-        need(all(s % divisor == 0 for s in d.patch_size), "data.patch_size", d.patch_size,
+        _need(all(s % divisor == 0 for s in d.patch_size), "data.patch_size", d.patch_size,
              f"each size must divide by 2^depth = {divisor}")
-    need(len(lo.layers) >= 1, "loss.layers", lo.layers, "name at least one backbone layer")
-    need(lo.weight >= 0, "loss.weight", lo.weight, "use a non-negative weight")
-    need(lo.backbone_learning_rate > 0, "loss.backbone_learning_rate", lo.backbone_learning_rate, "use a positive number")
-    need(0 <= a.rotation_degrees <= 180, "augment.rotation_degrees", a.rotation_degrees, "use 0 to 180")
-    need(0 <= a.intensity_scale < 1, "augment.intensity_scale", a.intensity_scale, "use a value in [0, 1)")
-    need(0 <= a.gamma < 1, "augment.gamma", a.gamma, "use a value in [0, 1)")
-    need(0 <= a.scale < 1, "augment.scale", a.scale, "use a value in [0, 1)")
-    need(0 <= a.intensity_shift <= 1, "augment.intensity_shift", a.intensity_shift, "use a value in [0, 1]")
-    need(0 <= a.noise <= 1, "augment.noise", a.noise, "use a value in [0, 1]")
-    need(0 <= a.bias_field <= 1, "augment.bias_field", a.bias_field, "use a value in [0, 1]")
-    need(0 <= a.blur <= 3, "augment.blur", a.blur, "use 0 to 3 pixels")
-    need(0 <= a.low_resolution <= 3, "augment.low_resolution", a.low_resolution, "use 0 to 3")
+
+
+def _check_loss_and_augment(cfg: Config) -> None:
+    lo, a = cfg.loss, cfg.augment
+    _need(len(lo.layers) >= 1, "loss.layers", lo.layers, "name at least one backbone layer")
+    _need(lo.weight >= 0, "loss.weight", lo.weight, "use a non-negative weight")
+    _need(lo.backbone_learning_rate > 0, "loss.backbone_learning_rate", lo.backbone_learning_rate, "use a positive number")
+    _need(0 <= a.rotation_degrees <= 180, "augment.rotation_degrees", a.rotation_degrees, "use 0 to 180")
+    _need(0 <= a.intensity_scale < 1, "augment.intensity_scale", a.intensity_scale, "use a value in [0, 1)")
+    _need(0 <= a.gamma < 1, "augment.gamma", a.gamma, "use a value in [0, 1)")
+    _need(0 <= a.scale < 1, "augment.scale", a.scale, "use a value in [0, 1)")
+    _need(0 <= a.intensity_shift <= 1, "augment.intensity_shift", a.intensity_shift, "use a value in [0, 1]")
+    _need(0 <= a.noise <= 1, "augment.noise", a.noise, "use a value in [0, 1]")
+    _need(0 <= a.bias_field <= 1, "augment.bias_field", a.bias_field, "use a value in [0, 1]")
+    _need(0 <= a.blur <= 3, "augment.blur", a.blur, "use 0 to 3 pixels")
+    _need(0 <= a.low_resolution <= 3, "augment.low_resolution", a.low_resolution, "use 0 to 3")
+
+
+def _check_synthesis_and_training(cfg: Config) -> None:
+    d, t = cfg.data, cfg.train
     ls = d.lesion_synthesis
-    need(ls.volumes >= 1, "data.lesion_synthesis.volumes", ls.volumes, "use at least 1")
-    need(0 <= ls.share <= 1, "data.lesion_synthesis.share", ls.share, "use a value in [0, 1]")
-    need(ls.seed >= 0, "data.lesion_synthesis.seed", ls.seed, "use a non-negative integer")
-    need(not ls.enabled or len(ls.masks) >= 1, "data.lesion_synthesis.masks", ls.masks,
-         "name at least one folder (or NIfTI file) of lesion masks when data.lesion_synthesis.enabled is true")
-    need(not ls.enabled or d.lesion_fraction is not None, "data.lesion_fraction", d.lesion_fraction,
-         "lesion synthesis paints a share of the lesion samples; set a lesion fraction, not null")
-    need(t.epochs >= 1, "train.epochs", t.epochs, "use at least 1")
-    need(t.steps_per_epoch >= 1, "train.steps_per_epoch", t.steps_per_epoch, "use at least 1")
-    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "use at least 1")
-    need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "use a positive number")
-    need(0 <= t.beta_1 < 1 and 0 <= t.beta_2 < 1, "train.beta_1/beta_2", (t.beta_1, t.beta_2), "use values in [0, 1)")
-    need(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
-         "train.early_stopping_patience", t.early_stopping_patience, "use at least 1, or null")
-    need(t.image_summary_every >= 0, "train.image_summary_every", t.image_summary_every, "use 0 (off) or more")
+    _need(ls.volumes >= 1, "data.lesion_synthesis.volumes", ls.volumes, "use at least 1")
+    _need(0 <= ls.share <= 1, "data.lesion_synthesis.share", ls.share, "use a value in [0, 1]")
+    _need(ls.seed >= 0, "data.lesion_synthesis.seed", ls.seed, "use a non-negative integer")
+    _need(not ls.enabled or len(ls.masks) >= 1, "data.lesion_synthesis.masks", ls.masks,
+          "name at least one folder (or NIfTI file) of lesion masks when data.lesion_synthesis.enabled is true")
+    _need(not ls.enabled or d.lesion_fraction is not None, "data.lesion_fraction", d.lesion_fraction,
+          "lesion synthesis paints a share of the lesion samples; set a lesion fraction, not null")
+    _need(t.epochs >= 1, "train.epochs", t.epochs, "use at least 1")
+    _need(t.steps_per_epoch >= 1, "train.steps_per_epoch", t.steps_per_epoch, "use at least 1")
+    _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "use at least 1")
+    _need(t.learning_rate > 0, "train.learning_rate", t.learning_rate, "use a positive number")
+    _need(0 <= t.beta_1 < 1 and 0 <= t.beta_2 < 1, "train.beta_1/beta_2", (t.beta_1, t.beta_2), "use values in [0, 1)")
+    _need(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+          "train.early_stopping_patience", t.early_stopping_patience, "use at least 1, or null")
+    _need(t.image_summary_every >= 0, "train.image_summary_every", t.image_summary_every, "use 0 (off) or more")
     f = cfg.finetune
-    need(f.learning_rate > 0, "finetune.learning_rate", f.learning_rate, "use a positive number")
-    need(f.freeze_encoder_epochs >= 0, "finetune.freeze_encoder_epochs", f.freeze_encoder_epochs,
-         "use 0 (none) or more (train.epochs or more: frozen throughout)")
+    _need(f.learning_rate > 0, "finetune.learning_rate", f.learning_rate, "use a positive number")
+    _need(f.freeze_encoder_epochs >= 0, "finetune.freeze_encoder_epochs", f.freeze_encoder_epochs,
+          "use 0 (none) or more (train.epochs or more: frozen throughout)")
 
 
 def _check_experiment(cfg: Config, exp: ExperimentConfig) -> None:

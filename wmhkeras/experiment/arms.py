@@ -122,11 +122,12 @@ def _evaluate_arm(arm: Arm, datasets: dict[str, tuple[Path, str]], exp: Experime
         pred_dir, eval_dir = arm.path / "predictions" / key, arm.path / "evaluation" / key
         if not (eval_dir / SUMMARY_JSON).is_file():
             from wmhkeras.inference.loaders import load_segmenter  # TensorFlow: only when there is work
+            from wmhkeras.inference.record import SegmentSettings
             from wmhkeras.inference.segment import segment
 
             did_work = True
             segmenter = segmenter or load_segmenter(arm.path)
-            result = segment(segmenter, [manifest], pred_dir, threshold=exp.threshold)
+            result = segment(segmenter, [manifest], pred_dir, SegmentSettings(threshold=exp.threshold))
             if result.n_failed:
                 log.warning("arm %s, %s: %d subject(s) failed to segment (see %s)", arm.name, key, result.n_failed,
                             result.summary_csv)

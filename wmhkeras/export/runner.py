@@ -86,17 +86,10 @@ SAVED_MODEL_COMPUTE = {
 }
 
 
-def export(
-    model_or_run_dir: str | Path,
-    out_dir: str | Path,
-    tflite: Sequence[str] | None = None,
-    force: bool = False,
-    tolerances: dict | None = None,
-    calibration_data=None,
-    *, card_info: str | Path | None = None, metrics: str | Path | None = None,
-    serving_version: int | None = None, serving_name: str | None = None,
-    saved_models: Sequence[str] | str | None = None,
-) -> ExportReport:
+def export(model_or_run_dir: str | Path, out_dir: str | Path, tflite: Sequence[str] | None = None, force: bool = False,
+           tolerances: dict | None = None, calibration_data=None, *, card_info: str | Path | None = None,
+           metrics: str | Path | None = None, serving_version: int | None = None, serving_name: str | None = None,
+           saved_models: Sequence[str] | str | None = None) -> ExportReport:
     """Export a generator as a SavedModel and TFLite variants, verify each, and write the model card.
 
     Args:
@@ -147,19 +140,25 @@ def export(
                                   bf16)
         report = ExportReport(out_dir, src.description, utc_now(), checks, skipped, verification,
                               calibration_desc or {})
-        written = {"float32": saved_model} | ({"bfloat16": SAVED_MODEL_BF16_NAME}
-                                              if any(c.name == BF16_ARTIFACT for c in checks) else {})
-        write_card(build_card(src, variants=variants, subjects=subjects, calibration=calibration_desc,
-                              passed=report.passed, info=info, holdout_summary=holdout, saved_model=saved_model,
-                              signatures=signatures(src), serving=serving, tflite=_tflite_entries(src, variants),
-                              saved_models={p: {"path": path, "compute": SAVED_MODEL_COMPUTE[p]}
-                                            for p, path in written.items()}),
-                   staged.path)
+        _write_card(staged.path, src, checks, passed=report.passed, variants=variants, subjects=subjects,
+                    calibration=calibration_desc, info=info, holdout=holdout, saved_model=saved_model, serving=serving)
         atomic_write_json(staged.path / REPORT_NAME, report.to_dict())
         staged.commit()
     (log.info if report.passed else log.error)("exported to %s, %s", out_dir, "every artifact verified" if report.passed
                                                else f"outside tolerance: {', '.join(report.failures)}")
     return report
+
+
+def _write_card(folder: Path, src: ExportSource, checks, *, passed: bool, variants, subjects, calibration, info,
+                holdout, saved_model: str, serving) -> None:
+    """The export's model card, naming each SavedModel written (by precision) and what it computes in."""
+    written = {"float32": saved_model} | ({"bfloat16": SAVED_MODEL_BF16_NAME}
+                                          if any(c.name == BF16_ARTIFACT for c in checks) else {})
+    write_card(build_card(src, variants=variants, subjects=subjects, calibration=calibration, passed=passed,
+                          info=info, holdout_summary=holdout, saved_model=saved_model, signatures=signatures(src),
+                          serving=serving, tflite=_tflite_entries(src, variants),
+                          saved_models={p: {"path": path, "compute": SAVED_MODEL_COMPUTE[p]} for p, path in written.items()}),
+               folder)
 
 
 def _plan_variants(requested: tuple[str, ...] | None, calibration_data, src: ExportSource,

@@ -28,7 +28,7 @@ from wmhkeras.io.model_card import ModelCard
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Segmenter:
     """A loaded model plus the preprocessing it was trained with.
 
@@ -38,7 +38,8 @@ class Segmenter:
     ``resampling`` (default: ``fixed`` at ``input_size``) maps a volume's slices to the model's grid and
     back; ``context_slices`` is the ``k`` of the 2.5D input (``C = len(modalities) * (2k + 1)``).
     ``input_size`` is the model's slice size in ``fixed`` mode and ``None`` otherwise. ``card``: the model
-    card of an exported model (``None`` for Keras sources), for :meth:`warn_voxel_size`.
+    card of an exported model (``None`` for Keras sources), for :meth:`warn_voxel_size`. Frozen: a
+    segmenter at another precision is a new one (:func:`~wmhkeras.inference.precision.decide_precision`).
     """
 
     predict_fn: Callable
@@ -51,15 +52,15 @@ class Segmenter:
     resampling: Optional[Resampling] = None
     context_slices: int = 0
     card: Optional[ModelCard] = None
-    #: The precision in use (:func:`wmhkeras.inference.precision.choose_precision`); ``None`` until chosen.
+    #: The precision in use (:func:`wmhkeras.inference.precision.decide_precision`); ``None`` until decided.
     precision: Optional[dict] = None
 
     def __post_init__(self):
         if self.resampling is None:
             if self.input_size is None:
                 raise ConfigError("a Segmenter needs an input_size or a resampling")
-            self.resampling = Resampling("fixed", tuple(self.input_size))
-        self.input_size = self.resampling.input_size if self.resampling.mode == "fixed" else None
+            object.__setattr__(self, "resampling", Resampling("fixed", tuple(self.input_size)))
+        object.__setattr__(self, "input_size", self.resampling.input_size if self.resampling.mode == "fixed" else None)
 
     @property
     def channels(self) -> int:
@@ -109,7 +110,8 @@ class Segmenter:
             raise InputError(f"{self.source or 'the model'}: resample 'spacing' needs the volume's voxel size in mm")
 
 
-def _keras_predict_fn(model, input_shape):
+def keras_predict_fn(model, input_shape):
+    """Float32 slices of ``input_shape`` (any batch) -> the Keras model's probabilities, traced once."""
     import tensorflow as tf
 
     # A fixed signature (batch left free) traces once: the last, smaller batch reuses the graph.
@@ -238,7 +240,7 @@ def _load_keras(spec: ModelSpec) -> Segmenter:
         raise ConfigError(f"{spec.path}: the model takes {in_shape[3]} channels, the recorded settings say "
                           f"modalities {list(modalities)} with context_slices {k}")
     resampling = _keras_resampling(spec, model, in_shape)
-    return Segmenter(_keras_predict_fn(model, in_shape[1:]), tuple(modalities), spec.normalisation,
+    return Segmenter(keras_predict_fn(model, in_shape[1:]), tuple(modalities), spec.normalisation,
                      None, str(spec.source), model, resampling, k)
 
 

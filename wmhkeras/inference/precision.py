@@ -9,15 +9,17 @@ and run folders can: for SavedModel and TFLite sources ``auto`` means float32 an
 bfloat16 SavedModel that ``wmhkeras export`` writes (``saved_model_bf16/``, its card's ``precision``): that
 graph computes in bfloat16 whatever is asked, and the record says so.
 
-The parity gate: before a model's first bfloat16 prediction, both precisions segment the 8 preprocessed
-slices of the first image with the most contrast (highest standard deviation); unless the two masks at
+Validated by :func:`check_precision` and decided once, right after the model loads, by
+:func:`decide_precision`, which returns a new segmenter (``segment`` hands it the first subject to
+segment as sample, the Python API its image). The parity gate: both precisions segment the 8
+preprocessed slices of the sample with the most contrast (highest standard deviation); unless the two masks at
 the run's threshold have Dice >= :data:`MIN_PARITY_DICE`, float32 is used, with a warning naming the Dice.
 With ``auto``, bfloat16 must also be faster than float32 on those slices (one timed call each, after
 the check's own call; :func:`bfloat16_faster`, the speed rule ``wmhkeras export`` logs by too): on a
 narrow model the casts can cost more than bfloat16 saves. The environment
 variable ``WMHKERAS_BF16`` (``0`` or ``1``) overrides the hardware detection of ``auto`` (the test suite
-sets ``0``, so its results do not depend on the machine). Checked once per model and process; the
-outcome is :attr:`Segmenter.precision` (recorded in ``segment.json``).
+sets ``0``, so its results do not depend on the machine). The outcome is the new segmenter's
+:attr:`~wmhkeras.inference.loaders.Segmenter.precision` (recorded in ``segment.json``).
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from wmhkeras.errors import ConfigError
 from wmhkeras.evaluation.metrics import mask_dice
-from wmhkeras.inference.loaders import Segmenter
+from wmhkeras.inference.loaders import Segmenter, keras_predict_fn
 from wmhkeras.io.model_card import SAVED_MODEL_FOLDERS, ModelCard
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,6 @@ PARITY_SLICES = 8
 #: The speed rule: bfloat16 counts as faster when float32's time over bfloat16's on the same slices,
 #: rounded to 2 decimals, is at least this (not slower).
 MIN_BF16_SPEEDUP = 1.0
-#: Per Keras model (by id; the model is kept alive): (float32 fn, bfloat16 fn or None, parity Dice, speedup, model).
-_CHECKED: dict[int, tuple] = {}
 
 
 def cpu_flags_bf16(cpuinfo: str) -> bool:
@@ -109,9 +110,10 @@ def bfloat16_export_beside(path: str | Path) -> Path | None:
     return None
 
 
-def check_precision(precision: str, fmt: str, path: str | Path | None = None, card: ModelCard | None = None) -> None:
-    """Refuse an unknown precision, and ``bfloat16`` for a source that is not a Keras model (ConfigError),
-    unless its model ``card`` (``ModelSpec.card``, ``Segmenter.card``: the card that was loaded with it)
+def check_precision(precision: str, fmt: str = "keras", path: str | Path | None = None,
+                    card: ModelCard | None = None) -> None:
+    """Refuse an unknown precision, and ``bfloat16`` for a source of format ``fmt`` that is not a Keras model
+    (ConfigError), unless its model ``card`` (``ModelSpec.card``, ``Segmenter.card``: the card that was loaded with it)
     says it is a bfloat16 SavedModel of ``wmhkeras export``; the refusal names the export's
     ``saved_model_bf16/`` when there is one beside ``path``."""
     if precision not in PRECISIONS:
@@ -165,8 +167,11 @@ def parity_slices(slices, count: int = PARITY_SLICES) -> np.ndarray:
     return slices[np.sort(np.argsort(-spread, kind="stable")[:count])]
 
 
-def _wanted(precision: str, keras_model: bool) -> tuple[str, str]:
+def _wanted(precision: str, keras_model: bool, card: ModelCard | None) -> tuple[str, str]:
     """(precision to try, why)."""
+    if not keras_model and exported_precision(card) == "bfloat16":
+        reason = "the exported SavedModel computes in bfloat16 (its model card's precision)"
+        return "bfloat16", reason + ("; the export's saved_model/ is its float32 graph" if precision == "float32" else "")
     if precision != "auto":
         return precision, "requested"
     if not keras_model:
@@ -191,59 +196,55 @@ def bfloat16_faster(ratio: float) -> bool:
     return round(ratio, 2) >= MIN_BF16_SPEEDUP
 
 
-def _checked(segmenter: Segmenter, slices, threshold: float) -> tuple:
-    """The model's (float32 fn, bfloat16 fn or None, Dice, speedup, model), checked on its first call."""
-    key = id(segmenter.model)
-    if key not in _CHECKED:
-        fast = bfloat16_predict_fn(segmenter.model)
-        sample = parity_slices(slices)
-        reference = np.asarray(segmenter.predict_fn(sample), np.float32) >= threshold
-        dice = mask_dice(reference, np.asarray(fast(sample), np.float32) >= threshold)
-        if dice < MIN_PARITY_DICE:
-            log.warning("%s: bfloat16 masks have Dice %.4f against float32 on %d of its slices (below %.2f): "
-                        "using float32", segmenter.source or "the model", dice, len(sample), MIN_PARITY_DICE)
-            fast = None
-        ratio = None if fast is None else round(speedup(segmenter.predict_fn, fast, sample), 2)
-        _CHECKED[key] = (segmenter.predict_fn, fast, dice, ratio, segmenter.model)
-    return _CHECKED[key]
+def _gate(segmenter: Segmenter, float32_fn, sample, threshold: float) -> tuple:
+    """(bfloat16 fn or None, parity Dice, speedup or None): the parity gate on ``sample``, then the timing."""
+    fast = bfloat16_predict_fn(segmenter.model)
+    sample = parity_slices(sample)
+    reference = np.asarray(float32_fn(sample), np.float32) >= threshold
+    dice = mask_dice(reference, np.asarray(fast(sample), np.float32) >= threshold)
+    if dice < MIN_PARITY_DICE:
+        log.warning("%s: bfloat16 masks have Dice %.4f against float32 on %d of its slices (below %.2f): "
+                    "using float32", segmenter.source or "the model", dice, len(sample), MIN_PARITY_DICE)
+        return None, dice, None
+    return fast, dice, round(speedup(float32_fn, fast, sample), 2)
 
 
-def choose_precision(segmenter: Segmenter, precision: str, slices, threshold: float) -> dict:
-    """Set ``segmenter.predict_fn`` to the precision chosen for ``precision`` (``auto``, ``float32``,
-    ``bfloat16``), with the parity gate on ``slices`` (preprocessed slices of the first image); returns
-    and stores as ``segmenter.precision`` the record ``{requested, used, reason, parity_dice, speedup}``."""
+def _float32_fn(segmenter: Segmenter):
+    """The float32 function of a Keras segmenter (rebuilt when it was decided for bfloat16)."""
+    if (segmenter.precision or {}).get("used") != "bfloat16":
+        return segmenter.predict_fn
+    return keras_predict_fn(segmenter.model, segmenter.model.input_shape[1:])
+
+
+def decide_precision(segmenter: Segmenter, precision: str, sample=None, threshold: float = 0.5) -> Segmenter:
+    """A new segmenter computing at the precision chosen for ``precision`` (``auto``, ``float32``,
+    ``bfloat16``); ``segmenter`` itself is left as it is.
+
+    The new one's ``precision`` is the record ``{requested, used, reason, parity_dice, speedup}``.
+    ``sample``: the preprocessed slices of the parity gate, or a function returning them, called only when
+    the gate runs (``None``: no slices to check, float32). A segmenter decided for ``precision`` already is
+    returned as it is. Raises ConfigError for a precision :func:`check_precision` refuses.
+    """
     keras_model = is_keras(segmenter)
-    exported = None if keras_model else exported_precision(segmenter.card)
-    if exported != "bfloat16":
-        check_precision(precision, "keras" if keras_model else "segmenter")
-    elif precision not in PRECISIONS:
-        check_precision(precision, "saved_model")
+    check_precision(precision, "keras" if keras_model else "segmenter", segmenter.source or None, segmenter.card)
     if segmenter.precision and segmenter.precision["requested"] == precision:
-        return segmenter.precision
-    wanted, reason = _wanted(precision, keras_model)
-    if exported == "bfloat16":
-        wanted, reason = "bfloat16", "the exported SavedModel computes in bfloat16 (its model card's precision)"
-        if precision == "float32":
-            reason += "; the export's saved_model/ is its float32 graph"
+        return segmenter
+    wanted, reason = _wanted(precision, keras_model, segmenter.card)
     dice = ratio = None
+    predict_fn = segmenter.predict_fn
     if keras_model:
-        float32_fn, fast, dice, ratio, _ = _checked(segmenter, slices, threshold) if wanted == "bfloat16" else (
-            _CHECKED.get(id(segmenter.model), (segmenter.predict_fn, None, None, None, None)))
-        if wanted == "bfloat16" and fast is None:
-            wanted, reason = "float32", f"bfloat16 failed the parity check (mask Dice {dice:.4f})"
-        elif wanted == "bfloat16" and precision == "auto" and not bfloat16_faster(ratio):
-            wanted, reason = "float32", f"auto: bfloat16 is not faster for this model ({ratio:.2f}x float32)"
-        segmenter.predict_fn = fast if wanted == "bfloat16" else float32_fn
-    segmenter.precision = {"requested": precision, "used": wanted, "reason": reason, "parity_dice": dice,
-                           "speedup": ratio}
+        predict_fn = _float32_fn(segmenter)
+        sample = sample() if callable(sample) and wanted == "bfloat16" else sample
+        if wanted == "bfloat16" and sample is None:
+            wanted, reason = "float32", "bfloat16 not checked: no slices for the parity gate"
+        elif wanted == "bfloat16":
+            fast, dice, ratio = _gate(segmenter, predict_fn, sample, threshold)
+            if fast is None:
+                wanted, reason = "float32", f"bfloat16 failed the parity check (mask Dice {dice:.4f})"
+            elif precision == "auto" and not bfloat16_faster(ratio):
+                wanted, reason = "float32", f"auto: bfloat16 is not faster for this model ({ratio:.2f}x float32)"
+            else:
+                predict_fn = fast
     log.info("precision %s (%s)%s", wanted, reason, "" if dice is None else f", parity mask Dice {dice:.4f}")
-    return segmenter.precision
-
-
-def first_image_precision(segmenter: Segmenter, precision: str, images, threshold: float) -> dict:
-    """:func:`choose_precision` on the slices of ``images`` (loaded volumes, FLAIR first), unless the
-    segmenter already runs at ``precision``: the parity gate runs on the first image segmented."""
-    if segmenter.precision is None or segmenter.precision["requested"] != precision:
-        choose_precision(segmenter, precision, segmenter.preprocess([v.data for v in images], images[0].spacing),
-                         threshold)
-    return segmenter.precision
+    return replace(segmenter, predict_fn=predict_fn, precision={
+        "requested": precision, "used": wanted, "reason": reason, "parity_dice": dice, "speedup": ratio})

@@ -17,6 +17,7 @@ from typing import Optional
 
 from wmhkeras.errors import ConfigError, InputError
 from wmhkeras.inference.loaders import Segmenter
+from wmhkeras.inference.precision import check_precision
 from wmhkeras.inference.sources import ModelSpec
 from wmhkeras.io.files import atomic_write_json, read_json
 from wmhkeras.io.naming import SUMMARY_NAME
@@ -32,22 +33,35 @@ RUN_RECORD_NAME = "segment.json"
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    """The options of :func:`segment` that decide its outputs (recorded in ``segment.json``)."""
+    """The options of :func:`~wmhkeras.inference.segment.segment` (and of ``wmhkeras.segment_image``) that
+    decide its outputs, recorded in ``segment.json``; built once, by the command line or the Python API."""
 
+    #: Probability at and above which a voxel is lesion, in (0, 1].
     threshold: float = 0.5
+    #: 26-connected lesions smaller than this volume (mm^3) are removed from the mask.
     min_lesion_mm3: float = 0.0
+    #: Average with the prediction on left-right mirrored slices (implied by ``uncertainty``).
     tta_flip: bool = False
+    #: Slices per model call.
     batch_size: int = 8
+    #: 26-connected lesions of fewer voxels are removed (instead of ``min_lesion_mm3``).
     min_lesion_voxels: int = 0
+    #: Also write the flip disagreement ``|p - p_flipped|``.
     uncertainty: bool = False
+    #: Zero predictions where the max-normalised FLAIR is below this fraction.
     brain_threshold: Optional[float] = None
-    #: BIDS-derivative names and sidecars (:mod:`wmhkeras.io.bids`) instead of flat ``<subject>_wmh_*`` names.
-    bids_out: bool = False
+    #: BIDS-derivative names and sidecars (:mod:`wmhkeras.io.bids`) instead of flat ``<subject>_wmh_*`` names;
+    #: None: when every input is a BIDS dataset (``segment`` records what it resolved to).
+    bids_out: Optional[bool] = None
     #: A prediction-only montage per subject (``qc/<subject>.png``) and the index ``qc.html``.
     qc: bool = False
     #: ``auto``, ``float32`` or ``bfloat16`` (:mod:`wmhkeras.inference.precision`); bfloat16 only where the
     #: parity gate passes, so it may differ between runs resuming one folder.
     precision: str = "float32"
+
+    def __post_init__(self):
+        if self.uncertainty:
+            object.__setattr__(self, "tta_flip", True)
 
     def check(self) -> None:
         """Raises ConfigError naming the option (and its command-line flag) that is out of range."""
@@ -63,11 +77,7 @@ class SegmentSettings:
         if self.brain_threshold is not None and not 0.0 <= self.brain_threshold <= 1.0:
             raise ConfigError(f"brain_threshold (--brain-threshold): {self.brain_threshold!r} is not allowed; "
                               "use a value in [0, 1] (a fraction of the FLAIR's maximum)")
-        if self.uncertainty and not self.tta_flip:
-            raise ConfigError("uncertainty (--uncertainty) is the flip test-time augmentation's disagreement; "
-                              "it needs tta_flip (--tta)")
-        if self.precision not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"precision (--precision): {self.precision!r} is not allowed; use auto, float32 or bfloat16")
+        check_precision(self.precision)
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ConfigError(f"batch_size (--batch-size): {self.batch_size!r} is not allowed; use an integer >= 1")
 
