@@ -9,6 +9,7 @@ from wmhkeras.data.preprocessing import soft_labels
 from wmhkeras.errors import ConfigError, InputError, WeightsError
 from wmhkeras.losses import (
     BinaryFocalLoss,
+    DiceBCELoss,
     DiceLoss,
     HybridLoss,
     SiameseContentLoss,
@@ -97,5 +98,8 @@ def test_hybrid_is_content_plus_weighted_overlap(content_pair):
     hybrid = HybridLoss(loss, DiceLoss(), weight=0.5)
     expected = per_sample(loss, y_true, y_pred) + 0.5 * per_sample(DiceLoss(), y_true, y_pred)
     np.testing.assert_allclose(per_sample(hybrid, y_true, y_pred), expected, rtol=1e-6)
+    with_bce = HybridLoss(loss, DiceBCELoss(), weight=0.5)  # the real recipe's loss as the overlap term
+    expected = per_sample(loss, y_true, y_pred) + 0.5 * per_sample(DiceBCELoss(), y_true, y_pred)
+    np.testing.assert_allclose(per_sample(with_bce, y_true, y_pred), expected, rtol=1e-6)
     focal = HybridLoss(loss, BinaryFocalLoss(), weight=2.0)  # pixel loss reduced per sample first
     assert per_sample(focal, y_true, y_pred).shape == (2,)

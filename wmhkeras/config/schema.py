@@ -125,7 +125,7 @@ class LossConfig:
     weights: str = "imagenet"
     reduction: Literal["paper", "per_layer_mean"] = "paper"
     #: For ``hybrid``: content + weight * overlap.
-    overlap: Literal["dice", "tversky", "generalized_dice", "focal", "bce"] = "dice"
+    overlap: Literal["dice", "dice_bce", "tversky", "generalized_dice", "focal", "bce"] = "dice"
     weight: float = 1.0
     #: The paper's Table 2 ablation: train the backbone adversarially with its own learning rate.
     finetune_backbone: bool = False
