@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: The stages, lowest first. A module may import from its own package and from lower layers; two
 #: packages on one layer are independent of each other.
 LAYERS: list[set[str]] = [
-    {"wmhkeras", "wmhkeras.errors"},
+    {"wmhkeras", "wmhkeras.errors", "wmhkeras.vocabulary"},
     {"wmhkeras.io"},
     {"wmhkeras.config"},
     {"wmhkeras.data"},

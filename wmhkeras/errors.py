@@ -40,3 +40,15 @@ class WriteError(OSError):
 
     def __str__(self) -> str:
         return f"cannot write {self.filename}: {self.strerror}"
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: line breaks and other control characters become spaces, runs of spaces one."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
+
+
+def exception_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as it goes into a message: ``Class: message`` on one line, cut at ``limit`` characters
+    (``...`` marks the cut)."""
+    text = one_line(f"{exc.__class__.__name__}: {exc}")
+    return text if len(text) <= limit else text[:limit] + "..."

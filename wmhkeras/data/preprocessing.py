@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from wmhkeras.errors import ConfigError
-from wmhkeras.io.model_card import NORMALISATIONS, RESAMPLE_MODES  # noqa: E402  (the names a model card may record)
+from wmhkeras.vocabulary import NORMALISATIONS, RESAMPLE_MODES
 
 
 def _tf():

@@ -19,6 +19,11 @@ from wmhkeras.io.subject import Subject
 from wmhkeras.io.subject_ids import check_subject_ids
 
 
+def as_list(value: Sequence[str | Path] | str | Path | None) -> list:
+    """A path option given once, many times or not at all, as a list."""
+    return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
+
+
 def _pair_files(resolved: list[Subject], inputs: Sequence[str | Path], option: str, key: str,
                 files: Sequence[str | Path]) -> list[Subject]:
     """Give each subject the file of ``option`` (``--t1``, ``--brain-mask``) at its position, as field ``key``."""

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from wmhkeras.errors import InputError, WmhError, WriteError
+from wmhkeras.errors import InputError, WmhError, WriteError, one_line
 from wmhkeras.evaluation.metrics import lesion_table
 from wmhkeras.inference.inputs import load_subject
 from wmhkeras.inference.loaders import Segmenter
@@ -32,7 +32,6 @@ from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.io import load_volume, save_like
 from wmhkeras.io.bids import output_paths
 from wmhkeras.io.files import atomic_write_csv
-from wmhkeras.io.header_check import one_line
 from wmhkeras.io.subject import Subject
 
 log = logging.getLogger(__name__)

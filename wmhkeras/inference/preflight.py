@@ -7,20 +7,13 @@ The header pre-pass of the inputs is :func:`~wmhkeras.inference.inputs.check_inp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Optional
 
-from wmhkeras.errors import InputError, WmhError
+from wmhkeras.errors import InputError, WmhError, exception_line
 from wmhkeras.inference.inputs import check_input_headers
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
 from wmhkeras.inference.sources import ModelSpec
-from wmhkeras.io.header_check import one_line
 from wmhkeras.io.subject import Subject
-
-
-def as_list(value: Sequence[str | Path] | str | Path | None) -> list:
-    """A path option given once, many times or not at all, as a list."""
-    return [] if value is None else [value] if isinstance(value, (str, Path)) else list(value)
 
 
 def check_t1(items: Sequence[Subject], modalities: Optional[Sequence[str]]) -> None:
@@ -48,7 +41,7 @@ def load_checked(spec: ModelSpec, items: Sequence[Subject], todo: Sequence[Subje
     except WmhError:
         raise
     except Exception as exc:  # TensorFlow and LiteRT raise many types for files that are not models
-        raise InputError(f"{spec.path}: cannot be loaded as a model ({one_line(f'{exc.__class__.__name__}: {exc}')[:300]})") from None
+        raise InputError(f"{spec.path}: cannot be loaded as a model ({exception_line(exc, 300)})") from None
     if "t1" in segmenter.modalities and any(i.t1 is None for i in items):
         raise InputError(f"{spec.path}: the model uses FLAIR + T1 but not every input has a T1; pass --t1 FILE per FLAIR file")
     if "t1" in segmenter.modalities and "t1" not in (modalities or ()):

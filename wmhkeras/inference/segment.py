@@ -32,7 +32,7 @@ from typing import Optional, Union
 
 from wmhkeras.errors import InputError
 from wmhkeras.inference.batch import is_complete, parse_shard, select_shard
-from wmhkeras.inference.inputs import bids_output, check_input_headers, resolve_inputs
+from wmhkeras.inference.inputs import as_list, bids_output, check_input_headers, resolve_inputs
 from wmhkeras.inference.loaders import Segmenter
 from wmhkeras.inference.output_folder import FolderGuard
 from wmhkeras.inference.per_subject import (  # noqa: F401  (LESION_COLUMNS, segment_volumes: public here too)
@@ -45,7 +45,7 @@ from wmhkeras.inference.per_subject import (  # noqa: F401  (LESION_COLUMNS, seg
     subject_paths,
 )
 from wmhkeras.inference.precision import check_precision, decide_precision
-from wmhkeras.inference.preflight import as_list, check_t1, load_checked
+from wmhkeras.inference.preflight import check_t1, load_checked
 from wmhkeras.inference.qc import QC_HTML_NAME, montage_path, volume_range, write_qc_html
 from wmhkeras.inference.record import (
     RUN_RECORD_NAME,

@@ -43,7 +43,7 @@ from typing import Optional
 import nibabel as nib
 import numpy as np
 
-from wmhkeras.errors import InputError
+from wmhkeras.errors import InputError, exception_line, one_line
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ AFFINE_TOLERANCE = 1e-3
 MIN_VOXEL_VOLUME = 1e-12
 #: Largest |entry| of a usable affine, in mm (a scanner's field of view is well under a metre).
 MAX_AFFINE_MM = 1e5
-#: At most this many characters of a library's exception text go into a message.
-_DETAIL_CHARS = 200
 #: Inputs named after the first problem in :func:`check_inputs`'s message.
 _MORE_SHOWN = 3
 
@@ -73,16 +71,6 @@ class Header:
     dtype: np.dtype
     offset: int
     data_bytes: int
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line: line breaks and other control characters become spaces, runs of spaces one."""
-    return " ".join("".join(c if c.isprintable() else " " for c in str(text)).split())
-
-
-def _detail(exc: BaseException) -> str:
-    text = one_line(f"{exc.__class__.__name__}: {exc}")
-    return text if len(text) <= _DETAIL_CHARS else text[:_DETAIL_CHARS] + "..."
 
 
 def _name(path: Path) -> str:
@@ -127,14 +115,14 @@ def open_nifti(path: str | Path) -> nib.Nifti1Image | nib.Nifti2Image:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise InputError(f"{_name(path)}: cannot be read ({_detail(exc)})") from None
+        raise InputError(f"{_name(path)}: cannot be read ({exception_line(exc)})") from None
     if size == 0:
         raise InputError(f"{_name(path)}: the file is empty (0 bytes)")
     try:
         with nibabel_quiet(path):
             img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for foreign or broken files
-        raise InputError(f"{_name(path)}: not a readable NIfTI file ({_detail(exc)})") from None
+        raise InputError(f"{_name(path)}: not a readable NIfTI file ({exception_line(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{_name(path)}: not a NIfTI image (nibabel read it as {type(img).__name__})")
     return img
@@ -182,7 +170,7 @@ def _check_coded_forms(header, path: Path, name: str) -> None:
             with nibabel_quiet(path):
                 matrix = getattr(header, f"get_{form}")(coded=False)
         except Exception as exc:  # nibabel refuses some impossible quaternions
-            raise InputError(f"{name}: the {form} cannot be computed ({_detail(exc)})") from None
+            raise InputError(f"{name}: the {form} cannot be computed ({exception_line(exc)})") from None
         check_affine(matrix, name, f"the {form} (code {int(header[f'{form}_code'])})")
 
 
@@ -200,7 +188,7 @@ def _gzip_bytes(path: Path, needed: int) -> int:
                 total += len(inflate.decompress(pending, 1 << 22))
             except zlib.error as exc:
                 raise InputError(f"{_name(path)}: the compressed data is damaged after {total} bytes "
-                                 f"({_detail(exc)})") from None
+                                 f"({exception_line(exc)})") from None
             pending = inflate.unconsumed_tail
             if inflate.eof:  # another gzip member may follow
                 pending, inflate = inflate.unused_data + pending, zlib.decompressobj(wbits=31)
@@ -230,7 +218,7 @@ def check_header(img: nib.Nifti1Image | nib.Nifti2Image, path: str | Path) -> He
             raw_shape, dtype = img.header.get_data_shape(), img.header.get_data_dtype()
             offset = int(img.dataobj.offset)
     except Exception as exc:  # a damaged header can fail in many ways here
-        raise InputError(f"{name}: the header cannot be read ({_detail(exc)})") from None
+        raise InputError(f"{name}: the header cannot be read ({exception_line(exc)})") from None
     shape = check_shape(raw_shape, name)
     if dtype.fields is not None or dtype.kind not in "biuf":
         raise InputError(f"{name}: voxel type {dtype} is not a real number type (RGB and complex images are not scans "

@@ -40,6 +40,7 @@ from wmhkeras.io.card_sections import (  # noqa: F401  (the sections and their n
     section,
 )
 from wmhkeras.io.files import atomic_write_json, read_json
+from wmhkeras.vocabulary import NORMALISATIONS, RESAMPLE_MODES  # noqa: F401  (the names a card may record)
 
 #: File name of the card, beside (or inside) the exported SavedModel folder.
 MODEL_CARD_NAME = "model_card.json"
@@ -47,8 +48,6 @@ MODEL_CARD_NAME = "model_card.json"
 #: card is written there too, so that the SavedModel folder alone carries it.
 ASSETS_EXTRA = "assets.extra"
 MODEL_CARD_VERSION = 3
-#: Intensity normalisations a model may record (implemented in :mod:`wmhkeras.data.preprocessing`).
-NORMALISATIONS = ("max", "zscore")
 #: Voxel order ``segment_volume`` expects and returns.
 ORIENTATION = (
     "RAS+: voxel axes X, Y, Z point Right, Anterior, Superior (nibabel.as_closest_canonical); "
@@ -56,8 +55,6 @@ ORIENTATION = (
 )
 #: Probability at and above which a voxel is lesion.
 THRESHOLD = 0.5
-#: How slices are brought to the model's grid (``data.resample``; :class:`wmhkeras.data.preprocessing.Resampling`).
-RESAMPLE_MODES = ("fixed", "spacing", "none")
 #: Largest ``context_slices`` a card may record (``data.context_slices``).
 MAX_CONTEXT_SLICES = 7
 #: Fields of format version 3 (``precision``, ``saved_models``, ``backbone`` and ``parent`` optional); in a

@@ -19,7 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from wmhkeras.errors import InputError
+from wmhkeras.errors import InputError, exception_line
 from wmhkeras.io.files import atomic_path
 from wmhkeras.io.header_check import (  # noqa: F401  (AFFINE_TOLERANCE, check_same_grid: part of this module's API)
     AFFINE_TOLERANCE,
@@ -28,7 +28,6 @@ from wmhkeras.io.header_check import (  # noqa: F401  (AFFINE_TOLERANCE, check_s
     check_same_grid,
     check_shape,
     nibabel_quiet,
-    one_line,
     open_nifti,
 )
 
@@ -108,7 +107,7 @@ def _checked_gzip_volume(img: nib.Nifti1Image | nib.Nifti2Image, path: Path, kin
             f.read()  # the rest of the stream (nothing but the trailer of a healthy file): checks the CRC
     except Exception as exc:  # BadGzipFile, EOFError, zlib.error on damaged or truncated compressed data
         raise InputError(f"{path}: cannot read the voxel data, the compressed data is damaged or truncated "
-                         f"({one_line(f'{exc.__class__.__name__}: {exc}')[:200]})") from None
+                         f"({exception_line(exc)})") from None
     return _volume(img, data, path, kind)
 
 
@@ -120,7 +119,7 @@ def image_volume(img: nib.Nifti1Image | nib.Nifti2Image, path: str | Path, kind:
         data = np.asanyarray(img.dataobj, dtype=np.float32).reshape(shape)
     except Exception as exc:  # a file shorter than its header says, a foreign type
         raise InputError(f"{path}: cannot read the voxel data, the file may be truncated or damaged "
-                         f"({one_line(f'{exc.__class__.__name__}: {exc}')[:200]})") from None
+                         f"({exception_line(exc)})") from None
     return _volume(img, data, path, kind)
 
 

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from wmhkeras.config import AugmentConfig
 from wmhkeras.errors import ConfigError
+from wmhkeras.vocabulary import NORMALISATIONS
 
 #: Mask values at or above this after bilinear interpolation count as lesion.
 MASK_THRESHOLD = 0.5
@@ -104,7 +105,7 @@ class Augmenter:
     EXTRA_STREAM = 7919
 
     def __init__(self, cfg: AugmentConfig, seed: int = 0, normalisation: str = "max", context: int = 0):
-        if normalisation not in ("max", "zscore"):
+        if normalisation not in NORMALISATIONS:
             raise ConfigError(f"data.normalisation: {normalisation!r} is not 'max' or 'zscore'")
         self.cfg = cfg
         self.seed = int(seed)
