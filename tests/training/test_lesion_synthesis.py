@@ -68,6 +68,30 @@ def test_fitted_model_is_the_contrasts_mean_sd_and_range():
     assert ls.fit_contrast_model([-0.4, 1.0]).low > 0  # never darker than the surroundings
 
 
+def test_the_size_model_is_the_least_squares_line_on_log_size():
+    sizes = [10, 100, 1000, 10000]
+    contrasts = [1 + 0.5 * np.log10(s) for s in sizes]  # 1.5, 2.0, 2.5, 3.0: on the line exactly
+    model = ls.fit_contrast_model(contrasts, sizes)
+    assert model.slope == pytest.approx(0.5) and model.log_size_mean == pytest.approx(2.5)
+    assert model.mean == pytest.approx(2.25) and model.sd == pytest.approx(0.0, abs=1e-12)
+    assert model.log_size_range == pytest.approx((1.0, 4.0)) and (model.low, model.high) == (1.5, 3.0)
+    # on the line, and sizes outside the fitted ones clipped to them (no extrapolation)
+    assert model.location([100, 1, 10**6]) == pytest.approx([2.0, 1.5, 3.0])
+    assert model.draw(np.random.default_rng(0), 3, [100, 1, 10**6]) == pytest.approx([2.0, 1.5, 3.0])
+    assert ls.fit_contrast_model(contrasts).slope == 0  # without sizes: one normal for every size
+
+
+def test_size_model_draws_follow_the_line_within_the_truncation():
+    model = ls.ContrastModel(mean=1.5, sd=0.3, low=0.2, high=3.5, n_lesions=40, slope=0.4, log_size_mean=2.0,
+                             log_size_range=(1.0, 3.0))
+    rng = np.random.default_rng(4)
+    for size, loc in ((10, 1.1), (1000, 1.9)):  # 1.5 + 0.4 x (1 - 2), 1.5 + 0.4 x (3 - 2)
+        draws = model.draw(rng, 20000, np.full(20000, size))
+        a, b = (0.2 - loc) / 0.3, (3.5 - loc) / 0.3
+        assert draws.min() >= 0.2 and draws.max() <= 3.5
+        assert draws.mean() == pytest.approx(truncnorm.mean(a, b, loc=loc, scale=0.3), abs=0.01)
+
+
 # === Painting one volume ===
 
 
@@ -132,6 +156,19 @@ def test_painted_lesion_statistics_match_the_model():
     assert np.abs(measured - drawn * scale).mean() < 0.1
     a, b = (0.3 - 1.2) / 0.6, (2.8 - 1.2) / 0.6
     assert measured.mean() == pytest.approx(truncnorm.mean(a, b, loc=1.2, scale=0.6) * scale, abs=0.2)
+
+
+def test_painting_with_the_size_model_gives_each_lesion_its_size_s_contrast(scan):
+    flair, lesion, brain, _ = scan
+    donor = ball(SHAPE, (20, 26, 14), 4)  # a large lesion
+    donor[12, 20, 28] = True  # and a one-voxel one
+    model = ls.ContrastModel(mean=1.0, sd=0.0, low=0.1, high=5.0, n_lesions=2, slope=1.0, log_size_mean=0.0,
+                             log_size_range=(0.0, 4.0))
+    _, painted, contrasts = ls.paint(flair, lesion, donor, model, np.random.default_rng(0), brain=brain)
+    labels, n = ndimage.label(painted, ls.CONNECTIVITY)
+    sizes = np.bincount(labels.ravel())[1:]
+    assert n == 2 and sorted(sizes)[0] == 1
+    assert contrasts == pytest.approx(1.0 + np.log10(sizes))  # the line, in component order
 
 
 def test_the_same_seed_paints_the_same_volume(scan):

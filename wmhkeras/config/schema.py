@@ -47,6 +47,10 @@ class LesionSynthesisConfig:
     #: Where lesions are painted: ``white_matter`` (within 2 voxels of the white matter of the subject's
     #: T1, which the data must list) or ``tissue`` (anywhere in the brain but CSF: for FLAIR-only data).
     where: Literal["white_matter", "tissue"] = "white_matter"
+    #: How a painted lesion's contrast is drawn: ``independent`` of its size (one truncated normal), or by
+    #: ``size`` (the normal's mean on the line of contrast against log size fitted to the training
+    #: lesions, which are brighter the larger they are).
+    contrast: Literal["independent", "size"] = "independent"
 
 
 @dataclass

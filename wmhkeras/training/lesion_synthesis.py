@@ -15,8 +15,10 @@ real one, while painting nothing that real lesions do not show:
   FLAIR of the lesion minus the median of a ring of surrounding tissue (1 to 3 voxels out), in units
   of the standard deviation of the subject's non-lesion brain (:func:`lesion_contrasts`). A normal
   distribution fitted to these contrasts, truncated to the measured range, is the
-  :class:`ContrastModel`; each painted lesion (a connected component of the donor) draws its contrast
-  from it, faint lesions included, and from nothing brighter or fainter than real lesions are.
+  :class:`ContrastModel` (:mod:`~wmhkeras.training.lesion_contrast`); each painted lesion (a connected
+  component of the donor) draws its contrast from it, faint lesions included, and from nothing brighter or
+  fainter than real lesions are. With ``contrast: size`` the normal's mean follows the line of contrast
+  against log size fitted to the real lesions, as larger real lesions are brighter.
 * **What it looks like**: painting *adds* the contrast to the scan, so the scan's own noise and
   texture stay. The edges are partial-volume: the added intensity is weighted by ``alpha``, 0.5 plus
   half of the mask blurred by a Gaussian (``PARTIAL_VOLUME_SIGMA`` voxels) inside the lesion, half of
@@ -38,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -50,13 +51,19 @@ from wmhkeras.data.datasets import Subject, check_subject
 from wmhkeras.data.preprocessing import BRAIN_THRESHOLD
 from wmhkeras.errors import InputError
 from wmhkeras.io.nifti import Volume
+from wmhkeras.training.lesion_contrast import (  # noqa: F401  (the contrast model, public here too)
+    CONNECTIVITY,
+    RING,
+    ContrastModel,
+    brain_statistics,
+    fit_contrast_model,
+    lesion_contrasts,
+)
 
 log = logging.getLogger(__name__)
 
 #: Standard deviation (voxels) of the Gaussian that softens painted edges (partial volume).
 PARTIAL_VOLUME_SIGMA = 0.6
-#: The ring of surrounding tissue a lesion's contrast is measured against: voxels 1 to 3 steps out.
-RING = (1, 3)
 #: Tissue darker than (brain mean - CSF_SD x brain SD) after light smoothing is CSF: never painted.
 CSF_SD = 2.0
 #: ``where: white_matter``: painting stays within this many voxels of the T1's white matter (the real
@@ -69,90 +76,13 @@ MAX_FIT_SUBJECTS = 20
 SYNTHESIS_VERSION = 1
 #: Suffix of a painted copy's subject id: ``<subject>~painted<i>``.
 PAINTED_TAG = "~painted"
-#: 26-connectivity: the lesions of a mask are its 3D connected components.
-CONNECTIVITY = np.ones((3, 3, 3), bool)
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-@dataclass(frozen=True)
-class ContrastModel:
-    """Painted-lesion contrasts: a normal ``(mean, sd)`` truncated to ``[low, high]`` (brain SD units)."""
-
-    mean: float
-    sd: float
-    low: float
-    high: float
-    n_lesions: int
-
-    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` contrasts from the truncated normal (inverse-CDF sampling: exact, no rejection loop)."""
-        from scipy.stats import truncnorm
-
-        if self.sd <= 0 or self.high <= self.low:
-            return np.full(n, self.mean)
-        a, b = (self.low - self.mean) / self.sd, (self.high - self.mean) / self.sd
-        return truncnorm.ppf(rng.random(n), a, b, loc=self.mean, scale=self.sd)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def fit_contrast_model(contrasts) -> ContrastModel:
-    """The truncated normal of measured lesion contrasts: their mean and SD, truncated to their range
-    (kept above zero: a painted lesion is never darker than its surroundings)."""
-    c = np.asarray(contrasts, np.float64)
-    c = c[np.isfinite(c)]
-    if c.size == 0:
-        raise InputError("lesion synthesis: the training subjects' lesions gave no contrast to fit")
-    low = max(float(c.min()), 1e-3)
-    high = max(float(c.max()), low)
-    return ContrastModel(float(c.mean()), float(c.std()), low, high, int(c.size))
-
-
-def brain_statistics(flair: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of the non-lesion brain: the unit of contrasts."""
-    tissue = flair[brain & ~lesion]
-    if tissue.size < 2:
-        raise InputError("lesion synthesis: the scan has no brain outside its lesions")
-    return float(tissue.mean()), float(tissue.std())
 
 
 def brain_mask(flair: np.ndarray) -> np.ndarray:
     """The pipeline's brain: the max-normalised FLAIR above the preprocessing's brain threshold."""
     peak = float(flair.max())
     return flair > BRAIN_THRESHOLD * peak if peak > 0 else np.zeros(flair.shape, bool)
-
-
-def _ring(component: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    inner = ndimage.binary_dilation(component, CONNECTIVITY, iterations=RING[0])
-    outer = ndimage.binary_dilation(component, CONNECTIVITY, iterations=RING[1])
-    return outer & ~inner & allowed
-
-
-def lesion_contrasts(flair: np.ndarray, lesion: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each lesion's contrast and size: ``(contrasts, voxels)``, one entry per 3D connected component.
-
-    Contrast = (mean FLAIR over the lesion - median FLAIR over its ring of brain tissue outside every
-    lesion, :data:`RING`) / standard deviation of the non-lesion brain. A lesion with no ring voxel
-    (it fills its surroundings) is skipped.
-    """
-    lesion = lesion.astype(bool)
-    _, sd = brain_statistics(flair, brain, lesion)
-    labels, n = ndimage.label(lesion, CONNECTIVITY)
-    contrasts, sizes = [], []
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        box = _grow(box, RING[1] + 1, flair.shape)
-        component = labels[box] == index
-        ring = _ring(component, brain[box] & ~lesion[box])
-        if not ring.any():
-            continue
-        contrasts.append((float(flair[box][component].mean()) - float(np.median(flair[box][ring]))) / sd)
-        sizes.append(int(component.sum()))
-    return np.asarray(contrasts, np.float64), np.asarray(sizes, np.int64)
-
-
-def _grow(box: tuple[slice, ...], margin: int, shape) -> tuple[slice, ...]:
-    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape, strict=True))
 
 
 def paintable_tissue(flair: np.ndarray, brain: np.ndarray, lesion: np.ndarray) -> np.ndarray:
@@ -226,7 +156,7 @@ def paint(flair: np.ndarray, lesion: np.ndarray, donor: np.ndarray, model: Contr
     if region is not None:
         painted &= region
     labels, n = ndimage.label(painted, CONNECTIVITY)
-    contrasts = model.draw(rng, n)
+    contrasts = model.draw(rng, n, np.bincount(labels.ravel(), minlength=n + 1)[1:])
     blurred = ndimage.gaussian_filter(painted.astype(np.float32), PARTIAL_VOLUME_SIGMA)
     alpha = np.where(painted, 0.5 + 0.5 * blurred, 0.5 * blurred) * brain
     # Each lesion's amplitude: its drawn contrast over its mean alpha, so the measured mean contrast is
@@ -323,21 +253,29 @@ def painted_key(cfg: Config, subject_key: str, fit_keys: list[str], donor: Path,
                 "donor": [str(donor), st.st_size, st.st_mtime_ns], "index": index,
                 "seed": cfg.data.lesion_synthesis.seed, "pv": PARTIAL_VOLUME_SIGMA, "csf": CSF_SD, "ring": RING,
                 "where": [cfg.data.lesion_synthesis.where, WHITE_MATTER_MARGIN]}
+    if cfg.data.lesion_synthesis.contrast != "independent":
+        settings["contrast"] = cfg.data.lesion_synthesis.contrast
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def fit_subjects_model(cfg: Config, subjects: list[Subject]) -> ContrastModel:
     """The contrast model of the training subjects' own lesions (the first :data:`MAX_FIT_SUBJECTS`)."""
-    contrasts = []
+    contrasts, sizes = [], []
     for subject in subjects[:MAX_FIT_SUBJECTS]:
         images, label = check_subject(subject, ("flair",), need_label=True)
         flair = images[0].data
-        c, _ = lesion_contrasts(flair, label.data == 1, brain_mask(flair))
+        c, s = lesion_contrasts(flair, label.data == 1, brain_mask(flair))
         contrasts.append(c)
-    model = fit_contrast_model(np.concatenate(contrasts) if contrasts else [])
+        sizes.append(s)
+    by_size = cfg.data.lesion_synthesis.contrast == "size"
+    model = fit_contrast_model(np.concatenate(contrasts) if contrasts else [],
+                               np.concatenate(sizes) if by_size and sizes else None)
     log.info("lesion synthesis: contrast model from %d lesions of %d subjects: mean %.2f, SD %.2f, range "
              "%.2f to %.2f brain SD", model.n_lesions, min(len(subjects), MAX_FIT_SUBJECTS), model.mean, model.sd,
              model.low, model.high)
+    if model.slope:
+        log.info("lesion synthesis: contrast by size: %+.2f brain SD per tenfold volume, residual SD %.2f",
+                 model.slope, model.sd)
     return model
 
 
