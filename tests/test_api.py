@@ -93,6 +93,26 @@ def test_segment_image_equals_the_files_segment_writes(tmp_path, free_model):
     assert 0 < m.sum() < np.count_nonzero(p >= 0.52) < m.size
 
 
+def test_load_model_decides_the_precision_once_for_every_image(tmp_path, free_model, monkeypatch):
+    import wmhkeras.inference.precision as precision
+
+    flair = nib.load(str(write_nifti(tmp_path / "s1.nii.gz", blob_volume(1), RAS)))
+    model = wmhkeras.load_model(free_model, precision="bfloat16", flair_img=flair)
+    assert model.precision["requested"] == "bfloat16" and model.precision["used"] in ("bfloat16", "float32")
+    gates = []
+    gate = precision._gate
+    monkeypatch.setattr(precision, "_gate", lambda *a, **k: gates.append(1) or gate(*a, **k))
+    prob, _ = wmhkeras.segment_image(flair, model)  # as load_model decided: no gate again
+    same, _ = wmhkeras.segment_image(flair, model, precision="bfloat16")  # the same request: no gate either
+    assert gates == []
+    np.testing.assert_array_equal(_array(prob), _array(same))
+    fresh, _ = wmhkeras.segment_image(flair, wmhkeras.load_model(free_model), precision="bfloat16")
+    assert gates == [1]  # a model loaded without a decision is decided on the image
+    np.testing.assert_allclose(_array(fresh), _array(prob), atol=1e-6)
+    with pytest.raises(InputError, match="flair_img"):
+        wmhkeras.load_model(free_model, precision="auto")
+
+
 def test_lps_input_gives_outputs_on_its_own_grid(free_model):
     vol = blob_volume()
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -23,6 +23,7 @@ model's own preprocessing inside), after its precision is decided as ``segment``
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -33,7 +34,7 @@ from wmhkeras.errors import InputError
 from wmhkeras.evaluation.evaluate import score_volumes
 from wmhkeras.inference.loaders import Segmenter, load_segmenter
 from wmhkeras.inference.per_subject import sample_slices, segment_volumes
-from wmhkeras.inference.precision import decide_precision
+from wmhkeras.inference.precision import check_precision, decide_precision, is_keras
 from wmhkeras.inference.record import SegmentSettings
 from wmhkeras.inference.segment import default_spec
 from wmhkeras.io import Volume, check_same_grid
@@ -44,14 +45,21 @@ log = logging.getLogger(__name__)
 __all__ = ["evaluate_images", "load_model", "segment_image"]
 
 
-def load_model(path: str | Path | None = None) -> Segmenter:
-    """Load a model for :func:`segment_image`, from any source ``wmhkeras segment`` takes.
+def load_model(path: str | Path | None = None, precision: str = "float32", flair_img=None, t1_img=None) -> Segmenter:
+    """Load a model for :func:`segment_image`, from any source ``wmhkeras segment`` takes, at the precision
+    decided once for it.
 
     Args:
         path: a built-in model's name (``"open_ms_flair"``, ``wmhkeras models``; a path of the same name
             wins), a ``.keras`` file, a run folder (its ``checkpoints/best.keras`` and ``config.yaml``), an
             exported SavedModel folder (its ``model_card.json``) or an exported ``.tflite`` file (needs
             ``pip install 'wmhkeras[litert]'``); None: the default built-in model.
+        precision: ``float32``, ``auto`` or ``bfloat16`` (``--precision``), decided here once as ``wmhkeras
+            segment`` decides it for a run (:func:`~wmhkeras.inference.precision.decide_precision`): every
+            :func:`segment_image` call with this model then computes at that precision.
+        flair_img: for ``auto`` or ``bfloat16`` with a Keras model, a FLAIR image (nibabel) whose slices the
+            parity gate checks bfloat16 on, as ``segment`` checks the first subject (and ``t1_img``, its T1,
+            for a FLAIR + T1 model).
 
     Returns:
         a :class:`~wmhkeras.inference.loaders.Segmenter`: the loaded model with the preprocessing it was
@@ -61,9 +69,21 @@ def load_model(path: str | Path | None = None) -> Segmenter:
         which does the preprocessing.
 
     Raises:
-        InputError / ConfigError: the path holds no model, or the model disagrees with its recorded settings.
+        InputError / ConfigError: the path holds no model, the model disagrees with its recorded settings, the
+            precision is not one the model can run at, or ``flair_img`` is missing where the gate needs it.
     """
-    return load_segmenter(default_spec() if path is None else path)
+    segmenter = load_segmenter(default_spec() if path is None else path)
+    if precision == "float32":
+        return segmenter
+    check_precision(precision, "keras" if is_keras(segmenter) else "segmenter", segmenter.source or None,
+                    segmenter.card)
+    if flair_img is None:
+        if is_keras(segmenter):
+            raise InputError(f"load_model(precision={precision!r}): give flair_img=, a FLAIR image whose slices the "
+                             "bfloat16 parity gate checks")
+        return decide_precision(segmenter, precision)
+    images, _ = _inputs(image_volume(_nifti(flair_img, "flair_img"), "flair_img"), t1_img, None, segmenter.modalities)
+    return decide_precision(segmenter, precision, lambda: sample_slices(segmenter, images))
 
 
 def _nifti(img, name: str) -> nib.Nifti1Image | nib.Nifti2Image:
@@ -123,7 +143,7 @@ def segment_image(
     brain_mask_img=None,
     brain_threshold: Optional[float] = None,
     batch_size: int = 8,
-    precision: str = "float32",
+    precision: Optional[str] = None,
 ) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
     """Segment one FLAIR image in memory: ``(prob_img, mask_img)``, what ``wmhkeras segment`` writes for it.
 
@@ -139,10 +159,12 @@ def segment_image(
         brain_mask_img: predictions outside it (voxels <= 0.5) are zeroed; on the FLAIR's grid.
         brain_threshold: zero predictions where the max-normalised FLAIR is below this fraction.
         batch_size: slices per model call.
-        precision: ``auto``, ``float32`` or ``bfloat16`` (``--precision``; Keras models only): ``auto`` is
-            bfloat16 on hardware with native bfloat16, each behind the parity gate of
-            :mod:`wmhkeras.inference.precision`, decided on this image at each call (``wmhkeras segment``
-            decides once per run); the choice is logged.
+        precision: None: the precision :func:`load_model` decided for ``model`` (float32 when it decided
+            none). ``auto``, ``float32`` or ``bfloat16`` (``--precision``; Keras models only): decided on this
+            image for this call, as ``segment`` decides it, unless ``model`` was decided for the same
+            request already: ``auto`` is bfloat16 on hardware with native bfloat16, each behind the parity
+            gate of :mod:`wmhkeras.inference.precision`; the choice is logged. To decide once for many
+            images, pass it to :func:`load_model`.
 
     Returns:
         float32 probabilities and the uint8 mask, each a ``nibabel.Nifti1Image`` with the FLAIR's shape,
@@ -155,11 +177,13 @@ def segment_image(
     """
     settings = SegmentSettings(threshold=threshold, min_lesion_mm3=min_lesion_mm3, tta_flip=tta, batch_size=batch_size,
                                min_lesion_voxels=min_lesion_voxels, brain_threshold=brain_threshold,
-                               precision=precision)
+                               precision=precision or "float32")
     settings.check()
     flair_nii = _nifti(flair_img, "flair_img")
     flair = image_volume(flair_nii, "flair_img")  # a bad image fails before a model is loaded
     segmenter = _model(model)
+    if precision is None and segmenter.precision:  # as load_model decided it
+        settings = replace(settings, precision=segmenter.precision["requested"])
     images, brain = _inputs(flair, t1_img, brain_mask_img, segmenter.modalities)
     loaded = segmenter
     segmenter = decide_precision(loaded, settings.precision, lambda: sample_slices(loaded, images), settings.threshold)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -212,8 +212,10 @@ def _dataset_labels(exp: ExperimentConfig, external_name: Optional[str], n_folds
 def _write_manifests(out_dir: Path, cohort: Cohort, labels: dict[str, str]) -> dict[str, dict[str, tuple[Path, str]]]:
     """``OUT/manifests/<fold>.csv`` (a fold's test subjects) and ``external.csv``:
     ``{fold: {dataset key: (manifest, label)}}``."""
-    by_id = cohort.by_id()
-    external = write_manifest(cohort.external, out_dir / "manifests" / "external.csv") if cohort.external else None
+    # The arms segment their test sets as trained, without brain masks a cohort manifest may list.
+    by_id = {k: replace(s, brain_mask=None) for k, s in cohort.by_id().items()}
+    external = ([replace(s, brain_mask=None) for s in cohort.external] if cohort.external else None)
+    external = write_manifest(external, out_dir / "manifests" / "external.csv") if external else None
     manifests: dict[str, dict[str, tuple[Path, str]]] = {}
     for fold, split in cohort.splits.items():
         manifests[fold] = {}

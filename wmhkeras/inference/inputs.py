@@ -69,7 +69,7 @@ def resolve_inputs(inputs: Sequence[str | Path], t1: Sequence[str | Path] = (),
     resolved: list[Subject] = []
     for raw in inputs:
         if not Path(raw).exists():
-            raise InputError(f"{raw}: input not found")
+            raise InputError(f"{Path(raw)}: input not found")
         resolved += load_dataset(raw, labels=False)
     resolved = _pair_files(resolved, inputs, "--t1", "t1", t1)
     resolved = _pair_files(resolved, inputs, "--brain-mask", "brain_mask", brain_mask)

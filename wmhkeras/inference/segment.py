@@ -44,7 +44,7 @@ from wmhkeras.inference.per_subject import (  # noqa: F401  (LESION_COLUMNS, seg
     segment_volumes,
     subject_paths,
 )
-from wmhkeras.inference.precision import check_precision, decide_precision
+from wmhkeras.inference.precision import check_precision, decide_precision, is_keras
 from wmhkeras.inference.preflight import check_t1, load_checked
 from wmhkeras.inference.qc import QC_HTML_NAME, montage_path, volume_range, write_qc_html
 from wmhkeras.inference.record import (
@@ -217,8 +217,10 @@ def segment(model: str | Path | Segmenter | None, inputs: Sequence[str | Path], 
     settings.check()
     shard = parse_shard(shard)
     spec = None if isinstance(model, Segmenter) else default_spec() if model is None else inspect_model(model)
-    if spec is not None:  # refused before any work; a Segmenter given is checked by decide_precision
+    if spec is not None:  # refused before any work
         check_precision(settings.precision, spec.format, spec.path, spec.card)
+    elif model is not None:
+        check_precision(settings.precision, "keras" if is_keras(model) else "segmenter", model.source or None, model.card)
     items = select_shard(resolve_inputs(inputs, as_list(t1), as_list(brain_mask)), shard)
     settings = replace(settings, bids_out=bids_output(items, settings.bids_out))
     modalities = spec.modalities if spec else model.modalities

@@ -51,11 +51,10 @@ class ContrastModel:
         from scipy.stats import truncnorm
 
         loc = self.location(np.ones(n) if sizes is None else sizes)
-        u = rng.random(n)
-        if self.sd <= 1e-9 or self.high <= self.low:
-            return np.clip(loc, self.low, self.high)
+        if self.sd <= 0 or self.high <= self.low:
+            return loc
         a, b = (self.low - loc) / self.sd, (self.high - loc) / self.sd
-        return truncnorm.ppf(u, a, b, loc=loc, scale=self.sd)
+        return truncnorm.ppf(rng.random(n), a, b, loc=loc, scale=self.sd)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
