@@ -178,3 +178,26 @@ def test_a_run_saved_before_a_changed_default_reads_back_as_it_ran(tmp_path):
     assert load_config(tmp_path / "old.yaml").data.lesion_position == "random"
     assert load_run_config(tmp_path / "old.yaml", ["data.lesion_position=random", "train.epochs=3"]).train.epochs == 3
     assert load_run_config(tmp_path / "old.yaml", ["data.lesion_position=random"]).data.lesion_position == "random"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.sampling=patches", "data.hard_negatives.share=1.5"], "data.hard_negatives.share: 1.5 is not allowed"),
+    (["data.sampling=patches", "data.hard_negatives.share=0.5", "data.hard_negatives.brightest=0"],
+     "data.hard_negatives.brightest: 0"),
+    (["data.sampling=slices", "data.hard_negatives.share=0.5"], "use data.sampling: patches"),
+    (["data.sampling=patches", "data.hard_negatives.share=0.5", "data.lesion_fraction=null"],
+     "share of the lesion-free patches"),
+    (["data.sampling=patches", "data.hard_negatives.share=0.5", "data.lesion_fraction=1.0"],
+     "share of the lesion-free patches"),
+])
+def test_hard_negatives_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([], overrides)
+
+
+def test_hard_negatives_are_off_by_default_and_load_from_a_file(tmp_path):
+    assert load_config([]).data.hard_negatives.share == 0.0
+    path = write_config(tmp_path, {"data": {"sampling": "patches", "hard_negatives": {"share": 0.25}}})
+    cfg = load_config([path])
+    assert (cfg.data.hard_negatives.share, cfg.data.hard_negatives.brightest) == (0.25, 0.05)
+    assert load_config([save_config(cfg, tmp_path / "saved.yaml")]) == cfg

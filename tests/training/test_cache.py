@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from wmhkeras.training.cache import estimate_cache_bytes
+from wmhkeras.training.cache import MemoryCache, ShardCache, cache_key, estimate_cache_bytes
+from wmhkeras.training.cohort import check_cohort
 from wmhkeras.training.pipeline import build_datasets
 
 from .helpers import SPLIT, make_cfg
@@ -37,3 +38,19 @@ def test_estimated_cache_size_is_exact_for_slices(cohort, slice_cache):
     cache, records = slice_cache
     used = [s for s in cohort if s.subject in SPLIT.train + SPLIT.validation]
     assert estimate_cache_bytes(make_cfg(), used) == cache.nbytes
+
+
+def test_hard_negative_counts_survive_the_shards_and_change_the_key(cohort, tmp_path):
+    kw = {"sampling": "patches", "patch_size": [32, 32], "lesion_fraction": 0.4}
+    hard = make_cfg(**kw, hard_negatives={"share": 0.5, "brightest": 0.05})
+    for cfg in (make_cfg(**kw), hard, make_cfg(**kw, hard_negatives={"share": 0.5, "brightest": 0.1})):
+        check_cohort(cfg, cohort, SPLIT, cache=ShardCache(tmp_path / "cache"))
+    # one shard folder per subject and setting: off, brightest 0.05, brightest 0.1 (the share is a sampling
+    # setting only, so it does not change the cached arrays)
+    assert len(list((tmp_path / "cache").glob("*/x.npy"))) == 3 * 6
+    memory = check_cohort(hard, cohort, SPLIT, cache=MemoryCache())
+    shards = check_cohort(hard, cohort, SPLIT, cache=ShardCache(tmp_path / "cache"))
+    for sid in SPLIT.train:
+        assert memory[sid].hard.sum() > 0
+        np.testing.assert_array_equal(shards[sid].hard, memory[sid].hard)
+    assert cache_key(make_cfg(**kw, hard_negatives={"share": 0.2}), cohort[0]) == cache_key(hard, cohort[0])

@@ -2,7 +2,15 @@
 
 import numpy as np
 
-from wmhkeras.training.cache import BRAIN_THRESHOLD, MIN_BRAIN_FRACTION, MemoryCache
+from wmhkeras.training.cache import (
+    BACKGROUND_BIT,
+    BRAIN_BIT,
+    BRAIN_THRESHOLD,
+    HARD_BIT,
+    LESION_BIT,
+    MIN_BRAIN_FRACTION,
+    MemoryCache,
+)
 from wmhkeras.training.cohort import check_cohort
 from wmhkeras.training.pipeline import build_datasets
 from wmhkeras.training.sampler import Sampler
@@ -95,3 +103,65 @@ def test_patches_hold_lesions_anywhere_and_centre_on_brain(cohort):
     # validation tiles cover the brain of the validation subjects, at native resolution
     tiles = sum(y.shape[0] for _, y in data.validation)
     assert tiles == data.stats["validation_samples"] > 0
+
+
+def test_hard_negatives_centre_lesion_free_patches_on_bright_normal_tissue(cohort):
+    # data.hard_negatives: the share of lesion-free patches centred on the brightest 5 % of normal brain
+    kw = {"sampling": "patches", "patch_size": [32, 32], "lesion_fraction": 0.4}
+    plain_cfg = make_cfg(**kw)
+    hard_cfg = make_cfg(**kw, hard_negatives={"share": 1.0, "brightest": 0.05})
+    half_cfg = make_cfg(**kw, hard_negatives={"share": 0.5, "brightest": 0.05})
+    caches = {}
+    for name, cfg in (("plain", plain_cfg), ("hard", hard_cfg)):
+        cache = MemoryCache()
+        records = check_cohort(cfg, cohort, SPLIT, cache=cache)
+        caches[name] = cache, [records[s] for s in SPLIT.train]
+    cache, records = caches["hard"]
+    # the candidate centres: background centres (a lesion-free patch) at or above the 95th percentile of
+    # the subject's normal brain voxels, recomputed here from the cached FLAIR and label bits
+    for r in records:
+        x = np.stack([cache.read(r.subject, k)[0][..., 0] for k in range(r.x_shape[0])])
+        labels = np.stack([cache.read(r.subject, k)[1] for k in range(r.x_shape[0])])
+        normal = ((labels & BRAIN_BIT) > 0) & ((labels & LESION_BIT) == 0)
+        expected = normal & (x >= np.quantile(x[normal], 0.95)) & ((labels & BACKGROUND_BIT) > 0)
+        np.testing.assert_array_equal((labels & HARD_BIT) > 0, expected)
+        np.testing.assert_array_equal(r.hard, expected.sum(axis=(1, 2)))
+        assert 0 < r.hard.sum() < 0.05 * normal.sum()
+    hard = Sampler(hard_cfg, cache, records, seed=0)
+    plain = Sampler(plain_cfg, *caches["plain"], seed=0)
+    half = Sampler(half_cfg, cache, records, seed=0)
+    hard_x, plain_x, counts = [], [], []
+    for b in range(40):
+        category, rec, k, off, position = hard.plan(b)
+        x, mask = hard.batch(b)
+        p_category, *_ = plain.plan(b)
+        # the same lesion samples; every lesion-free one is a hard negative, lesion-free and centred
+        np.testing.assert_array_equal(category == 0, p_category == 0)
+        negative = category != 0
+        assert (category[negative] == 4).all() and (mask[negative].max(axis=(1, 2, 3)) == 0).all()
+        for i in np.flatnonzero(negative):
+            labels = cache.read(records[rec[i]].subject, int(k[i]))[1]
+            row, col = position[i]
+            assert row == col == 16 and x[i, 16, 16, 0] == cache.read(records[rec[i]].subject, int(k[i]))[0][
+                tuple(np.argwhere(labels & HARD_BIT)[off[i]])][0]
+        hard_x.append(x[negative, 16, 16, 0])
+        plain_x.append(plain.batch(b)[0][p_category != 0, 16, 16, 0])
+        h_category = half.plan(b)[0]
+        counts.append(((h_category == 4).sum(), (h_category != 0).sum()))
+    # hard negatives are centred on brighter tissue than uniformly drawn lesion-free patches
+    assert np.median(np.concatenate(hard_x)) > np.quantile(np.concatenate(plain_x), 0.9)
+    hits, negatives = np.sum(counts, axis=0)
+    assert abs(hits / negatives - 0.5) < 0.1  # share 0.5: about half of the lesion-free patches
+
+
+def test_hard_negatives_off_draw_the_batches_of_a_run_without_them(cohort):
+    kw = {"sampling": "patches", "patch_size": [32, 32], "lesion_fraction": 0.4}
+    cache = MemoryCache()
+    records = check_cohort(make_cfg(**kw), cohort, SPLIT, cache=cache)
+    records = [records[s] for s in SPLIT.train]
+    assert all(len(r.hard) == 0 for r in records)  # nothing computed or stored when off
+    off = Sampler(make_cfg(**kw, hard_negatives={"share": 0.0, "brightest": 0.2}), cache, records, seed=3)
+    plain = Sampler(make_cfg(**kw), cache, records, seed=3)
+    for b in range(5):
+        for a, o in zip(off.plan(b), plain.plan(b), strict=True):
+            np.testing.assert_array_equal(a, o)

@@ -13,7 +13,7 @@ _PUBLIC = {
     **dict.fromkeys(("config_from_dict", "deep_merge", "load_config", "load_run_config", "parse_override", "read_yaml",
                      "save_config"), "wmhkeras.config.load"),
     **dict.fromkeys(("CONFIG_VERSION", "PCD_BIN_EDGES", "AugmentConfig", "Config", "DataConfig", "ExperimentConfig",
-                     "FinetuneConfig", "LesionSynthesisConfig", "LossConfig", "LossName", "ModelConfig", "TrainConfig"),
+                     "FinetuneConfig", "HardNegativesConfig", "LesionSynthesisConfig", "LossConfig", "LossName", "ModelConfig", "TrainConfig"),
                      "wmhkeras.config.schema"),
 }
 __all__ = sorted(_PUBLIC)

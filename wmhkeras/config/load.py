@@ -176,6 +176,13 @@ def _check_synthesis_and_training(cfg: Config) -> None:
           "name at least one folder (or NIfTI file) of lesion masks when data.lesion_synthesis.enabled is true")
     _need(not ls.enabled or d.lesion_fraction is not None, "data.lesion_fraction", d.lesion_fraction,
           "lesion synthesis paints a share of the lesion samples; set a lesion fraction, not null")
+    hn = d.hard_negatives
+    _need(0 <= hn.share <= 1, "data.hard_negatives.share", hn.share, "use a value in [0, 1]")
+    _need(0 < hn.brightest < 1, "data.hard_negatives.brightest", hn.brightest, "use a fraction in (0, 1)")
+    _need(not hn.share or d.sampling == "patches", "data.hard_negatives.share", hn.share,
+          "hard negatives centre lesion-free patches; use data.sampling: patches, or share 0")
+    _need(not hn.share or (d.lesion_fraction is not None and d.lesion_fraction < 1), "data.lesion_fraction",
+          d.lesion_fraction, "hard negatives are a share of the lesion-free patches; use a lesion fraction below 1")
     _need(t.epochs >= 1, "train.epochs", t.epochs, "use at least 1")
     _need(t.steps_per_epoch >= 1, "train.steps_per_epoch", t.steps_per_epoch, "use at least 1")
     _need(t.batch_size >= 1, "train.batch_size", t.batch_size, "use at least 1")

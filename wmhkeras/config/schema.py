@@ -54,6 +54,24 @@ class LesionSynthesisConfig:
 
 
 @dataclass
+class HardNegativesConfig:
+    """Hard negatives (``data.hard_negatives``, patches only): lesion-free patches centred on lesion-bright
+    normal tissue.
+
+    Lesion-free patches are otherwise centred uniformly over the brain, so normal tissue as bright as a
+    lesion (cortex bordering the white matter, the insula, the septum) is rarely shown as a negative. With
+    ``share`` > 0, that share of the lesion-free patches is centred on a voxel among the ``brightest``
+    fraction of the scan's brain (FLAIR intensity, lesion voxels excluded) whose patch holds no lesion.
+    Real scans only; FLAIR only (no T1 or tissue map needed).
+    """
+
+    #: Share of the lesion-free patches centred on bright normal tissue; 0 turns hard negatives off.
+    share: float = 0.0
+    #: The brightest fraction of each scan's normal brain voxels that can centre a hard negative.
+    brightest: float = 0.05
+
+
+@dataclass
 class DataConfig:
     """Where the data is and how samples are drawn from it."""
 
@@ -101,6 +119,8 @@ class DataConfig:
     cache_dir: Optional[str] = None
     #: Real lesion shapes painted into training FLAIRs (off by default).
     lesion_synthesis: LesionSynthesisConfig = field(default_factory=LesionSynthesisConfig)
+    #: Patches: a share of the lesion-free patches centred on lesion-bright normal tissue (off by default).
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
 
 
 @dataclass

@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 MIN_BRAIN_FRACTION = 0.01
 #: Bumped whenever the cached arrays would change for the same inputs and settings.
 CACHE_VERSION = 1
-#: Bits of the stored uint8 label slices: lesion, brain, and (patches) a valid background patch centre.
-LESION_BIT, BRAIN_BIT, BACKGROUND_BIT = 1, 2, 4
+#: Bits of the stored uint8 label slices: lesion, brain, (patches) a valid background patch centre, and
+#: (``data.hard_negatives``) a background centre of lesion-bright normal tissue.
+LESION_BIT, BRAIN_BIT, BACKGROUND_BIT, HARD_BIT = 1, 2, 4, 8
 
 
 @dataclass
@@ -59,7 +60,8 @@ class CachedSubject:
     (``spacing``, ``none``). ``lesion``/``brain``/``background``: per-slice voxel counts at the stored
     resolution (slices mode: lesion counted inside the ``model.input_size`` canvas the sample is cut
     to, brain at native resolution, where it only decides which slices contain brain; background:
-    patches mode, the voxels that can centre a lesion-free background patch). ``brain_fraction``: the
+    patches mode, the voxels that can centre a lesion-free background patch; ``hard``: those of them that
+    are lesion-bright normal tissue, with ``data.hard_negatives``, else empty). ``brain_fraction``: the
     share of brain voxels of each native slice.
     """
 
@@ -73,6 +75,7 @@ class CachedSubject:
     background: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     #: A painted copy of a training subject (lesion synthesis), not a real scan.
     painted: bool = False
+    hard: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def has_brain(self) -> np.ndarray:
@@ -83,14 +86,15 @@ class CachedSubject:
             "subject": self.subject, "site": self.site, "x_shape": list(self.x_shape),
             "lesion": self.lesion.tolist(), "brain": self.brain.tolist(),
             "brain_fraction": self.brain_fraction.tolist(), "lesion_voxels_native": self.lesion_voxels_native,
-            "background": self.background.tolist(), "painted": self.painted,
+            "background": self.background.tolist(), "painted": self.painted, "hard": self.hard.tolist(),
         }
 
     @classmethod
     def from_meta(cls, m: dict) -> CachedSubject:
         return cls(m["subject"], m["site"], tuple(m["x_shape"]), np.asarray(m["lesion"], np.int64),
                    np.asarray(m["brain"], np.int64), np.asarray(m["brain_fraction"], np.float64),
-                   int(m["lesion_voxels_native"]), np.asarray(m["background"], np.int64), bool(m.get("painted", False)))
+                   int(m["lesion_voxels_native"]), np.asarray(m["background"], np.int64), bool(m.get("painted", False)),
+                   np.asarray(m.get("hard", []), np.int64))
 
 
 class MemoryCache:
@@ -222,6 +226,8 @@ def cache_key(cfg: Config, subject: Subject) -> str:
         "context": d.context_slices,
         "brain": [BRAIN_THRESHOLD, MIN_BRAIN_FRACTION],
     }
+    if d.sampling == "patches" and d.hard_negatives.share:
+        settings["hard_negatives"] = d.hard_negatives.brightest
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -29,6 +29,7 @@ from wmhkeras.training.cache import (
     BACKGROUND_BIT,
     BRAIN_BIT,
     BRAIN_THRESHOLD,
+    HARD_BIT,
     LESION_BIT,
     MIN_BRAIN_FRACTION,
     CachedSubject,
@@ -70,9 +71,13 @@ def preprocess_subject(cfg: Config, subject: Subject, images, label) -> tuple[Ca
         brain_count = brain_native.sum(axis=(0, 1))
         lesion_count = _canvas_lesion(cfg, subject, labels)
     else:
-        brain = resampling.to_model(pp.volume_to_slices(flair), voxel).numpy()[..., 0] > BRAIN_THRESHOLD
+        flair_slices = resampling.to_model(pp.volume_to_slices(flair), voxel).numpy()[..., 0]
+        brain = flair_slices > BRAIN_THRESHOLD
         brain_slices = brain & (brain_fraction >= MIN_BRAIN_FRACTION)[:, None, None]
         labels = _patch_labels(cfg, lesion_slices, brain_slices)
+        if cfg.data.hard_negatives.share:
+            labels |= (bright_tissue(flair_slices, brain_slices, lesion_slices, cfg.data.hard_negatives.brightest)
+                       & ((labels & BACKGROUND_BIT) > 0)).astype(np.uint8) * HARD_BIT
         brain_count = brain_slices.sum(axis=(1, 2))
         lesion_count = lesion_slices.sum(axis=(1, 2))
     record = CachedSubject(
@@ -81,6 +86,8 @@ def preprocess_subject(cfg: Config, subject: Subject, images, label) -> tuple[Ca
         brain=np.asarray(brain_count, np.int64), brain_fraction=np.asarray(brain_fraction, np.float64),
         lesion_voxels_native=int(lesion.sum()),
         background=((labels & BACKGROUND_BIT) > 0).sum(axis=(1, 2)).astype(np.int64),
+        hard=(((labels & HARD_BIT) > 0).sum(axis=(1, 2)).astype(np.int64) if cfg.data.hard_negatives.share
+              else np.zeros(0, np.int64)),
     )
     return record, x.astype(np.float32), labels
 
@@ -100,6 +107,19 @@ def _canvas_lesion(cfg: Config, subject: Subject, labels: np.ndarray) -> np.ndar
                     subject.subject, int(total.sum() - inside.sum()), int(total.sum()), labels.shape[1],
                     labels.shape[2], list(cfg.model.input_size))
     return inside
+
+
+def bright_tissue(flair: np.ndarray, brain: np.ndarray, lesion: np.ndarray, brightest: float) -> np.ndarray:
+    """Lesion-bright normal tissue: the brain voxels (``brain`` and not ``lesion``) whose FLAIR intensity is
+    among the ``brightest`` fraction of those voxels (at or above their ``1 - brightest`` quantile).
+
+    Any monotonic rescaling of ``flair`` (max or z-score normalisation) marks the same voxels. All False when
+    the scan has no normal brain voxel.
+    """
+    normal = brain & ~lesion
+    if not normal.any():
+        return np.zeros_like(normal)
+    return normal & (flair >= np.quantile(flair[normal], 1.0 - brightest))
 
 
 def _patch_labels(cfg: Config, lesion_slices: np.ndarray, brain_slices: np.ndarray) -> np.ndarray:

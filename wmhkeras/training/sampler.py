@@ -12,12 +12,13 @@ import logging
 import numpy as np
 
 from wmhkeras.config import Config
-from wmhkeras.training.cache import BACKGROUND_BIT, BRAIN_BIT, LESION_BIT, CachedSubject
+from wmhkeras.training.cache import BACKGROUND_BIT, BRAIN_BIT, HARD_BIT, LESION_BIT, CachedSubject
 
 log = logging.getLogger(__name__)
 
-# Sample categories drawn by the sampler: _PAINTED is a lesion sample from a painted copy (lesion synthesis).
-_LESION, _OTHER, _UNIFORM, _PAINTED = 0, 1, 2, 3
+# Sample categories drawn by the sampler: _PAINTED is a lesion sample from a painted copy (lesion synthesis),
+# _HARD a lesion-free patch centred on lesion-bright normal tissue (hard negatives).
+_LESION, _OTHER, _UNIFORM, _PAINTED, _HARD = 0, 1, 2, 3, 4
 
 
 class _Pool:
@@ -107,6 +108,11 @@ class Sampler:
     sample comes from the painted copies with probability ``data.lesion_synthesis.share`` (drawn after
     the category); every other sample comes from the real scans, so lesion-free samples are always real
     tissue, and a batch that drew none gets its last sample turned into one (when ``lesion_fraction`` < 1).
+
+    Hard negatives (``data.hard_negatives.share`` > 0, patches): each lesion-free patch is, with that
+    probability (drawn after the categories and the synthesis draw), centred on lesion-bright normal tissue
+    of a real scan (:data:`~wmhkeras.training.cache.HARD_BIT`), uniformly over those voxels, instead of
+    on any brain voxel. With share 0 no extra draw is made, so batches are those of a run without it.
     """
 
     def __init__(self, cfg: Config, cache, records: list[CachedSubject], seed: int):
@@ -123,8 +129,9 @@ class Sampler:
         self.any_background = d.background == "any"
         self.random_position = self.patches and d.lesion_position == "random"
         self.share = d.lesion_synthesis.share if any(r.painted for r in records) else 0.0
+        self.hard_share = d.hard_negatives.share if self.patches and self.lesion_fraction is not None else 0.0
         real = np.concatenate([np.full(r.x_shape[0], not r.painted) for r in records])
-        rec, k, site, lesion, brain, has_brain, area, background = [], [], [], [], [], [], [], []
+        rec, k, site, lesion, brain, has_brain, area, background, hard = [], [], [], [], [], [], [], [], []
         for i, r in enumerate(records):
             z = r.x_shape[0]
             rec.append(np.full(z, i))
@@ -135,9 +142,11 @@ class Sampler:
             has_brain.append(r.has_brain)
             area.append(np.full(z, r.x_shape[1] * r.x_shape[2]))
             background.append(r.background)
+            hard.append(r.hard if len(r.hard) == z else np.zeros(z, np.int64))
         rec, k, site = np.concatenate(rec), np.concatenate(k), np.concatenate(site)
         lesion, brain, has_brain, area = map(np.concatenate, (lesion, brain, has_brain, area))
         background = np.concatenate(background) if self.patches else None
+        hard = np.concatenate(hard)
         bal = d.balance_sites
         if self.patches:
             # Weights are voxel counts: centres uniform over lesion / brain / all voxels.
@@ -146,6 +155,7 @@ class Sampler:
                 _OTHER: _Pool(rec, k, background * real, site, bal),
                 _UNIFORM: _Pool(rec, k, (area if self.any_background else brain) * real, site, bal),
                 _PAINTED: _Pool(rec, k, lesion * ~real, site, bal),
+                _HARD: _Pool(rec, k, hard * real, site, bal),
             }
         else:
             allowed = np.ones_like(has_brain) if self.any_background else (has_brain | (lesion > 0))
@@ -162,6 +172,10 @@ class Sampler:
             log.warning("no lesion-free training %s to draw background samples from; drawing uniformly",
                         "patch" if self.patches else "slice")
             self.pools[_OTHER] = self.pools[_UNIFORM]
+        if self.hard_share and not len(self.pools[_HARD]):
+            log.warning("no lesion-bright normal tissue to centre hard negatives on (data.hard_negatives); "
+                        "centring every lesion-free patch on any brain voxel")
+            self.hard_share = 0.0
 
     def plan(self, b: int):
         """Categories, ``(record, slice, offset)`` and ``position`` of the samples of batch ``b``.
@@ -180,8 +194,10 @@ class Sampler:
             category = np.where((category == _LESION) & (rng.random(n) < self.share), _PAINTED, category)
             if self.lesion_fraction is not None and self.lesion_fraction < 1 and not (category == _OTHER).any():
                 category[-1] = _OTHER  # real lesion-free tissue in every batch
+        if self.hard_share:
+            category = np.where((category == _OTHER) & (rng.random(n) < self.hard_share), _HARD, category)
         rec, k, off = (np.zeros(n, np.int64) for _ in range(3))
-        for c in (_LESION, _OTHER, _UNIFORM, _PAINTED):
+        for c in (_LESION, _OTHER, _UNIFORM, _PAINTED, _HARD):
             sel = np.flatnonzero(category == c)
             if len(sel):
                 rec[sel], k[sel], off[sel] = self.pools[c].draw(rng, len(sel))
@@ -199,7 +215,8 @@ class Sampler:
         if category == _UNIFORM and self.any_background:
             flat = offset
         else:
-            bit = {_LESION: LESION_BIT, _PAINTED: LESION_BIT, _OTHER: BACKGROUND_BIT, _UNIFORM: BRAIN_BIT}[category]
+            bit = {_LESION: LESION_BIT, _PAINTED: LESION_BIT, _OTHER: BACKGROUND_BIT, _UNIFORM: BRAIN_BIT,
+                   _HARD: HARD_BIT}[category]
             flat = np.flatnonzero(labels & bit)[offset]
         return divmod(int(flat), labels.shape[1])
 
