@@ -32,7 +32,7 @@ INSTALL_REQUIRES = [
 # scikit-image is the reference the preprocessing's resize is tested against (tests/data/), used by no
 # library code: lesion labelling, properties and boundaries are scipy.ndimage (the challenge's definitions).
 # bids-validator and bidsschematools check the BIDS names of tests/io and tests/cli/test_bids* (docs/bids.md).
-TEST_REQUIRES = ["pytest>=9.2,<10", "scikit-image>=0.25,<1", "bids-validator>=1.14,<2", "bidsschematools>=2,<3"]
+TEST_REQUIRES = ["pytest>=9.2,<10", "pytest-xdist>=3.8,<4", "scikit-image>=0.25,<1", "bids-validator>=1.14,<2", "bidsschematools>=2,<3"]
 
 # The built-in models (saved_models/builtin_models.json names them) are installed as the package data
 # wmhkeras/saved_models/: each model's card and SavedModel, not its TFLite files (README: "Built-in models").

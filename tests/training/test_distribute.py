@@ -18,7 +18,9 @@ from tests.training.helpers import TINY, assert_best_is_the_best_of_the_log, rea
 from wmhkeras.data.synth import make_cohort
 from wmhkeras.io.run_folder import RunFolder
 
-#: Train with the config file argv[1] into argv[2]; print the summary as JSON on the last line.
+#: Train with the config file argv[1] into argv[2]; print the summary as JSON on a line of its own, after
+#: :data:`SUMMARY` (TensorFlow may log after it: a worker whose peer has already exited logs a gRPC error
+#: while it shuts down).
 TRAIN = """
 import json, sys
 import tensorflow as tf
@@ -28,8 +30,11 @@ if sys.argv[3] == "two-cpus":  # before TensorFlow initialises
 from wmhkeras.config import load_config
 from wmhkeras.training.trainer import train
 result = train(load_config(sys.argv[1]), sys.argv[2], verbose=2)
-print(json.dumps(result.summary.to_dict()))
+print("SUMMARY " + json.dumps(result.summary.to_dict()), flush=True)
 """
+
+
+SUMMARY = "SUMMARY "
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,9 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> dict:
         output, _ = proc.communicate()
         pytest.fail(f"timed out:\n{output[-4000:]}")
     assert proc.returncode == 0, output[-4000:]
-    return json.loads(output.strip().splitlines()[-1])
+    lines = [line for line in output.splitlines() if line.startswith(SUMMARY)]
+    assert len(lines) == 1, output[-4000:]
+    return json.loads(lines[0][len(SUMMARY):])
 
 
 def free_ports(n: int) -> list[int]:
