@@ -53,7 +53,8 @@ def preprocess_subject(cfg: Config, subject: Subject, images, label) -> tuple[Ca
     Returns ``(record, x, labels)``: ``x`` ``(Z, H, W, C * (2k + 1))`` float32 (``k``:
     ``data.context_slices``), ``labels`` ``(Z, H, W)`` uint8 with bit 0 = lesion and, for patches, bit 1
     = brain, bit 2 = a centre whose ``data.patch_size`` patch holds no lesion (and is brain, unless
-    ``data.background`` is ``any``).
+    ``data.background`` is ``any``), and with ``data.hard_negatives`` bit 3 = such a centre on lesion-bright
+    normal tissue (:func:`bright_tissue`, on the resampled max-normalised FLAIR).
     """
     channels = [v.data for v in images]
     voxel = images[0].spacing
