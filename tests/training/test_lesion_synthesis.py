@@ -317,6 +317,27 @@ def test_training_data_with_synthesis_draws_painted_lesions_and_real_background(
     assert counts[_PAINTED] / lesion_samples == pytest.approx(0.5, abs=0.05)
 
 
+def test_hard_negatives_come_from_the_real_scans_never_the_painted_copies(cohort):
+    subjects, donors = cohort
+    cfg = synth_cfg(donors, share=0.5)
+    cfg.data.hard_negatives.share = 1.0
+    split = Split(train=tuple(s.subject for s in subjects[:2]))
+    cache = MemoryCache()
+    from wmhkeras.training.cohort import check_cohort
+
+    records = check_cohort(cfg, subjects, split, cache=cache)
+    painted, _ = ls.synthesise(cfg, [s for s in subjects if s.subject in split.train], cache)
+    assert all(r.hard.sum() > 0 for r in painted)  # the copies hold bright tissue too ...
+    sampler = Sampler(cfg, cache, [records[s] for s in split.train] + painted, seed=0)
+    hard = 0
+    for b in range(100):
+        category, rec, *_ = sampler.plan(b)
+        assert not (category == _OTHER).any()  # share 1: every lesion-free patch is a hard negative ...
+        hard += int((category == 4).sum())
+        assert not any(sampler.records[r].painted for r in rec[category == 4])  # ... from a real scan
+    assert hard > 100
+
+
 def test_bad_donor_settings_are_refused_before_work(cohort, tmp_path):
     _, donors = cohort
     with pytest.raises(ConfigError, match="data.lesion_synthesis.masks"):

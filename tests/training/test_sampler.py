@@ -134,34 +134,37 @@ def test_hard_negatives_centre_lesion_free_patches_on_bright_normal_tissue(cohor
     for b in range(40):
         category, rec, k, off, position = hard.plan(b)
         x, mask = hard.batch(b)
-        p_category, *_ = plain.plan(b)
-        # the same lesion samples; every lesion-free one is a hard negative, lesion-free and centred
-        np.testing.assert_array_equal(category == 0, p_category == 0)
-        negative = category != 0
+        p_category, p_rec, p_k, p_off, p_position = plain.plan(b)
+        # paired with a run without hard negatives: the same lesion samples, drawn alike ...
+        lesion = p_category == 0
+        np.testing.assert_array_equal(category == 0, lesion)
+        for a, o in ((rec, p_rec), (k, p_k), (off, p_off), (position, p_position)):
+            np.testing.assert_array_equal(a[lesion], o[lesion])
+        # ... and every lesion-free one a hard negative: lesion-free, centred on a candidate centre
+        negative = ~lesion
         assert (category[negative] == 4).all() and (mask[negative].max(axis=(1, 2, 3)) == 0).all()
         for i in np.flatnonzero(negative):
-            labels = cache.read(records[rec[i]].subject, int(k[i]))[1]
-            row, col = position[i]
-            assert row == col == 16 and x[i, 16, 16, 0] == cache.read(records[rec[i]].subject, int(k[i]))[0][
-                tuple(np.argwhere(labels & HARD_BIT)[off[i]])][0]
+            image, labels = cache.read(records[rec[i]].subject, int(k[i]))
+            row, col = np.argwhere(labels & HARD_BIT)[off[i]]
+            assert tuple(position[i]) == (16, 16) and x[i, 16, 16, 0] == image[row, col, 0]
         hard_x.append(x[negative, 16, 16, 0])
-        plain_x.append(plain.batch(b)[0][p_category != 0, 16, 16, 0])
-        h_category = half.plan(b)[0]
-        counts.append(((h_category == 4).sum(), (h_category != 0).sum()))
+        plain_x.append(plain.batch(b)[0][negative, 16, 16, 0])
+        # share 0.5: a sample that does not become a hard negative is the plain run's, category included
+        h_category, h_rec, h_k, h_off, h_position = half.plan(b)
+        same = h_category != 4
+        for a, o in ((h_category, p_category), (h_rec, p_rec), (h_k, p_k), (h_off, p_off), (h_position, p_position)):
+            np.testing.assert_array_equal(a[same], o[same])
+        counts.append(((h_category == 4).sum(), negative.sum()))
     # hard negatives are centred on brighter tissue than uniformly drawn lesion-free patches
     assert np.median(np.concatenate(hard_x)) > np.quantile(np.concatenate(plain_x), 0.9)
     hits, negatives = np.sum(counts, axis=0)
     assert abs(hits / negatives - 0.5) < 0.1  # share 0.5: about half of the lesion-free patches
 
 
-def test_hard_negatives_off_draw_the_batches_of_a_run_without_them(cohort):
+def test_hard_negatives_off_compute_and_store_nothing(cohort):
     kw = {"sampling": "patches", "patch_size": [32, 32], "lesion_fraction": 0.4}
     cache = MemoryCache()
-    records = check_cohort(make_cfg(**kw), cohort, SPLIT, cache=cache)
+    records = check_cohort(make_cfg(**kw, hard_negatives={"share": 0.0, "brightest": 0.2}), cohort, SPLIT, cache=cache)
     records = [records[s] for s in SPLIT.train]
-    assert all(len(r.hard) == 0 for r in records)  # nothing computed or stored when off
-    off = Sampler(make_cfg(**kw, hard_negatives={"share": 0.0, "brightest": 0.2}), cache, records, seed=3)
-    plain = Sampler(make_cfg(**kw), cache, records, seed=3)
-    for b in range(5):
-        for a, o in zip(off.plan(b), plain.plan(b), strict=True):
-            np.testing.assert_array_equal(a, o)
+    assert all(len(r.hard) == 0 for r in records)
+    assert not any((cache.read(r.subject, k)[1] & HARD_BIT).any() for r in records for k in range(r.x_shape[0]))

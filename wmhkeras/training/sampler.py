@@ -110,9 +110,10 @@ class Sampler:
     tissue, and a batch that drew none gets its last sample turned into one (when ``lesion_fraction`` < 1).
 
     Hard negatives (``data.hard_negatives.share`` > 0, patches): each lesion-free patch is, with that
-    probability (drawn after the categories and the synthesis draw), centred on lesion-bright normal tissue
-    of a real scan (:data:`~wmhkeras.training.cache.HARD_BIT`), uniformly over those voxels, instead of
-    on any brain voxel. With share 0 no extra draw is made, so batches are those of a run without it.
+    probability, re-centred on lesion-bright normal tissue of a real scan
+    (:data:`~wmhkeras.training.cache.HARD_BIT`), uniformly over those voxels, instead of on any brain
+    voxel. Those draws come from a random stream of their own (``(seed, b, 4)``), so every other sample of
+    the batch is the one a run without hard negatives draws: arms with and without them are paired.
     """
 
     def __init__(self, cfg: Config, cache, records: list[CachedSubject], seed: int):
@@ -194,13 +195,20 @@ class Sampler:
             category = np.where((category == _LESION) & (rng.random(n) < self.share), _PAINTED, category)
             if self.lesion_fraction is not None and self.lesion_fraction < 1 and not (category == _OTHER).any():
                 category[-1] = _OTHER  # real lesion-free tissue in every batch
-        if self.hard_share:
-            category = np.where((category == _OTHER) & (rng.random(n) < self.hard_share), _HARD, category)
         rec, k, off = (np.zeros(n, np.int64) for _ in range(3))
-        for c in (_LESION, _OTHER, _UNIFORM, _PAINTED, _HARD):
+        for c in (_LESION, _OTHER, _UNIFORM, _PAINTED):
             sel = np.flatnonzero(category == c)
             if len(sel):
                 rec[sel], k[sel], off[sel] = self.pools[c].draw(rng, len(sel))
+        if self.hard_share:
+            # From a stream of their own, after the lesion-free patches were drawn as without them: every
+            # sample that does not become a hard negative is the one a run without hard negatives draws.
+            hard_rng = np.random.default_rng([self.seed, int(b), _HARD])
+            sel = np.flatnonzero(category == _OTHER)
+            sel = sel[hard_rng.random(len(sel)) < self.hard_share]
+            category[sel] = _HARD
+            if len(sel):
+                rec[sel], k[sel], off[sel] = self.pools[_HARD].draw(hard_rng, len(sel))
         h, w = self.patch_size
         position = np.tile(np.array([h // 2, w // 2], np.int64), (n, 1))
         if self.random_position:
