@@ -67,6 +67,7 @@ def preprocess_subject(cfg: Config, subject: Subject, images, label) -> tuple[Ca
     brain_native = flair.numpy() > BRAIN_THRESHOLD
     # "a slice contains brain" is measured on the native slice in every mode (a fraction of its area)
     brain_fraction = brain_native.mean(axis=(0, 1))
+    hard_count = np.zeros(0, np.int64)  # with data.hard_negatives: per-slice hard-negative centres
     if cfg.data.sampling == "slices":
         labels = lesion_slices.astype(np.uint8)
         brain_count = brain_native.sum(axis=(0, 1))
@@ -77,8 +78,10 @@ def preprocess_subject(cfg: Config, subject: Subject, images, label) -> tuple[Ca
         brain_slices = brain & (brain_fraction >= MIN_BRAIN_FRACTION)[:, None, None]
         labels = _patch_labels(cfg, lesion_slices, brain_slices)
         if cfg.data.hard_negatives.share:
-            labels |= (bright_tissue(flair_slices, brain_slices, lesion_slices, cfg.data.hard_negatives.brightest)
-                       & ((labels & BACKGROUND_BIT) > 0)).astype(np.uint8) * HARD_BIT
+            hard = bright_tissue(flair_slices, brain_slices, lesion_slices, cfg.data.hard_negatives.brightest)
+            hard &= (labels & BACKGROUND_BIT) > 0
+            labels |= hard.astype(np.uint8) * HARD_BIT
+            hard_count = hard.sum(axis=(1, 2)).astype(np.int64)
         brain_count = brain_slices.sum(axis=(1, 2))
         lesion_count = lesion_slices.sum(axis=(1, 2))
     record = CachedSubject(
@@ -87,8 +90,7 @@ def preprocess_subject(cfg: Config, subject: Subject, images, label) -> tuple[Ca
         brain=np.asarray(brain_count, np.int64), brain_fraction=np.asarray(brain_fraction, np.float64),
         lesion_voxels_native=int(lesion.sum()),
         background=((labels & BACKGROUND_BIT) > 0).sum(axis=(1, 2)).astype(np.int64),
-        hard=(((labels & HARD_BIT) > 0).sum(axis=(1, 2)).astype(np.int64) if cfg.data.hard_negatives.share
-              else np.zeros(0, np.int64)),
+        hard=hard_count,
     )
     return record, x.astype(np.float32), labels
 
