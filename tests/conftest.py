@@ -115,3 +115,22 @@ def setup_kwargs():
         setuptools.setup = real
     assert captured, "setup.py did not call setuptools.setup"
     return captured
+
+
+def build_wheel(folder: Path) -> Path:
+    """``pip wheel`` of a copy of the sources in ``folder / "src"`` (so the checkout gets no ``build/`` or
+    ``*.egg-info`` while other tests run), into ``folder / "dist"``, with this environment's setuptools (no
+    build isolation: nothing is fetched). Returns the wheel."""
+    import shutil
+
+    src, dist = folder / "src", folder / "dist"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for name in ("wmhkeras", "cli", "saved_models"):
+        shutil.copytree(REPO / name, src / name, ignore=ignore)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                             "-q", "-w", str(dist)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = dist.glob("wmhkeras-*.whl")
+    return wheel

@@ -3,14 +3,13 @@ built wheel, unchanged."""
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, build_wheel
 
 #: The carried weights and their credit, relative to the repository (and to site-packages once installed).
 WEIGHTS = ("wmhkeras/losses/weights/vgg19_imagenet_block1-2.npz", "wmhkeras/losses/weights/NOTICE")
@@ -36,18 +35,8 @@ def test_setup_declares_the_carried_weights_and_their_credit(setup_kwargs):
 
 @pytest.mark.slow
 def test_a_built_wheel_carries_the_weights_and_their_credit(tmp_path):
-    """``pip wheel`` of a copy of the sources (the checkout keeps no build/ folder)."""
-    src = tmp_path / "src"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for name in ("wmhkeras", "cli", "saved_models"):
-        shutil.copytree(REPO / name, src / name, ignore=ignore)
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy2(REPO / name, src / name)
-    dist = tmp_path / "dist"
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(dist)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (wheel,) = dist.glob("wmhkeras-*.whl")
+    """``pip wheel`` of a copy of the sources (:func:`tests.conftest.build_wheel`)."""
+    wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         assert set(WEIGHTS) <= names, sorted(n for n in names if "losses" in n)

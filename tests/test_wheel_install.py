@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import build_wheel
 from tests.inference.helpers import write_nifti
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -37,9 +37,7 @@ def _flair(path):
 
 
 def test_the_wheel_segments_with_its_builtin_model_from_a_fresh_venv(tmp_path):
-    dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)])
-    (wheel,) = dist.glob("wmhkeras-*.whl")
+    wheel = build_wheel(tmp_path)
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
