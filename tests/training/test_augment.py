@@ -238,3 +238,55 @@ def test_scanner_variation_leaves_the_geometry_and_its_draws_alone():
     assert not np.allclose(a_x.numpy(), b_x.numpy())
     again, _ = Augmenter(with_scanner, seed=4)(x, mask, 9)
     assert np.array_equal(again.numpy(), b_x.numpy())
+
+
+# === Tissue contrast: the histogram shift ===
+
+
+def _histogram_points(seed, batch_index, batch, modalities, shift):
+    """The control points the augmenter draws for a batch, recomputed from its fourth stream by hand."""
+    import tensorflow as tf
+
+    from wmhkeras.training.augment import HISTOGRAM_POINTS
+
+    n = HISTOGRAM_POINTS - 1
+    h = tf.random.stateless_uniform((batch, modalities * (n - 1)),
+                                    seed=(seed + 4 * Augmenter.EXTRA_STREAM, batch_index)).numpy()
+    inner = np.arange(1, n) / n + (2 * h.reshape(batch, modalities, n - 1) - 1) * shift / n
+    return np.concatenate([np.zeros((batch, modalities, 1)), inner, np.ones((batch, modalities, 1))], axis=-1)
+
+
+def test_histogram_shift_is_the_piecewise_linear_map_through_its_drawn_control_points():
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(5, 10, 10, 6)).astype(np.float32)  # zscore, 2 modalities x 3 context slices
+    cfg = AugmentConfig(rotation_degrees=0, histogram_shift=0.3)
+    out = Augmenter(cfg, seed=6, normalisation="zscore", context=1)(image, np.zeros_like(image[..., :1]), 4)[0]
+    points = _histogram_points(6, 4, 5, 2, 0.3)
+    reference = np.linspace(0, 1, points.shape[-1])
+    for b in range(5):
+        for m in range(2):
+            group = image[b, ..., 3 * m:3 * m + 3]  # the modality's context slices share its range and map
+            low, high = group.min(), group.max()
+            expected = low + (high - low) * np.interp((group - low) / (high - low), reference, points[b, m])
+            np.testing.assert_allclose(out.numpy()[b, ..., 3 * m:3 * m + 3], expected, atol=1e-5)
+    assert not np.allclose(points[:, 0], points[:, 1])  # each modality has its own map
+    slopes = np.diff(points, axis=-1) * (points.shape[-1] - 1)
+    assert (slopes >= 1 - 2 * 0.3 - 1e-6).all() and (slopes <= 1 + 2 * 0.3 + 1e-6).all() and slopes.std() > 0.05
+
+
+def test_histogram_shift_keeps_order_range_geometry_and_the_other_draws():
+    rng = np.random.default_rng(3)
+    x = rng.random((6, 24, 24, 1)).astype(np.float32)
+    mask = blobs(6, 24)
+    plain = AugmentConfig(rotation_degrees=20, flip=True, intensity_scale=0.1, gamma=0.2)
+    shifted = AugmentConfig(rotation_degrees=20, flip=True, intensity_scale=0.1, gamma=0.2, histogram_shift=0.4)
+    a_x, a_mask = (t.numpy() for t in Augmenter(plain, seed=1)(x, mask, 3))
+    b_x, b_mask = (t.numpy() for t in Augmenter(shifted, seed=1)(x, mask, 3))
+    assert np.array_equal(a_mask, b_mask)
+    assert not np.allclose(a_x, b_x, atol=1e-3)
+    for a, b in zip(a_x, b_x, strict=True):  # the same sample up to a monotone remapping: the order of the values stays
+        order = np.argsort(a.ravel(), kind="stable")
+        assert (np.diff(b.ravel()[order]) >= -1e-5).all()
+    alone = Augmenter(AugmentConfig(rotation_degrees=0, histogram_shift=0.4), seed=1)(x, mask, 3)[0].numpy()
+    np.testing.assert_allclose(alone.min(axis=(1, 2, 3)), x.min(axis=(1, 2, 3)), atol=1e-6)
+    np.testing.assert_allclose(alone.max(axis=(1, 2, 3)), x.max(axis=(1, 2, 3)), atol=1e-6)

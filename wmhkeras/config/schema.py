@@ -182,6 +182,11 @@ class AugmentConfig:
     blur: float = 0.0
     #: Resolution: downsampled by a factor uniform in ``[1, 1 + low_resolution]`` and back (bilinear).
     low_resolution: float = 0.0
+    #: Tissue contrast: a random monotone piecewise-linear remapping of each modality's intensities over
+    #: the sample's own range (a histogram shift), whose inner control points move by up to
+    #: ``histogram_shift`` of their spacing, so the contrast between tissues (grey and white matter)
+    #: changes by a factor in about ``[1 - 2 h, 1 + 2 h]``, as it does from scanner to scanner.
+    histogram_shift: float = 0.0
 
 
 @dataclass

@@ -31,6 +31,8 @@ from wmhkeras.vocabulary import NORMALISATIONS
 
 #: Mask values at or above this after bilinear interpolation count as lesion.
 MASK_THRESHOLD = 0.5
+#: Control points of the histogram shift over a sample's range: both ends (fixed) and three inner ones.
+HISTOGRAM_POINTS = 5
 
 
 def gaussian_blur(x, sigma, radius: int = 4):
@@ -96,9 +98,14 @@ class Augmenter:
     all fall below 0.5) stays untransformed, so lesion samples keep their lesion and the configured
     lesion fraction holds after augmentation.
 
+    With ``histogram_shift`` (before the intensity changes): a random monotone piecewise-linear remapping
+    of each modality over the sample's range (:meth:`_histogram`), so that the contrast between tissues
+    varies as it does between scanners.
+
     The draws of the options the paper's set lacks (``scale``, ``intensity_shift``, ``noise``, and
     gamma under ``zscore``) come from a second stateless stream, so switching them on leaves every
-    other draw, and so older seeded runs, unchanged.
+    other draw, and so older seeded runs, unchanged; the scanner variation draws from a third stream and
+    the histogram shift from a fourth.
     """
 
     #: Added to the seed's first word for the second stream of draws.
@@ -116,7 +123,7 @@ class Augmenter:
     def active(self) -> bool:
         c = self.cfg
         return (c.rotation_degrees > 0 or c.flip or c.scale > 0 or c.intensity_scale > 0 or c.gamma > 0
-                or c.intensity_shift > 0 or c.noise > 0 or self.scanner)
+                or c.intensity_shift > 0 or c.noise > 0 or c.histogram_shift > 0 or self.scanner)
 
     @property
     def scanner(self) -> bool:
@@ -146,6 +153,11 @@ class Augmenter:
             w = tf.random.stateless_uniform(tf.stack([batch, 8]),
                                             seed=seed + tf.constant([3 * self.EXTRA_STREAM, 0], tf.int64))
             x = self._scanner(x, w, modalities)
+        if c.histogram_shift > 0:
+            # The fourth stream: the inner control points of each modality's histogram shift.
+            h = tf.random.stateless_uniform(tf.stack([batch, modalities * (HISTOGRAM_POINTS - 2)]),
+                                            seed=seed + tf.constant([4 * self.EXTRA_STREAM, 0], tf.int64))
+            x = self._histogram(x, h, modalities)
         x = self._intensity(x, u, v, modalities)
         if c.noise > 0:
             sigma = v[:, 1] * c.noise
@@ -218,10 +230,43 @@ class Augmenter:
         low = tf.reduce_min(x, axis=(1, 2), keepdims=True)
         return low + (x - low) * field
 
+    def _per_channel(self, draws):
+        """``(batch, modalities)`` draws broadcast to ``(batch, 1, 1, channels)``: the context slices of a
+        modality share its draws."""
+        return tf.repeat(draws, self.group, axis=1)[:, None, None, :]
+
+    def _sample_range(self, x, modalities: int):
+        """Each modality's minimum and span (maximum - minimum, at least 1e-6) over the sample (all its
+        context slices), broadcast to its channels: ``(batch, 1, 1, channels)`` each."""
+        shape = tf.shape(x)
+        grouped = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2], modalities, self.group]))
+        low = tf.reduce_min(grouped, axis=(1, 2, 4))
+        high = tf.reduce_max(grouped, axis=(1, 2, 4))
+        return self._per_channel(low), self._per_channel(tf.maximum(high - low, 1e-6))
+
+    def _histogram(self, x, h, modalities: int):
+        """A monotone piecewise-linear remapping of each modality over the sample's range (a histogram
+        shift, as MONAI's ``RandHistogramShift``): the range ``[low, high]`` is cut into
+        ``HISTOGRAM_POINTS - 1`` equal segments; the ends stay and each inner control point ``k / n``
+        moves to ``k / n + (2 h - 1) * histogram_shift / n``, so each segment's slope is in
+        ``[1 - 2 shift, 1 + 2 shift]`` and the map stays increasing. Written as ``y = sum_k d_k *
+        clip(n t - k, 0, 1)``, with ``d_k`` the rise of segment ``k`` and ``t`` the value in [0, 1]."""
+        n = HISTOGRAM_POINTS - 1
+        moved = tf.range(1, n, dtype=tf.float32) / n + (2.0 * tf.reshape(h, (-1, modalities, n - 1)) - 1.0) * (
+            self.cfg.histogram_shift / n)
+        batch = tf.shape(h)[0]
+        points = tf.concat([tf.zeros(tf.stack([batch, modalities, 1])), moved,
+                            tf.ones(tf.stack([batch, modalities, 1]))], axis=-1)
+        rises = tf.repeat(points[..., 1:] - points[..., :-1], self.group, axis=1)[:, None, None]  # (B,1,1,C,n)
+        low, span = self._sample_range(x, modalities)
+        t = tf.clip_by_value((x - low) / span, 0.0, 1.0)
+        steps = tf.clip_by_value(n * t[..., None] - tf.range(n, dtype=tf.float32), 0.0, 1.0)
+        return low + span * tf.reduce_sum(rises * steps, axis=-1)
+
     def _intensity(self, x, u, v, modalities: int):
         """Scale, shift and gamma per modality (the context slices of a modality share the draws)."""
         c = self.cfg
-        per_channel = lambda draws: tf.repeat(draws, self.group, axis=1)[:, None, None, :]  # noqa: E731
+        per_channel = self._per_channel
         if c.intensity_scale > 0:
             x = x * per_channel(1.0 + (2.0 * u[:, 2:2 + modalities] - 1.0) * c.intensity_scale)
         if c.intensity_shift > 0:
@@ -231,11 +276,6 @@ class Augmenter:
             x = tf.pow(tf.maximum(x, 0.0), per_channel(gamma))
         elif c.gamma > 0:
             gamma = per_channel(1.0 + (2.0 * v[:, 2 + modalities:] - 1.0) * c.gamma)
-            # Each modality's range over the sample (all its context slices), broadcast to its channels.
-            shape = tf.shape(x)
-            grouped = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2], modalities, self.group]))
-            low = tf.reduce_min(grouped, axis=(1, 2, 4))
-            high = tf.reduce_max(grouped, axis=(1, 2, 4))
-            low, span = per_channel(low), per_channel(tf.maximum(high - low, 1e-6))
+            low, span = self._sample_range(x, modalities)
             x = low + span * tf.pow(tf.clip_by_value((x - low) / span, 0.0, 1.0), gamma)
         return x
