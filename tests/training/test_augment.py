@@ -290,3 +290,16 @@ def test_histogram_shift_keeps_order_range_geometry_and_the_other_draws():
     alone = Augmenter(AugmentConfig(rotation_degrees=0, histogram_shift=0.4), seed=1)(x, mask, 3)[0].numpy()
     np.testing.assert_allclose(alone.min(axis=(1, 2, 3)), x.min(axis=(1, 2, 3)), atol=1e-6)
     np.testing.assert_allclose(alone.max(axis=(1, 2, 3)), x.max(axis=(1, 2, 3)), atol=1e-6)
+
+
+@pytest.mark.parametrize("normalisation", ["max", "zscore"])
+def test_histogram_shift_comes_before_the_intensity_changes_and_leaves_their_draws_alone(normalisation):
+    rng = np.random.default_rng(4)
+    x = rng.random((6, 16, 16, 2)).astype(np.float32)
+    mask = np.zeros_like(x[..., :1])
+    intensity = dict(rotation_degrees=0, intensity_scale=0.2, intensity_shift=0.1, gamma=0.3)
+    both = Augmenter(AugmentConfig(**intensity, histogram_shift=0.4), seed=2, normalisation=normalisation)
+    alone = Augmenter(AugmentConfig(rotation_degrees=0, histogram_shift=0.4), seed=2, normalisation=normalisation)
+    rest = Augmenter(AugmentConfig(**intensity), seed=2, normalisation=normalisation)
+    composed = rest(alone(x, mask, 7)[0], mask, 7)[0].numpy()
+    np.testing.assert_allclose(both(x, mask, 7)[0].numpy(), composed, atol=1e-6)

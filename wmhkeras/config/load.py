@@ -165,7 +165,7 @@ def _check_loss_and_augment(cfg: Config) -> None:
     _need(0 <= a.blur <= 3, "augment.blur", a.blur, "use 0 to 3 pixels")
     _need(0 <= a.low_resolution <= 3, "augment.low_resolution", a.low_resolution, "use 0 to 3")
     _need(0 <= a.histogram_shift < 0.5, "augment.histogram_shift", a.histogram_shift,
-          "use a value in [0, 0.5) (the remapping must stay monotone)")
+          "use a value in [0, 0.5) (the remapping must stay strictly increasing)")
 
 
 def _check_synthesis_and_training(cfg: Config) -> None:

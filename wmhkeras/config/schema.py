@@ -185,7 +185,7 @@ class AugmentConfig:
     #: Tissue contrast: a random monotone piecewise-linear remapping of each modality's intensities over
     #: the sample's own range (a histogram shift), whose inner control points move by up to
     #: ``histogram_shift`` of their spacing, so the contrast between tissues (grey and white matter)
-    #: changes by a factor in about ``[1 - 2 h, 1 + 2 h]``, as it does from scanner to scanner.
+    #: changes by a factor in ``[1 - 2 histogram_shift, 1 + 2 histogram_shift]``.
     histogram_shift: float = 0.0
 
 

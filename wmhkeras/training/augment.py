@@ -76,8 +76,7 @@ class Augmenter:
     """Seeded, stateless augmentation of a batch: ``augmenter(x, mask, batch_index) -> (x, mask)``.
 
     Args:
-        cfg: the ``augment`` config section (``rotation_degrees``, ``flip``, ``scale``,
-            ``intensity_scale``, ``intensity_shift``, ``gamma``, ``noise``).
+        cfg: the ``augment`` config section (:class:`~wmhkeras.config.AugmentConfig`).
         seed: the run seed; batch ``b`` uses the stateless seed ``(seed, b)``.
         normalisation: ``max`` (images in [0, 1], clipped back to [0, 1] after intensity changes) or
             ``zscore`` (no clipping; gamma acts on each sample rescaled to [0, 1] by its own minimum
@@ -214,8 +213,8 @@ class Augmenter:
 
     def _bias(self, x, w, modalities: int):
         """``x`` times ``exp(f)``, ``f`` a second-order polynomial over the sample (coordinates in
-        [-1, 1]) with ``|f| <= bias_field``; under ``zscore`` relative to each modality's minimum over the
-        sample (the background), as the gamma is."""
+        [-1, 1]) with ``|f| <= bias_field``; under ``zscore`` relative to each channel's minimum over the
+        sample (the background)."""
         c = self.cfg
         shape = tf.shape(x)
         rows = tf.linspace(-1.0, 1.0, shape[1])[:, None]
@@ -246,18 +245,20 @@ class Augmenter:
 
     def _histogram(self, x, h, modalities: int):
         """A monotone piecewise-linear remapping of each modality over the sample's range (a histogram
-        shift, as MONAI's ``RandHistogramShift``): the range ``[low, high]`` is cut into
-        ``HISTOGRAM_POINTS - 1`` equal segments; the ends stay and each inner control point ``k / n``
-        moves to ``k / n + (2 h - 1) * histogram_shift / n``, so each segment's slope is in
-        ``[1 - 2 shift, 1 + 2 shift]`` and the map stays increasing. Written as ``y = sum_k d_k *
-        clip(n t - k, 0, 1)``, with ``d_k`` the rise of segment ``k`` and ``t`` the value in [0, 1]."""
+        shift in the manner of MONAI's ``RandHistogramShift``, with a fixed number of points and bounded
+        moves): the range ``[low, high]`` is cut into ``n = HISTOGRAM_POINTS - 1`` equal segments; the ends
+        stay and each inner control point ``k / n`` moves to ``k / n + (2 u - 1) * histogram_shift / n``,
+        ``u`` its uniform draw in ``h``. Each inner segment's slope is in ``[1 - 2 histogram_shift,
+        1 + 2 histogram_shift]``, each end segment's in ``[1 - histogram_shift, 1 + histogram_shift]``, and
+        the map stays strictly increasing. Written as ``y = sum_k d_k * clip(n t - k, 0, 1)``, with ``d_k``
+        the rise of segment ``k`` and ``t`` the value in [0, 1]."""
         n = HISTOGRAM_POINTS - 1
         moved = tf.range(1, n, dtype=tf.float32) / n + (2.0 * tf.reshape(h, (-1, modalities, n - 1)) - 1.0) * (
             self.cfg.histogram_shift / n)
         batch = tf.shape(h)[0]
         points = tf.concat([tf.zeros(tf.stack([batch, modalities, 1])), moved,
                             tf.ones(tf.stack([batch, modalities, 1]))], axis=-1)
-        rises = tf.repeat(points[..., 1:] - points[..., :-1], self.group, axis=1)[:, None, None]  # (B,1,1,C,n)
+        rises = tf.repeat(points[..., 1:] - points[..., :-1], self.group, axis=1)[:, None, None]  # (batch, 1, 1, channels, n)
         low, span = self._sample_range(x, modalities)
         t = tf.clip_by_value((x - low) / span, 0.0, 1.0)
         steps = tf.clip_by_value(n * t[..., None] - tf.range(n, dtype=tf.float32), 0.0, 1.0)
